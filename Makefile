@@ -13,7 +13,7 @@ TORCHVISION_VERSION ?= 0.28.0
 INSTALL_STAMP := $(VENV)/.installed
 
 .PHONY: help install system-deps binaries test test-unit test-e2e cluster-up cluster-down cluster-status \
-        demo bench lint crds clean
+        demo bench lint generate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -71,8 +71,8 @@ lint: install ## ruff and the import layering contracts
 	$(VENV)/bin/ruff check operator runtime tests e2e bench
 	$(VENV)/bin/lint-imports
 
-crds: ## copy the CRDs from manifests/crds (the one source) into the chart
-	$(PY) -m pixtral_operator.crdsync --write
+generate: ## regenerate the chart's crds/ from manifests/crds/ and manifests/install/ from the chart
+	$(PY) charts/generate.py
 
 clean: cluster-down
 	rm -rf $(VENV) .cluster
