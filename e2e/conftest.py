@@ -1,0 +1,69 @@
+"""Shared e2e fixtures. The local cluster starts lazily: only tests that request `cluster` (directly
+or through `namespace`/`kubectl`) pay for it; other e2e tests never touch it.
+
+A cluster that was already running when the session began (e.g. from `make cluster-up`) is reused
+and left running. A cluster this session started is stopped at the end, unless
+PIXTRAL_KEEP_CLUSTER=1 is set (then `make cluster-down` stops it) or another test session still
+uses it (then the last one stops it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import localcluster  # noqa: E402
+from localcluster import ApiError, Cluster, wait_for  # noqa: E402
+
+__all__ = ["wait_for"]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The running local cluster (started on first use): kubeconfig, kubectl, helm, Prometheus, clients."""
+    paths = localcluster.ClusterPaths.default()
+    try:
+        info = localcluster.up(paths, owner="pytest", say=lambda line: print(f"[cluster] {line}"))
+    except localcluster.ClusterError as error:
+        pytest.fail(f"local cluster unavailable: {error}", pytrace=False)
+    marker = localcluster.join_session(paths)
+    handle = Cluster(info)
+    try:
+        yield handle
+    finally:
+        handle.close()
+        localcluster.leave_session(paths, marker, keep=os.environ.get("PIXTRAL_KEEP_CLUSTER") == "1")
+
+
+@pytest.fixture
+def kubectl(cluster: Cluster) -> Callable[..., object]:
+    """kubectl(*args, check=True, input=None, timeout=60) against the cluster; returns CompletedProcess."""
+    return cluster.kubectl
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace with its default ServiceAccount; deleted (and waited for) afterwards, which
+    stops every pod process in it."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    wait_for(lambda: cluster.rest.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
+             f"the default ServiceAccount of namespace {name}")
+    try:
+        yield name
+    finally:
+        try:
+            cluster.rest.delete(f"/api/v1/namespaces/{name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+        wait_for(lambda: cluster.rest.get_or_none(f"/api/v1/namespaces/{name}") is None, 120,
+                 f"namespace {name} to be deleted (its pods stopped)")
