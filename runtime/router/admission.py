@@ -1,0 +1,162 @@
+"""Admission: refuse bad requests before they cost a GPU anything.
+
+Everything here is a pure function of the request body and the policy. Images are judged
+without decoding their pixels: the byte size comes from the base64 length, the dimensions from
+the image header (Pillow's `Image.open` is lazy and reads only the header).
+"""
+
+from __future__ import annotations
+
+import binascii
+import io
+import json
+import warnings
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from .config import AdmissionPolicy
+from .errors import AdmissionError, BodyTooLarge
+
+try:  # orjson parses large (image-carrying) bodies several times faster; json is the fallback.
+    import orjson
+
+    _loads = orjson.loads
+    _DecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError)
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads
+    _DecodeError = (ValueError,)
+
+
+def check_content_length(content_length: bytes | None, policy: AdmissionPolicy) -> None:
+    if content_length is None:
+        return
+    try:
+        size = int(content_length)
+    except ValueError:
+        raise AdmissionError("invalid_request", "Content-Length is not a number.") from None
+    if size > policy.max_body_bytes:
+        raise BodyTooLarge(f"Request body of {size} bytes exceeds the limit of {policy.max_body_bytes} bytes.")
+
+
+def body_too_large(received: int, limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"Request body exceeds the limit of {limit} bytes (received at least {received}).")
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise AdmissionError("invalid_json", "The request body is empty; expected a JSON object.")
+    try:
+        data = _loads(body)
+    except _DecodeError as exc:
+        raise AdmissionError("invalid_json", f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AdmissionError("invalid_json", "The request body must be a JSON object.")
+    return data
+
+
+def image_urls(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """(param path, url) of every image_url part in a chat request, in order."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise AdmissionError("invalid_request", "`messages` must be a list of message objects.", param="messages")
+    found: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise AdmissionError("invalid_request", f"messages[{i}] must be an object.", param=f"messages[{i}]")
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            param = f"messages[{i}].content[{j}].image_url"
+            ref = part.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if not isinstance(url, str) or not url:
+                raise AdmissionError(
+                    "invalid_image", f"{param} must be a URL string or an object with a `url`.", param=param
+                )
+            found.append((param, url))
+    return found
+
+
+def decoded_size(b64: str) -> int:
+    """Bytes that a base64 text decodes to, computed from its length (no decoding)."""
+    n = len(b64)
+    padding = 2 if b64.endswith("==") else 1 if b64.endswith("=") else 0
+    return n * 3 // 4 - padding
+
+
+def check_data_url(url: str, param: str, policy: AdmissionPolicy) -> None:
+    header, sep, payload = url.partition(",")
+    if not sep:
+        raise AdmissionError("image_undecodable", f"{param} is not a valid data URL (no comma).", param=param)
+    if not header.lower().endswith(";base64"):
+        raise AdmissionError(
+            "image_undecodable", f"{param}: only base64 data URLs are supported for images.", param=param
+        )
+    size = decoded_size(payload)
+    if size > policy.max_image_bytes:
+        raise AdmissionError(
+            "image_too_large",
+            f"{param}: image of {size} bytes exceeds the limit of {policy.max_image_bytes} bytes.",
+            param=param,
+        )
+    try:
+        raw = binascii.a2b_base64(payload.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise AdmissionError("image_undecodable", f"{param}: the data URL is not valid base64.", param=param) from None
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit applies, not Pillow's process-wide one.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise AdmissionError(
+            "image_too_many_pixels", f"{param}: image dimensions exceed the limit of {policy.max_image_pixels} pixels.",
+            param=param,
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise AdmissionError(
+            "image_undecodable", f"{param}: the image could not be decoded (unknown or corrupt format).", param=param
+        ) from None
+    if width * height > policy.max_image_pixels:
+        raise AdmissionError(
+            "image_too_many_pixels",
+            f"{param}: image of {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{policy.max_image_pixels} pixels.",
+            param=param,
+        )
+
+
+def check_images(body: dict[str, Any], policy: AdmissionPolicy) -> int:
+    """Validate every image of a chat request; returns how many there are."""
+    images = image_urls(body)
+    if len(images) > policy.images_per_prompt:
+        raise AdmissionError(
+            "too_many_images",
+            f"At most {policy.images_per_prompt} image(s) may be provided in one prompt; got {len(images)}.",
+            param="messages",
+        )
+    for param, url in images:
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        if scheme not in policy.allowed_image_url_schemes:
+            allowed = ", ".join(sorted(policy.allowed_image_url_schemes))
+            raise AdmissionError(
+                "image_url_scheme",
+                f"{param}: URL scheme {scheme or '(none)'!r} is not allowed; allowed: {allowed}.",
+                param=param,
+            )
+        if scheme == "data":
+            check_data_url(url, param, policy)
+    return len(images)
+
+
+def admit(path_kind: str, body: bytes, policy: AdmissionPolicy) -> dict[str, Any]:
+    """Parse and admit a request body for `chat` or `completions`; returns the parsed body."""
+    data = parse_json_body(body)
+    if path_kind == "chat":
+        check_images(data, policy)
+    return data

@@ -1,0 +1,83 @@
+"""Routing decisions as pure functions: which track, then which backend of it.
+
+Inputs (weights, ready backends, outstanding counts, the RNG) are passed in, so the tests can
+check the statistics with a seeded `random.Random` and the proxy stays a thin shell around them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Collection, Mapping, Sequence
+
+from .errors import InvalidRequest
+
+STABLE = "stable"
+CANARY = "canary"
+
+
+def sticky_bucket(value: bytes | str) -> float:
+    """A caller's fixed position on [0, 100), from a stable hash of the sticky header value.
+
+    sha256 rather than Python's `hash()` (salted per process): every router replica and every
+    restart puts the same caller at the same place. A caller is on the canary while its position
+    is below the weight, so raising the weight only ever moves callers stable -> canary.
+    """
+    raw = value.encode() if isinstance(value, str) else value
+    return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big") % 10_000 / 100.0
+
+
+def parse_override(value: bytes | None, header: str) -> str | None:
+    if value is None:
+        return None
+    track = value.decode("latin-1").strip().lower()
+    if track in (STABLE, CANARY):
+        return track
+    raise InvalidRequest(
+        f"Header {header} must be {STABLE!r} or {CANARY!r}, got {track[:40]!r}.", param=header, code="invalid_track"
+    )
+
+
+def choose_track(
+    *, canary_weight: float, rng: random.Random, sticky_value: bytes | None = None, override: str | None = None
+) -> str:
+    """stable or canary: the override if given, else by sticky hash, else a weighted draw."""
+    if override is not None:
+        return override
+    if canary_weight <= 0:
+        return STABLE
+    if canary_weight >= 100:
+        return CANARY
+    position = sticky_bucket(sticky_value) if sticky_value else rng.random() * 100.0
+    return CANARY if position < canary_weight else STABLE
+
+
+def other_track(track: str) -> str:
+    return CANARY if track == STABLE else STABLE
+
+
+def choose_backend(
+    track: str,
+    ready: Mapping[str, Sequence[str]],
+    outstanding: Mapping[str, int],
+    rng: random.Random,
+    exclude: Collection[str] = (),
+) -> tuple[str, str] | None:
+    """(track, backend) with the fewest outstanding requests, ties broken at random.
+
+    Falls back to the other track when the chosen one has no usable backend; None when neither has.
+    """
+    for candidate_track in (track, other_track(track)):
+        best: list[str] = []
+        best_load = 0
+        for backend in ready.get(candidate_track, ()):
+            if backend in exclude:
+                continue
+            load = outstanding.get(backend, 0)
+            if not best or load < best_load:
+                best, best_load = [backend], load
+            elif load == best_load:
+                best.append(backend)
+        if best:
+            return candidate_track, best[0] if len(best) == 1 else rng.choice(best)
+    return None

@@ -1,0 +1,250 @@
+"""The router's configuration: the `config.json` shape rendered by the operator (docs/settings.md).
+
+`parse_config` turns the decoded JSON into frozen dataclasses and names the offending field in
+every error, so a bad ConfigMap shows up as one clear log line instead of a crash deep in a request.
+Unknown fields are ignored (returned as warnings) so that a newer operator can add settings
+without breaking an older router.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+TRACKS = ("stable", "canary")
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TrackTarget:
+    service: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    # 0 disables the limit.
+    requests_per_minute: int
+    max_concurrent: int
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    images_per_prompt: int = 4
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 4 * 1024 * 1024
+    allowed_image_url_schemes: frozenset[str] = frozenset({"data"})
+    max_body_bytes: int = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TenancyPolicy:
+    api_keys_secret: str | None = None
+    default_limits: Limits = Limits(requests_per_minute=600, max_concurrent=16)
+    tenants: dict[str, Limits] = field(default_factory=dict)
+
+    def limits_for(self, tenant: str) -> Limits:
+        return self.tenants.get(tenant, self.default_limits)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    deployment: str = "pixtral"
+    served_model_name: str | None = None
+    tracks: dict[str, TrackTarget] = field(default_factory=dict)
+    canary_weight: float = 0.0
+    sticky_header: str | None = None
+    override_header: str = "x-pixtral-track"
+    admission: AdmissionPolicy = AdmissionPolicy()
+    tenancy: TenancyPolicy = TenancyPolicy()
+    request_timeout_seconds: float = 600.0
+    pending_timeout_seconds: float = 120.0
+    # Static mode only (local use, tests): track -> base URLs, and tenant -> API key.
+    backends: dict[str, tuple[str, ...]] | None = None
+    api_keys: dict[str, str] | None = None
+
+    @property
+    def auth_required(self) -> bool:
+        return self.tenancy.api_keys_secret is not None or self.api_keys is not None
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    # bool is an int subclass; a `true` where a number belongs is a mistake, not 1.
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{where} must be {what}, got {json.dumps(value)}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where} must be {what}, got {json.dumps(value, default=str)[:80]}")
+    return value
+
+
+def _int(obj: dict, key: str, where: str, default: int, *, minimum: int = 0) -> int:
+    if key not in obj:
+        return default
+    value = _expect(obj[key], int, f"{where}.{key}", f"an integer >= {minimum}")
+    if value < minimum:
+        raise ConfigError(f"{where}.{key} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def _number(obj: dict, key: str, where: str, default: float, *, minimum: float, maximum: float = math.inf) -> float:
+    if key not in obj:
+        return default
+    value = _expect(obj[key], (int, float), f"{where}.{key}", f"a number in [{minimum}, {maximum}]")
+    if not (minimum <= value <= maximum) or math.isnan(value):
+        raise ConfigError(f"{where}.{key} must be a number in [{minimum}, {maximum}], got {value}")
+    return float(value)
+
+
+def _str(obj: dict, key: str, where: str, default: str | None) -> str | None:
+    if key not in obj or obj[key] is None:
+        return default
+    value = _expect(obj[key], str, f"{where}.{key}", "a non-empty string")
+    if not value:
+        raise ConfigError(f"{where}.{key} must be a non-empty string")
+    return value
+
+
+def _obj(obj: dict, key: str, where: str) -> dict:
+    if key not in obj or obj[key] is None:
+        return {}
+    return _expect(obj[key], dict, f"{where}.{key}", "an object")
+
+
+def _limits(raw: Any, where: str, default: Limits) -> Limits:
+    _expect(raw, dict, where, "an object")
+    return Limits(
+        requests_per_minute=_int(raw, "requestsPerMinute", where, default.requests_per_minute),
+        max_concurrent=_int(raw, "maxConcurrent", where, default.max_concurrent),
+    )
+
+
+def _backend_url(raw: Any, where: str) -> str:
+    _expect(raw, str, where, 'a URL like "http://127.0.0.1:8000"')
+    if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1].strip("/")) == 0:
+        raise ConfigError(f'{where} must be a URL like "http://127.0.0.1:8000", got {raw!r}')
+    return raw.rstrip("/")
+
+
+def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
+    """Validate the decoded config.json; raises ConfigError naming the field."""
+    _expect(data, dict, source, "a JSON object")
+    where = source
+
+    tracks: dict[str, TrackTarget] = {}
+    for name, raw in _obj(data, "tracks", where).items():
+        tw = f"{where}.tracks.{name}"
+        if name not in TRACKS:
+            raise ConfigError(f"{where}.tracks has unknown track {name!r}; tracks are {', '.join(TRACKS)}")
+        _expect(raw, dict, tw, "an object")
+        service = _str(raw, "service", tw, None)
+        if service is None:
+            raise ConfigError(f"{tw}.service is required")
+        port = _int(raw, "port", tw, 8000, minimum=1)
+        if port > 65535:
+            raise ConfigError(f"{tw}.port must be <= 65535, got {port}")
+        tracks[name] = TrackTarget(service=service, port=port)
+
+    backends: dict[str, tuple[str, ...]] | None = None
+    if data.get("backends") is not None:
+        backends = {}
+        for name, urls in _obj(data, "backends", where).items():
+            bw = f"{where}.backends.{name}"
+            if name not in TRACKS:
+                raise ConfigError(f"{where}.backends has unknown track {name!r}; tracks are {', '.join(TRACKS)}")
+            _expect(urls, list, bw, "a list of URLs")
+            backends[name] = tuple(_backend_url(u, f"{bw}[{i}]") for i, u in enumerate(urls))
+
+    if not tracks and backends is None:
+        raise ConfigError(f"{where} needs `tracks` (Kubernetes discovery) or `backends` (static mode)")
+
+    canary = _obj(data, "canary", where)
+    canary_weight = _number(canary, "weight", f"{where}.canary", 0.0, minimum=0.0, maximum=100.0)
+    sticky_header = _str(canary, "stickyHeader", f"{where}.canary", None)
+
+    adm = _obj(data, "admission", where)
+    aw = f"{where}.admission"
+    defaults = AdmissionPolicy()
+    schemes = adm.get("allowedImageUrlSchemes", sorted(defaults.allowed_image_url_schemes))
+    _expect(schemes, list, f"{aw}.allowedImageUrlSchemes", 'a list of URL schemes like ["data"]')
+    for i, s in enumerate(schemes):
+        if not isinstance(s, str) or not s or not s.isalnum():
+            raise ConfigError(f"{aw}.allowedImageUrlSchemes[{i}] must be a URL scheme like \"data\" or \"https\", got {s!r}")
+    admission = AdmissionPolicy(
+        images_per_prompt=_int(adm, "imagesPerPrompt", aw, defaults.images_per_prompt),
+        max_image_bytes=_int(adm, "maxImageBytes", aw, defaults.max_image_bytes, minimum=1),
+        max_image_pixels=_int(adm, "maxImagePixels", aw, defaults.max_image_pixels, minimum=1),
+        allowed_image_url_schemes=frozenset(s.lower() for s in schemes),
+        max_body_bytes=_int(adm, "maxBodyBytes", aw, defaults.max_body_bytes, minimum=1),
+    )
+
+    ten = _obj(data, "tenancy", where)
+    tw = f"{where}.tenancy"
+    default_limits = TenancyPolicy().default_limits
+    if ten.get("defaultLimits") is not None:
+        default_limits = _limits(ten["defaultLimits"], f"{tw}.defaultLimits", default_limits)
+    tenants = {
+        name: _limits(raw, f"{tw}.tenants.{name}", default_limits) for name, raw in _obj(ten, "tenants", tw).items()
+    }
+    tenancy = TenancyPolicy(
+        api_keys_secret=_str(ten, "apiKeysSecret", tw, None), default_limits=default_limits, tenants=tenants
+    )
+
+    api_keys: dict[str, str] | None = None
+    if data.get("apiKeys") is not None:
+        api_keys = {}
+        for tenant, key in _obj(data, "apiKeys", where).items():
+            # Never echo the key itself in an error.
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"{where}.apiKeys.{tenant} must be a non-empty string")
+            api_keys[tenant] = key
+
+    return RouterConfig(
+        deployment=_str(data, "deployment", where, "pixtral"),
+        served_model_name=_str(data, "servedModelName", where, None),
+        tracks=tracks,
+        canary_weight=canary_weight,
+        sticky_header=sticky_header.lower() if sticky_header else None,
+        override_header=(_str(data, "overrideHeader", where, "x-pixtral-track") or "x-pixtral-track").lower(),
+        admission=admission,
+        tenancy=tenancy,
+        request_timeout_seconds=_number(data, "requestTimeoutSeconds", where, 600.0, minimum=0.001),
+        pending_timeout_seconds=_number(data, "pendingTimeoutSeconds", where, 120.0, minimum=0.0),
+        backends=backends,
+        api_keys=api_keys,
+    )
+
+
+KNOWN_TOP_LEVEL = frozenset(
+    {
+        "deployment", "servedModelName", "tracks", "canary", "overrideHeader", "admission", "tenancy",
+        "requestTimeoutSeconds", "pendingTimeoutSeconds", "backends", "apiKeys",
+    }
+)
+
+
+def unknown_fields(data: Any) -> list[str]:
+    """Top-level fields this router does not know (logged, not fatal)."""
+    return sorted(set(data) - KNOWN_TOP_LEVEL) if isinstance(data, dict) else []
+
+
+def parse_config_text(text: str | bytes, *, source: str = "config.json") -> RouterConfig:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{source} is not valid JSON: {exc}") from None
+    return parse_config(data, source=source)
+
+
+def load_config_file(path: str) -> RouterConfig:
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read router config {path}: {exc.strerror}") from None
+    return parse_config_text(text, source=path)

@@ -1,0 +1,266 @@
+"""Kubernetes discovery: the router's ConfigMap, API-key Secret and the per-track EndpointSlices.
+
+Each watched thing runs in its own daemon thread (the `kubernetes` client is synchronous): list,
+then watch from the list's resourceVersion, and on any error (including 410 Gone) list again
+after a bounded backoff. Results are handed to the event loop with `call_soon_threadsafe`, so the
+request path never waits on the API server. The parsing helpers are pure and tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .choice import CANARY, STABLE
+from .config import ConfigError, RouterConfig, parse_config_text, unknown_fields
+from .settings import RouterSettings
+from .state import RouterState
+
+log = logging.getLogger("pixtral_runtime.router.discovery")
+
+CONFIG_KEY = "config.json"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+WATCH_TIMEOUT_SECONDS = 60  # the server ends each watch; the thread re-checks its stop flag then
+MAX_BACKOFF_SECONDS = 30.0
+
+
+# ---- pure helpers ----------------------------------------------------------------------------------
+def ready_backends(slices: Iterable[Mapping[str, Any]], *, port_name: str = "http",
+                   fallback_port: int | None = None) -> list[str]:
+    """Base URLs of the ready endpoints in a Service's EndpointSlices (API JSON shape).
+
+    The port is the one named `port_name` (the runtime's `http` port); a nil `ready` condition
+    counts as ready, as the EndpointSlice API asks consumers to do.
+    """
+    urls: list[str] = []
+    for s in slices:
+        port = None
+        for p in s.get("ports") or ():
+            if p.get("name") == port_name and p.get("port"):
+                port = p["port"]
+                break
+        if port is None:
+            port = fallback_port
+        if port is None:
+            continue
+        ipv6 = s.get("addressType") == "IPv6"
+        for endpoint in s.get("endpoints") or ():
+            ready = (endpoint.get("conditions") or {}).get("ready")
+            if ready is False or not endpoint.get("addresses"):
+                continue
+            address = endpoint["addresses"][0]
+            host = f"[{address}]" if ipv6 else address
+            urls.append(f"http://{host}:{port}")
+    return sorted(set(urls))
+
+
+def config_from_configmap(configmap: Mapping[str, Any], *, name: str) -> RouterConfig:
+    data = configmap.get("data") or {}
+    if CONFIG_KEY not in data:
+        raise ConfigError(f"ConfigMap {name} has no key {CONFIG_KEY!r}")
+    text = data[CONFIG_KEY]
+    config = parse_config_text(text, source=f"ConfigMap {name} {CONFIG_KEY}")
+    import json
+
+    extra = unknown_fields(json.loads(text))
+    if extra:
+        log.warning("ConfigMap %s: ignoring unknown fields %s", name, ", ".join(extra))
+    return config
+
+
+def api_keys_from_secret(secret: Mapping[str, Any]) -> dict[str, str]:
+    """tenant -> key from a Secret's base64 `data` (and plain `stringData`, if present)."""
+    keys: dict[str, str] = {}
+    for tenant, value in (secret.get("data") or {}).items():
+        decoded = base64.b64decode(value).decode("utf-8").strip()
+        if decoded:
+            keys[tenant] = decoded
+    for tenant, value in (secret.get("stringData") or {}).items():
+        if value.strip():
+            keys[tenant] = value.strip()
+    return keys
+
+
+# ---- the watch threads -----------------------------------------------------------------------------
+class _WatchThread:
+    """list + watch one kind of object, forever, with backoff; `on_snapshot` gets the full current set."""
+
+    def __init__(self, name: str, list_fn: Callable[..., Any], kwargs: dict[str, Any],
+                 on_snapshot: Callable[[dict[str, dict]], None], serialize: Callable[[Any], dict]) -> None:
+        self.name = name
+        self._list_fn = list_fn
+        self._kwargs = kwargs
+        self._on_snapshot = on_snapshot
+        self._serialize = serialize
+        self._stop = threading.Event()
+        self._watch: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"watch-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                listing = self._list_fn(**self._kwargs)
+                objects = {}
+                for item in listing.items:
+                    obj = self._serialize(item)
+                    objects[obj["metadata"]["name"]] = obj
+                self._on_snapshot(dict(objects))
+                failures = 0
+                self._watch = watch.Watch()
+                for event in self._watch.stream(
+                    self._list_fn, resource_version=listing.metadata.resource_version,
+                    timeout_seconds=WATCH_TIMEOUT_SECONDS, **self._kwargs,
+                ):
+                    if self._stop.is_set():
+                        return
+                    if event["type"] == "ERROR":
+                        break  # typically 410 Gone: relist
+                    obj = self._serialize(event["object"])
+                    name = obj["metadata"]["name"]
+                    if event["type"] == "DELETED":
+                        objects.pop(name, None)
+                    else:
+                        objects[name] = obj
+                    self._on_snapshot(dict(objects))
+            except Exception as exc:  # the API server may be away for a while; keep trying, bounded
+                failures += 1
+                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(failures, 8))
+                log.warning("watch %s failed (%s: %s); retrying in %.1fs", self.name,
+                            exc.__class__.__name__, str(exc)[:200], delay)
+                self._stop.wait(delay)
+
+
+class KubernetesDiscovery:
+    """Feeds RouterState from the API: config, keys, ready backends; applied live."""
+
+    def __init__(self, state: RouterState, settings: RouterSettings) -> None:
+        if not settings.namespace or not settings.configmap:
+            raise ConfigError("Kubernetes discovery needs --namespace and --configmap")
+        self.state = state
+        self.namespace = settings.namespace
+        self.configmap = settings.configmap
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._config_watch: _WatchThread | None = None
+        self._secret: tuple[str | None, _WatchThread | None] = (None, None)
+        self._slices: dict[str, tuple[str, _WatchThread]] = {}
+
+    async def start(self) -> None:
+        from kubernetes import client, config
+
+        if os.environ.get("KUBECONFIG"):
+            config.load_kube_config()
+        else:
+            config.load_incluster_config()
+        self._loop = asyncio.get_running_loop()
+        self._api_client = client.ApiClient()
+        self._core = client.CoreV1Api(self._api_client)
+        self._discovery = client.DiscoveryV1Api(self._api_client)
+        self._config_watch = _WatchThread(
+            f"configmap/{self.configmap}", self._core.list_namespaced_config_map,
+            {"namespace": self.namespace, "field_selector": f"metadata.name={self.configmap}"},
+            self._threadsafe(self._on_configmaps), self._api_client.sanitize_for_serialization,
+        )
+        self._config_watch.start()
+
+    async def stop(self) -> None:
+        watches = [self._config_watch, self._secret[1], *(w for _, w in self._slices.values())]
+        for w in watches:
+            if w is not None:
+                w.stop()
+
+    def _threadsafe(self, fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        def call(arg: Any) -> None:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(fn, arg)
+
+        return call
+
+    # -- handlers, run on the event loop --
+    def _on_configmaps(self, objects: dict[str, dict]) -> None:
+        cm = objects.get(self.configmap)
+        if cm is None:
+            log.warning("ConfigMap %s/%s not found; keeping the last configuration", self.namespace, self.configmap)
+            return
+        try:
+            config = config_from_configmap(cm, name=self.configmap)
+        except (ConfigError, ValueError) as exc:
+            log.error("ignoring invalid router configuration: %s", exc)
+            return
+        self.state.apply_config(config)
+        self._sync_secret_watch(config)
+        self._sync_slice_watches(config)
+
+    def _sync_secret_watch(self, config: RouterConfig) -> None:
+        wanted = config.tenancy.api_keys_secret
+        current, watcher = self._secret
+        if wanted == current:
+            return
+        if watcher is not None:
+            watcher.stop()
+        self._secret = (wanted, None)
+        if wanted is None:
+            self.state.apply_api_keys(None)
+            return
+        self.state.apply_api_keys(None)
+        watcher = _WatchThread(
+            f"secret/{wanted}", self._core.list_namespaced_secret,
+            {"namespace": self.namespace, "field_selector": f"metadata.name={wanted}"},
+            self._threadsafe(lambda objs, name=wanted: self._on_secrets(name, objs)),
+            self._api_client.sanitize_for_serialization,
+        )
+        self._secret = (wanted, watcher)
+        watcher.start()
+
+    def _on_secrets(self, name: str, objects: dict[str, dict]) -> None:
+        if self._secret[0] != name:
+            return  # a late event from a watch that was replaced
+        secret = objects.get(name)
+        self.state.apply_api_keys(api_keys_from_secret(secret) if secret else {})
+        if secret is None:
+            log.warning("API key Secret %s/%s not found: every request is refused until it exists",
+                        self.namespace, name)
+
+    def _sync_slice_watches(self, config: RouterConfig) -> None:
+        for track in (STABLE, CANARY):
+            target = config.tracks.get(track)
+            current = self._slices.get(track)
+            if target is not None and current is not None and current[0] == target.service:
+                continue
+            if current is not None:
+                current[1].stop()
+                del self._slices[track]
+            if target is None:
+                self.state.set_backends(track, ())
+                continue
+            watcher = _WatchThread(
+                f"endpointslices/{target.service}", self._discovery.list_namespaced_endpoint_slice,
+                {"namespace": self.namespace, "label_selector": f"{SERVICE_NAME_LABEL}={target.service}"},
+                self._threadsafe(
+                    lambda objs, t=track, svc=target.service, port=target.port: self._on_slices(t, svc, port, objs)
+                ),
+                self._api_client.sanitize_for_serialization,
+            )
+            self._slices[track] = (target.service, watcher)
+            watcher.start()
+
+    def _on_slices(self, track: str, service: str, port: int, objects: dict[str, dict]) -> None:
+        current = self._slices.get(track)
+        if current is None or current[0] != service:
+            return
+        self.state.set_backends(track, ready_backends(objects.values(), fallback_port=port))

@@ -1,0 +1,81 @@
+"""Process settings of `pixtral-runtime router`: flags override environment variables (docs/settings.md)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .config import RouterConfig
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    namespace: str | None = None
+    configmap: str | None = None
+    config_path: str | None = None
+    # An already parsed static configuration (tests, embedding); wins over config_path.
+    config: RouterConfig | None = None
+    log_level: str = "info"
+    access_log: bool = False
+    # How long an idle pooled upstream connection is kept. Below uvicorn's (and so vLLM's) 5 s
+    # keep-alive, so the router never reuses a connection the backend is about to close.
+    upstream_keepalive_seconds: float = 3.0
+    upstream_connect_timeout_seconds: float = 5.0
+    # How long a backend that refused a connection is skipped (unless nothing else is left).
+    eject_seconds: float = 5.0
+
+    @property
+    def mode(self) -> str:
+        return "static" if (self.config is not None or self.config_path) else "kubernetes"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pixtral-runtime router", description="Tenant-facing OpenAI router for Pixtral.")
+    p.add_argument("--host", help="bind address (env PIXTRAL_ROUTER_HOST, default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="port (env PIXTRAL_ROUTER_PORT, default 8080)")
+    p.add_argument("--namespace", help="namespace to watch (env PIXTRAL_NAMESPACE)")
+    p.add_argument("--configmap", help="the operator's ConfigMap, key config.json (env PIXTRAL_ROUTER_CONFIGMAP)")
+    p.add_argument("--config", help="static config file instead of the ConfigMap (env PIXTRAL_ROUTER_CONFIG)")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                   help="log level (env PIXTRAL_ROUTER_LOG_LEVEL, default info)")
+    p.add_argument("--access-log", action="store_true", default=None,
+                   help="log every request (env PIXTRAL_ROUTER_ACCESS_LOG=1; off by default for throughput)")
+    return p
+
+
+def settings_from(argv: list[str], environ: Mapping[str, str]) -> RouterSettings:
+    args = build_parser().parse_args(argv)
+    port_text = args.port if args.port is not None else environ.get("PIXTRAL_ROUTER_PORT", "8080")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise SettingsError(f"PIXTRAL_ROUTER_PORT must be a port number, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"port must be in 0..65535, got {port}")
+    config_path = args.config or environ.get("PIXTRAL_ROUTER_CONFIG") or None
+    namespace = args.namespace or environ.get("PIXTRAL_NAMESPACE") or None
+    configmap = args.configmap or environ.get("PIXTRAL_ROUTER_CONFIGMAP") or None
+    if not config_path and not (namespace and configmap):
+        raise SettingsError(
+            "no configuration source: set --config/PIXTRAL_ROUTER_CONFIG (static file) or both "
+            "--namespace/PIXTRAL_NAMESPACE and --configmap/PIXTRAL_ROUTER_CONFIGMAP (Kubernetes)"
+        )
+    access_log = args.access_log if args.access_log is not None else environ.get(
+        "PIXTRAL_ROUTER_ACCESS_LOG", ""
+    ).lower() in {"1", "true", "yes"}
+    return RouterSettings(
+        host=args.host or environ.get("PIXTRAL_ROUTER_HOST") or "0.0.0.0",
+        port=port,
+        namespace=namespace,
+        configmap=configmap,
+        config_path=config_path,
+        log_level=args.log_level or environ.get("PIXTRAL_ROUTER_LOG_LEVEL", "info").lower(),
+        access_log=access_log,
+    )
