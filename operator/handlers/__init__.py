@@ -1,0 +1,1 @@
+"""kopf handler registration; the only place that uses kopf decorators."""

@@ -1,0 +1,75 @@
+"""`pixtral-operator`: run the kopf operator for PixtralDeployments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from pixtral_operator._version import __version__
+from pixtral_operator.settings import OperatorSettings
+
+
+def parse_args(argv: list[str], settings: OperatorSettings) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pixtral-operator", description="Reconciles PixtralDeployment resources.")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch this namespace (repeatable; default: PIXTRAL_WATCH_NAMESPACES or all namespaces)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    parser.add_argument("--peering", default=settings.peering, help="kopf peering name for HA (default: PIXTRAL_PEERING)")
+    parser.add_argument("--standalone", action="store_true", help="no peering even if a peering name is set")
+    parser.add_argument("--version", action="version", version=f"pixtral-operator {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import kopf
+    from prometheus_client import start_http_server
+
+    from pixtral_operator.handlers.pixtral import register
+    from pixtral_operator.k8s import KubeApi, load_config
+
+    settings = OperatorSettings.from_env()
+    args = parse_args(sys.argv[1:] if argv is None else argv, settings)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    namespaces = tuple(args.namespace or ()) if not args.all_namespaces else ()
+    if not namespaces and not args.all_namespaces:
+        namespaces = settings.watch_namespaces
+
+    load_config()
+    kube = KubeApi()
+    registry = kopf.OperatorRegistry()
+    register(registry, settings, kube)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Our status has a schema; kopf keeps its own bookkeeping in annotations instead.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="serving.pixtral.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="serving.pixtral.dev", key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 30
+
+    start_http_server(settings.metrics_port, addr=settings.health_host)
+    standalone = args.standalone or not args.peering
+    kopf.run(
+        registry=registry,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=standalone,
+        peering_name=None if standalone else args.peering,
+        liveness_endpoint=f"http://{settings.health_host}:{settings.health_port}/healthz",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The only module that talks to the Kubernetes API.
+
+`KubeApi` is deliberately small: get, server-side apply, delete, status patch, and the few reads the
+operator needs to judge a spec (nodes, Secrets, PVCs, whether the ServiceMonitor kind exists).
+It is synchronous: kopf runs sync handlers in worker threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+from pixtral_operator.render.labels import FIELD_MANAGER
+from pixtral_operator.spec import GROUP, KIND, VERSION
+
+log = logging.getLogger(__name__)
+
+
+class Kube(Protocol):
+    """What reconcile() needs from the cluster; tests pass a recording fake."""
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
+    def list_nodes(self) -> list[dict[str, Any]] | None: ...
+    def kind_exists(self, api_version: str, kind: str) -> bool: ...
+
+
+def load_config() -> None:
+    """In a pod: the ServiceAccount; elsewhere: KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+class KubeApi:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self._api_client = api_client or client.ApiClient()
+        self._dynamic: DynamicClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dynamic(self) -> DynamicClient:
+        with self._lock:
+            if self._dynamic is None:
+                self._dynamic = DynamicClient(self._api_client)
+            return self._dynamic
+
+    def _resource(self, api_version: str, kind: str):
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+        except NotFoundError:
+            return None
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        result = resource.server_side_apply(
+            body=dict(obj),
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        return result.to_dict()
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        try:
+            self._resource(api_version, kind).delete(
+                name=name, namespace=namespace, body={"propagationPolicy": "Background"}
+            )
+            return True
+        except NotFoundError:
+            return False
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        client.CustomObjectsApi(self._api_client).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "pixtraldeployments", name, {"status": dict(status)}
+        )
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        client.AppsV1Api(self._api_client).patch_namespaced_deployment_scale(
+            name, namespace, {"spec": {"replicas": replicas}}
+        )
+
+    def list_nodes(self) -> list[dict[str, Any]] | None:
+        """None when the operator may not list nodes (the GPU check is skipped then)."""
+        try:
+            nodes = client.CoreV1Api(self._api_client).list_node(_request_timeout=10)
+        except ApiException as exc:
+            if exc.status in (401, 403):
+                return None
+            raise
+        return [self._api_client.sanitize_for_serialization(n) for n in nodes.items]
+
+    def kind_exists(self, api_version: str, kind: str) -> bool:
+        try:
+            self._resource(api_version, kind)
+            return True
+        except ResourceNotFoundError:
+            # Discovery is cached: a CRD installed later is seen after the cache is refreshed.
+            return False
+
+    def invalidate_discovery(self) -> None:
+        with self._lock:
+            self._dynamic = None
+
+
+def owner_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+    }

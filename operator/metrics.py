@@ -1,0 +1,21 @@
+"""The operator's own Prometheus metrics (served on PIXTRAL_METRICS_PORT)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter(
+    "pixtral_operator_reconciles_total", "Reconciles of PixtralDeployments by result", ["namespace", "result"]
+)
+RECONCILE_SECONDS = Histogram(
+    "pixtral_operator_reconcile_duration_seconds",
+    "Time one reconcile takes",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WRITES = Counter("pixtral_operator_api_writes_total", "Writes to the Kubernetes API made by reconciles", ["namespace"])
+DEGRADED = Gauge(
+    "pixtral_operator_degraded", "1 when a PixtralDeployment is Degraded (spec rejected)", ["namespace", "name"]
+)
+SCALE_EVENTS = Counter(
+    "pixtral_operator_scale_events_total", "Replica changes made by the autoscaler", ["namespace", "name", "track", "direction"]
+)

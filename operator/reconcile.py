@@ -1,0 +1,325 @@
+"""The one idempotent reconcile: spec -> checks -> children -> status.
+
+Create, update, resume and the periodic resync all call `reconcile()`. It writes only what differs:
+children whose rendered hash (annotation) and replica count match are left alone, and the status is
+patched only when it changed, so a reconcile of an unchanged object performs no write at all."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pixtral_operator import conditions as C
+from pixtral_operator.k8s import Kube, owner_of
+from pixtral_operator.render import desired_children, obsolete_children
+from pixtral_operator.render import labels as L
+from pixtral_operator.render.router import endpoint_url
+from pixtral_operator.settings import OperatorSettings
+from pixtral_operator.spec import PixtralSpec, TrackSpec, parse
+
+log = logging.getLogger(__name__)
+
+# Status keys the reconcile owns; `autoscaler` and `queue` belong to the autoscaler loop.
+OWNED_STATUS_KEYS = (
+    "observedGeneration",
+    "conditions",
+    "replicas",
+    "readyReplicas",
+    "replicasSummary",
+    "selector",
+    "endpoint",
+    "canary",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecProblem:
+    field: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass
+class Outcome:
+    status: dict[str, Any]
+    events: list[Event]
+    problems: list[SpecProblem]
+    writes: int = 0
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _gpu_capacity(node: Mapping[str, Any]) -> int:
+    alloc = (node.get("status") or {}).get("allocatable") or {}
+    try:
+        return int(str(alloc.get("nvidia.com/gpu", "0")))
+    except ValueError:
+        return 0
+
+
+def check_spec(spec: PixtralSpec, kube: Kube) -> list[SpecProblem]:
+    """What the API server cannot judge: cluster capacity and referenced objects."""
+    problems: list[SpecProblem] = []
+    nodes = kube.list_nodes()
+    if nodes is not None:
+        candidates = [
+            n
+            for n in nodes
+            if not spec.gpu_product
+            or ((n.get("metadata") or {}).get("labels") or {}).get("nvidia.com/gpu.product") == spec.gpu_product
+        ]
+        if spec.gpu_product and not candidates:
+            products = sorted(
+                {((n.get("metadata") or {}).get("labels") or {}).get("nvidia.com/gpu.product", "?") for n in nodes}
+            )
+            problems.append(
+                SpecProblem(
+                    "spec.resources.gpuProduct",
+                    "GPUProductNotFound",
+                    f"spec.resources.gpuProduct={spec.gpu_product!r}: no node has label nvidia.com/gpu.product "
+                    f"with that value (found: {', '.join(products) or 'no GPU nodes'})",
+                )
+            )
+        else:
+            most = max((_gpu_capacity(n) for n in candidates), default=0)
+            for track in spec.tracks():
+                if track.tensor_parallel_size > most:
+                    field = "spec.engine.tensorParallelSize"
+                    problems.append(
+                        SpecProblem(
+                            field,
+                            "InsufficientGPUsPerNode",
+                            f"{field}={track.tensor_parallel_size} needs {track.tensor_parallel_size} nvidia.com/gpu "
+                            f"on one node, but the largest{' matching' if spec.gpu_product else ''} node offers {most}",
+                        )
+                    )
+                    break
+    secret_refs = []
+    if spec.router.api_keys_secret:
+        secret_refs.append(("spec.router.apiKeysSecretRef.name", spec.router.api_keys_secret))
+    for track in spec.tracks():
+        if track.source.hub_token_secret:
+            prefix = "spec.model" if track.track == "stable" else "spec.canary.model"
+            secret_refs.append((f"{prefix}.source.hub.tokenSecretRef.name", track.source.hub_token_secret))
+    for field, name in dict.fromkeys(secret_refs):
+        if kube.get("v1", "Secret", spec.namespace, name) is None:
+            problems.append(
+                SpecProblem(field, "SecretNotFound", f"{field}: Secret {spec.namespace}/{name} does not exist")
+            )
+    for track in spec.tracks():
+        claim = track.source.pvc_claim
+        if claim and kube.get("v1", "PersistentVolumeClaim", spec.namespace, claim) is None:
+            prefix = "spec.model" if track.track == "stable" else "spec.canary.model"
+            problems.append(
+                SpecProblem(
+                    f"{prefix}.source.pvc.claimName",
+                    "PersistentVolumeClaimNotFound",
+                    f"{prefix}.source.pvc.claimName: PersistentVolumeClaim {spec.namespace}/{claim} does not exist",
+                )
+            )
+    return problems
+
+
+def _track_replicas(spec: PixtralSpec, track: TrackSpec, live: Mapping[str, Any] | None) -> int:
+    """While autoscaling is on, the autoscaler owns the count: keep what the Deployment has."""
+    if not spec.autoscaling.enabled:
+        return track.replicas
+    a = spec.autoscaling
+    if live is not None:
+        current = int((live.get("spec") or {}).get("replicas", 0))
+        return max(a.min_replicas, min(a.max_replicas, current))
+    return max(a.min_replicas, min(a.max_replicas, track.replicas))
+
+
+def _needs_write(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    if live is None:
+        return True
+    want = desired["metadata"]["annotations"][L.SPEC_HASH_ANNOTATION]
+    have = ((live.get("metadata") or {}).get("annotations") or {}).get(L.SPEC_HASH_ANNOTATION)
+    if want != have:
+        return True
+    if desired["kind"] == "Deployment":
+        return (live.get("spec") or {}).get("replicas") != desired["spec"]["replicas"]
+    return False
+
+
+def _deployment_state(dep: Mapping[str, Any] | None) -> dict[str, Any]:
+    if dep is None:
+        return {"exists": False, "desired": 0, "replicas": 0, "ready": 0, "updated": 0, "rolled_out": False}
+    spec = dep.get("spec") or {}
+    st = dep.get("status") or {}
+    desired = int(spec.get("replicas", 1))
+    ready = int(st.get("readyReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    replicas = int(st.get("replicas") or 0)
+    observed = int(st.get("observedGeneration") or 0)
+    generation = int((dep.get("metadata") or {}).get("generation") or 0)
+    rolled_out = observed >= generation and updated >= desired and ready >= desired and replicas <= desired
+    return {
+        "exists": True,
+        "desired": desired,
+        "replicas": replicas,
+        "ready": ready,
+        "updated": updated,
+        "rolled_out": rolled_out,
+    }
+
+
+def build_status(
+    spec: PixtralSpec,
+    settings: OperatorSettings,
+    generation: int,
+    old_status: Mapping[str, Any],
+    deployments: Mapping[str, Mapping[str, Any] | None],
+    problems: list[SpecProblem],
+    now: str,
+) -> dict[str, Any]:
+    """Pure: the owned part of the status from the children's state."""
+    stable = _deployment_state(deployments.get("stable"))
+    router = _deployment_state(deployments.get("router"))
+    canary = _deployment_state(deployments.get("canary")) if spec.canary_track else None
+
+    conds: list[C.Condition] = []
+    if problems:
+        conds.append(C.Condition(C.DEGRADED, True, problems[0].reason, "; ".join(p.message for p in problems)))
+    else:
+        conds.append(C.Condition(C.DEGRADED, False, "AsExpected", "the spec is valid for this cluster"))
+
+    rolling = [n for n, s in (("stable", stable), ("router", router), ("canary", canary)) if s and not s["rolled_out"]]
+    if problems:
+        conds.append(C.Condition(C.PROGRESSING, False, "SpecRejected", "the last spec change was not applied; see Degraded"))
+    elif rolling:
+        detail = ", ".join(
+            f"{n}: {s['ready']}/{s['desired']} ready"
+            for n, s in (("stable", stable), ("router", router), ("canary", canary))
+            if s and n in rolling
+        )
+        conds.append(C.Condition(C.PROGRESSING, True, "RollingOut", detail))
+    else:
+        conds.append(C.Condition(C.PROGRESSING, False, "RolloutComplete", "all pods run the current spec"))
+
+    serving_pods = stable["ready"] + (canary["ready"] if canary else 0)
+    if router["ready"] < 1:
+        conds.append(C.Condition(C.READY, False, "RouterNotReady", f"router: {router['ready']}/{router['desired']} pods ready"))
+    elif serving_pods >= 1:
+        conds.append(
+            C.Condition(C.READY, True, "Serving", f"runtime: {stable['ready']}/{stable['desired']} stable pods ready")
+        )
+    elif spec.autoscaling.enabled and spec.autoscaling.min_replicas == 0 and stable["desired"] == 0:
+        conds.append(
+            C.Condition(C.READY, True, "ScaledToZero", "no runtime pod runs; the router holds requests while one starts")
+        )
+    else:
+        conds.append(
+            C.Condition(C.READY, False, "RuntimeNotReady", f"runtime: 0/{stable['desired']} stable pods ready")
+        )
+    if canary is not None:
+        if canary["ready"] >= 1:
+            conds.append(C.Condition(C.CANARY_READY, True, "Serving", f"canary: {canary['ready']}/{canary['desired']} pods ready"))
+        else:
+            conds.append(C.Condition(C.CANARY_READY, False, "NotReady", f"canary: 0/{canary['desired']} pods ready"))
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": C.merge(old_status.get("conditions"), conds, generation=generation, now=now),
+        "replicas": stable["replicas"],
+        "readyReplicas": stable["ready"],
+        "replicasSummary": f"{stable['ready']}/{stable['desired']}",
+        "selector": L.selector_string(L.runtime_selector(spec.name, "stable")),
+        "endpoint": endpoint_url(spec, settings),
+    }
+    if canary is not None and spec.canary is not None:
+        status["canary"] = {
+            "weight": spec.canary.weight,
+            "replicas": canary["replicas"],
+            "readyReplicas": canary["ready"],
+            "phase": "Serving" if canary["ready"] >= 1 and spec.canary.weight > 0 else "Progressing",
+        }
+    else:
+        status["canary"] = {"weight": 0, "replicas": 0, "readyReplicas": 0, "phase": "None"}
+    return status
+
+
+def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, now: str | None = None) -> Outcome:
+    now = now or utcnow()
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    generation = int(meta.get("generation") or 0)
+    old_status = body.get("status") or {}
+    spec = parse(name, namespace, body.get("spec") or {})
+    events: list[Event] = []
+    writes = 0
+
+    problems = check_spec(spec, kube)
+    live_deps: dict[str, dict[str, Any] | None] = {
+        track: kube.get("apps/v1", "Deployment", namespace, L.track_deployment_name(name, track))
+        for track in ("stable", "canary")
+    }
+    live_deps["router"] = kube.get("apps/v1", "Deployment", namespace, L.router_name(name))
+
+    if problems:
+        # Leave whatever runs untouched: a bad change must not take a serving deployment down.
+        for p in problems:
+            log.warning("%s/%s: %s", namespace, name, p.message)
+    else:
+        replicas = {t.track: _track_replicas(spec, t, live_deps.get(t.track)) for t in spec.tracks()}
+        children = desired_children(
+            spec,
+            settings,
+            owner_of(body),
+            replicas,
+            service_monitor_available=kube.kind_exists("monitoring.coreos.com/v1", "ServiceMonitor"),
+        )
+        for child in children:
+            cmeta = child["metadata"]
+            live = (
+                live_deps.get(_track_of(child, name))
+                if child["kind"] == "Deployment"
+                else kube.get(child["apiVersion"], child["kind"], namespace, cmeta["name"])
+            )
+            if _needs_write(child, live):
+                applied = kube.apply(child)
+                writes += 1
+                verb = "Created" if live is None else "Updated"
+                events.append(Event("Normal", verb, f"{verb} {child['kind']} {cmeta['name']}"))
+                if child["kind"] == "Deployment":
+                    live_deps[_track_of(child, name)] = applied
+        for api_version, kind, child_name in obsolete_children(spec):
+            if kube.get(api_version, kind, namespace, child_name) is not None:
+                kube.delete(api_version, kind, namespace, child_name)
+                writes += 1
+                events.append(Event("Normal", "Deleted", f"Deleted {kind} {child_name} (no canary in the spec)"))
+                if kind == "Deployment":
+                    live_deps["canary"] = None
+
+    status = build_status(spec, settings, generation, old_status, live_deps, problems, now)
+    for cond in C.transitions(old_status.get("conditions"), status["conditions"]):
+        bad = (cond["type"] == C.DEGRADED and cond["status"] == "True") or (
+            cond["type"] in (C.READY, C.CANARY_READY) and cond["status"] != "True"
+        )
+        if cond["type"] == C.PROGRESSING:
+            continue
+        events.append(Event("Warning" if bad else "Normal", cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
+    if {k: old_status.get(k) for k in OWNED_STATUS_KEYS} != {k: status.get(k) for k in OWNED_STATUS_KEYS}:
+        kube.patch_status(namespace, name, status)
+        writes += 1
+    return Outcome(status=status, events=events, problems=problems, writes=writes)
+
+
+def _track_of(deployment: Mapping[str, Any], name: str) -> str:
+    dep_name = deployment["metadata"]["name"]
+    if dep_name == L.router_name(name):
+        return "router"
+    return dep_name[len(name) + 1 :]

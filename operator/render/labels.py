@@ -1,0 +1,71 @@
+"""Names and labels shared by every child object. Names are deterministic: reconciling twice
+finds the same objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DEPLOYMENT_LABEL = "serving.pixtral.dev/deployment"
+TRACK_LABEL = "serving.pixtral.dev/track"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+SPEC_HASH_ANNOTATION = "serving.pixtral.dev/spec-hash"
+MANAGED_BY = "pixtral-operator"
+FIELD_MANAGER = "pixtral-operator"
+
+RUNTIME_HTTP_PORT = 8000
+RUNTIME_HEALTH_PORT = 8081
+ROUTER_HTTP_PORT = 8080
+ROUTER_SERVICE_PORT = 80
+TRACK_HEADER = "x-pixtral-track"
+
+
+def track_deployment_name(name: str, track: str) -> str:
+    return f"{name}-{track}"
+
+
+def track_service_name(name: str, track: str) -> str:
+    return f"{name}-{track}"
+
+
+def router_name(name: str) -> str:
+    return f"{name}-router"
+
+
+def common_labels(name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "pixtral",
+        "app.kubernetes.io/instance": name,
+        COMPONENT_LABEL: component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "pixtral-operator",
+        DEPLOYMENT_LABEL: name,
+    }
+
+
+def runtime_selector(name: str, track: str) -> dict[str, str]:
+    return {DEPLOYMENT_LABEL: name, TRACK_LABEL: track, COMPONENT_LABEL: "runtime"}
+
+
+def runtime_labels(name: str, track: str) -> dict[str, str]:
+    return {**common_labels(name, "runtime"), TRACK_LABEL: track}
+
+
+def router_selector(name: str) -> dict[str, str]:
+    return {DEPLOYMENT_LABEL: name, COMPONENT_LABEL: "router"}
+
+
+def selector_string(selector: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

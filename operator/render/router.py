@@ -1,0 +1,195 @@
+"""The tenant-facing router: ConfigMap with its settings, ServiceAccount + Role to watch them,
+Deployment, and the Service named after the PixtralDeployment."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pixtral_operator.render import labels as L
+from pixtral_operator.settings import OperatorSettings
+from pixtral_operator.spec import PixtralSpec, TenantLimits
+
+CONFIG_KEY = "config.json"
+
+
+def _limits(limits: TenantLimits) -> dict[str, int]:
+    out = {}
+    if limits.requests_per_minute is not None:
+        out["requestsPerMinute"] = limits.requests_per_minute
+    if limits.max_concurrent is not None:
+        out["maxConcurrent"] = limits.max_concurrent
+    return out
+
+
+def router_config(spec: PixtralSpec) -> dict[str, Any]:
+    """The router's config.json (docs/settings.md)."""
+    tracks = {
+        t.track: {"service": L.track_service_name(spec.name, t.track), "port": L.RUNTIME_HTTP_PORT}
+        for t in spec.tracks()
+    }
+    tenancy: dict[str, Any] = {
+        "defaultLimits": _limits(spec.router.default_limits),
+        "tenants": {name: _limits(limits) for name, limits in spec.router.tenants},
+    }
+    if spec.router.api_keys_secret:
+        tenancy["apiKeysSecret"] = spec.router.api_keys_secret
+    canary: dict[str, Any] = {"weight": spec.canary.weight if spec.canary else 0}
+    if spec.canary and spec.canary.sticky_header:
+        canary["stickyHeader"] = spec.canary.sticky_header
+    return {
+        "deployment": spec.name,
+        "servedModelName": spec.served_model_name,
+        "tracks": tracks,
+        "canary": canary,
+        "overrideHeader": L.TRACK_HEADER,
+        "admission": {
+            "imagesPerPrompt": spec.images_per_prompt,
+            "maxImageBytes": spec.max_image_bytes,
+            "maxImagePixels": spec.max_image_pixels,
+            "allowedImageUrlSchemes": list(spec.router.allowed_image_url_schemes),
+            "maxBodyBytes": spec.router.max_body_bytes,
+        },
+        "tenancy": tenancy,
+        "requestTimeoutSeconds": spec.router.request_timeout_seconds,
+        "pendingTimeoutSeconds": spec.router.pending_timeout_seconds,
+    }
+
+
+def router_configmap(spec: PixtralSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": L.router_name(spec.name),
+            "namespace": spec.namespace,
+            "labels": L.common_labels(spec.name, "router"),
+        },
+        "data": {CONFIG_KEY: json.dumps(router_config(spec), indent=2, sort_keys=True)},
+    }
+
+
+def router_service_account(spec: PixtralSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": L.router_name(spec.name),
+            "namespace": spec.namespace,
+            "labels": L.common_labels(spec.name, "router"),
+        },
+        "automountServiceAccountToken": True,
+    }
+
+
+def router_role(spec: PixtralSpec) -> dict[str, Any]:
+    """Least privilege: the router reads its own ConfigMap and API-key Secret and the track
+    EndpointSlices, nothing else."""
+    rules: list[dict[str, Any]] = [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [L.router_name(spec.name)],
+            "verbs": ["get", "list", "watch"],
+        },
+    ]
+    if spec.router.api_keys_secret:
+        rules.append(
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": [spec.router.api_keys_secret],
+                "verbs": ["get", "list", "watch"],
+            }
+        )
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {
+            "name": L.router_name(spec.name),
+            "namespace": spec.namespace,
+            "labels": L.common_labels(spec.name, "router"),
+        },
+        "rules": rules,
+    }
+
+
+def router_role_binding(spec: PixtralSpec) -> dict[str, Any]:
+    name = L.router_name(spec.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": L.common_labels(spec.name, "router")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": spec.namespace}],
+    }
+
+
+def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str, Any]:
+    name = L.router_name(spec.name)
+    labels = L.common_labels(spec.name, "router")
+    container = {
+        "name": "router",
+        "image": spec.router.image or settings.router_image,
+        "command": ["pixtral-runtime", "router"],
+        "env": [
+            {"name": "PIXTRAL_ROUTER_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "PIXTRAL_ROUTER_PORT", "value": str(L.ROUTER_HTTP_PORT)},
+            {"name": "PIXTRAL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "PIXTRAL_ROUTER_CONFIGMAP", "value": name},
+        ],
+        "ports": [{"name": "http", "containerPort": L.ROUTER_HTTP_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": labels},
+        "spec": {
+            "replicas": spec.router.replicas,
+            "selector": {"matchLabels": L.router_selector(spec.name)},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(L.ROUTER_HTTP_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "containers": [container],
+                    # Streams in flight finish before the router exits.
+                    "terminationGracePeriodSeconds": min(spec.router.request_timeout_seconds + 10, 3600),
+                    "enableServiceLinks": False,
+                },
+            },
+        },
+    }
+
+
+def router_service(spec: PixtralSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": L.common_labels(spec.name, "router")},
+        "spec": {
+            "selector": L.router_selector(spec.name),
+            "ports": [{"name": "http", "port": L.ROUTER_SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint_url(spec: PixtralSpec, settings: OperatorSettings) -> str:
+    return f"http://{spec.name}.{spec.namespace}.{settings.cluster_domain}:{L.ROUTER_SERVICE_PORT}/v1"

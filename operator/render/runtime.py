@@ -1,0 +1,175 @@
+"""Runtime pods: one Deployment and one Service per track."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pixtral_operator.render import labels as L
+from pixtral_operator.settings import OperatorSettings
+from pixtral_operator.spec import MODEL_MOUNT_PATH, PixtralSpec, TrackSpec
+
+# A 12B model with a vision encoder loads for minutes (download + weights + CUDA graphs):
+# the startup probe allows up to 30 minutes before liveness takes over.
+STARTUP_PERIOD_SECONDS = 10
+STARTUP_FAILURE_THRESHOLD = 180
+DRAIN_MARGIN_SECONDS = 15
+
+
+def grace_period_seconds(spec: PixtralSpec) -> int:
+    """Long enough to drain the longest allowed request, plus time to stop vLLM."""
+    return spec.router.request_timeout_seconds + 2 * DRAIN_MARGIN_SECONDS
+
+
+def _env(spec: PixtralSpec, track: TrackSpec) -> list[dict[str, Any]]:
+    model = MODEL_MOUNT_PATH if track.source.is_local else track.model_name
+    env: list[dict[str, Any]] = [
+        {"name": "PIXTRAL_MODEL", "value": model},
+        {"name": "PIXTRAL_SERVED_MODEL_NAME", "value": spec.served_model_name},
+        {"name": "PIXTRAL_TENSOR_PARALLEL_SIZE", "value": str(track.tensor_parallel_size)},
+        {"name": "PIXTRAL_IMAGES_PER_PROMPT", "value": str(track.images_per_prompt)},
+        {"name": "PIXTRAL_MAX_MODEL_LEN", "value": str(track.max_model_len)},
+        {"name": "PIXTRAL_GPU_MEMORY_UTILIZATION", "value": str(track.gpu_memory_utilization)},
+        {"name": "PIXTRAL_MAX_NUM_SEQS", "value": str(track.max_num_seqs)},
+        {"name": "PIXTRAL_EXTRA_ARGS", "value": json.dumps(list(track.extra_args))},
+        {"name": "PIXTRAL_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "PIXTRAL_VLLM_PORT", "value": str(L.RUNTIME_HTTP_PORT)},
+        {"name": "PIXTRAL_HEALTH_PORT", "value": str(L.RUNTIME_HEALTH_PORT)},
+        {"name": "PIXTRAL_DRAIN_TIMEOUT_SECONDS", "value": str(grace_period_seconds(spec) - DRAIN_MARGIN_SECONDS)},
+    ]
+    if track.revision:
+        env.append({"name": "PIXTRAL_MODEL_REVISION", "value": track.revision})
+    if track.source.hub_token_secret:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": track.source.hub_token_secret, "key": track.source.hub_token_key}
+                },
+            }
+        )
+    managed = {e["name"] for e in env}
+    env.extend(dict(e) for e in track.env if e.get("name") not in managed)
+    return env
+
+
+def _volumes(track: TrackSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        # vLLM's tensor-parallel workers exchange tensors through shared memory.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "cache", "mountPath": "/cache"},
+    ]
+    source = track.source
+    if source.host_path:
+        volumes.append({"name": "model", "hostPath": {"path": source.host_path, "type": "Directory"}})
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": True})
+    elif source.pvc_claim:
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": source.pvc_claim, "readOnly": True}})
+        mount = {"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": True}
+        if source.pvc_sub_path:
+            mount["subPath"] = source.pvc_sub_path
+        mounts.append(mount)
+    return volumes, mounts
+
+
+def track_deployment(spec: PixtralSpec, track: TrackSpec, settings: OperatorSettings, replicas: int) -> dict[str, Any]:
+    name = L.track_deployment_name(spec.name, track.track)
+    pod_labels = L.runtime_labels(spec.name, track.track)
+    volumes, mounts = _volumes(track)
+    gpus = str(track.tensor_parallel_size)
+    resources = {
+        "requests": {"cpu": spec.cpu, "memory": spec.memory, "nvidia.com/gpu": gpus},
+        "limits": {"cpu": spec.cpu, "memory": spec.memory, "nvidia.com/gpu": gpus},
+    }
+    container = {
+        "name": "runtime",
+        "image": track.image or settings.runtime_image,
+        "command": ["pixtral-runtime", "serve"],
+        "env": _env(spec, track) + [{"name": "HF_HOME", "value": "/cache/huggingface"}],
+        "ports": [
+            {"name": "http", "containerPort": L.RUNTIME_HTTP_PORT, "protocol": "TCP"},
+            {"name": "health", "containerPort": L.RUNTIME_HEALTH_PORT, "protocol": "TCP"},
+        ],
+        "resources": resources,
+        "volumeMounts": mounts,
+        "startupProbe": {
+            "httpGet": {"path": "/readyz", "port": "health"},
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "failureThreshold": STARTUP_FAILURE_THRESHOLD,
+            "timeoutSeconds": 5,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "health"},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+            "timeoutSeconds": 5,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "health"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "timeoutSeconds": 5,
+        },
+    }
+    node_selector = dict(spec.scheduling.node_selector)
+    if spec.gpu_product:
+        node_selector["nvidia.com/gpu.product"] = spec.gpu_product
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    tolerations += [dict(t) for t in spec.scheduling.tolerations]
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": grace_period_seconds(spec),
+        "tolerations": tolerations,
+        "enableServiceLinks": False,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if spec.scheduling.affinity:
+        pod_spec["affinity"] = spec.scheduling.affinity
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": pod_labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": L.runtime_selector(spec.name, track.track)},
+            # GPUs are scarce: surge one pod at a time and never take a serving pod down first.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(L.RUNTIME_HTTP_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def track_service(spec: PixtralSpec, track: TrackSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": L.track_service_name(spec.name, track.track),
+            "namespace": spec.namespace,
+            "labels": L.runtime_labels(spec.name, track.track),
+        },
+        "spec": {
+            "selector": L.runtime_selector(spec.name, track.track),
+            "ports": [{"name": "http", "port": L.RUNTIME_HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
+            # The router balances over pod IPs itself, so the ClusterIP is only a convenience.
+            "publishNotReadyAddresses": False,
+        },
+    }

@@ -1,0 +1,89 @@
+"""A recording in-memory stand-in for pixtral_operator.k8s.KubeApi, for unit tests of reconcile()."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+
+class FakeKube:
+    def __init__(self, nodes: list[dict[str, Any]] | None = None, kinds: set[tuple[str, str]] | None = None):
+        self.objects: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
+        self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
+        self.nodes = nodes
+        self.kinds = kinds or set()
+        self._uid = 0
+
+    # --- reads
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((api_version, kind, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def list_nodes(self) -> list[dict[str, Any]] | None:
+        return copy.deepcopy(self.nodes)
+
+    def kind_exists(self, api_version: str, kind: str) -> bool:
+        return (api_version, kind) in self.kinds
+
+    # --- writes
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        old = self.objects.get(key)
+        new = copy.deepcopy(dict(obj))
+        if old is None:
+            self._uid += 1
+            new["metadata"]["uid"] = f"uid-{self._uid}"
+            new["metadata"]["generation"] = 1
+        else:
+            new["metadata"]["uid"] = old["metadata"]["uid"]
+            changed = old.get("spec") != new.get("spec")
+            new["metadata"]["generation"] = old["metadata"]["generation"] + (1 if changed else 0)
+            if "status" in old:
+                new["status"] = old["status"]
+        self.objects[key] = new
+        self.writes.append(("apply", obj["kind"], meta["name"]))
+        return copy.deepcopy(new)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        self.writes.append(("delete", kind, name))
+        return self.objects.pop((api_version, kind, namespace, name), None) is not None
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.writes.append(("status", "PixtralDeployment", name))
+        self.statuses[(namespace, name)] = copy.deepcopy(dict(status))
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        self.writes.append(("scale", "Deployment", name))
+        self.objects[("apps/v1", "Deployment", namespace, name)]["spec"]["replicas"] = replicas
+
+    # --- helpers for tests
+    def add(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.objects[(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])] = copy.deepcopy(obj)
+
+    def set_deployment_status(self, namespace: str, name: str, **status: int) -> None:
+        dep = self.objects[("apps/v1", "Deployment", namespace, name)]
+        dep["status"] = {"observedGeneration": dep["metadata"]["generation"], **status}
+
+    def kinds_named(self) -> set[tuple[str, str]]:
+        return {(k[1], k[3]) for k in self.objects}
+
+
+def gpu_node(name: str, gpus: int = 4, product: str = "NVIDIA-A100-SXM4-80GB") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
+        "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}},
+    }
+
+
+def pxd(name: str = "demo", namespace: str = "team", spec: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.pixtral.dev/v1alpha1",
+        "kind": "PixtralDeployment",
+        "metadata": {"name": name, "namespace": namespace, "uid": "pxd-uid", "generation": generation},
+        "spec": spec if spec is not None else {},
+        "status": {},
+    }

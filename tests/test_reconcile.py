@@ -1,0 +1,190 @@
+"""reconcile(): children applied once, no write when nothing changed, conditions with
+observedGeneration, and specs only the operator can judge -> Degraded without touching what runs."""
+
+import pytest
+from fakekube import FakeKube, gpu_node, pxd
+
+from pixtral_operator.conditions import find
+from pixtral_operator.reconcile import reconcile
+from pixtral_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings()
+NODES = [gpu_node("gpu-0"), gpu_node("gpu-1")]
+
+
+def feed_status(kube: FakeKube, body: dict) -> dict:
+    """What the API server would return on the next watch event: the body with the patched status."""
+    body = dict(body)
+    body["status"] = kube.statuses.get((body["metadata"]["namespace"], body["metadata"]["name"]), {})
+    return body
+
+
+def make_ready(kube: FakeKube, name: str, replicas: int) -> None:
+    kube.set_deployment_status("team", name, replicas=replicas, readyReplicas=replicas, updatedReplicas=replicas)
+
+
+def test_first_reconcile_creates_children_and_status():
+    kube = FakeKube(nodes=NODES)
+    out = reconcile(pxd(), kube, SETTINGS, now="2026-01-01T00:00:00Z")
+    kinds = {k for k, _ in kube.kinds_named()}
+    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "PodDisruptionBudget"} <= kinds
+    assert ("ServiceMonitor", "demo") not in kube.kinds_named()
+    assert out.status["observedGeneration"] == 1
+    assert out.status["endpoint"] == "http://demo.team.svc:80/v1"
+    assert out.status["selector"] == "app.kubernetes.io/component=runtime,serving.pixtral.dev/deployment=demo,serving.pixtral.dev/track=stable"
+    ready = find(out.status["conditions"], "Ready")
+    assert ready["status"] == "False" and ready["observedGeneration"] == 1
+    assert find(out.status["conditions"], "Progressing")["status"] == "True"
+    assert find(out.status["conditions"], "Degraded")["status"] == "False"
+    assert any(e.reason == "Created" and "Deployment demo-stable" in e.message for e in out.events)
+
+
+def test_second_reconcile_with_nothing_changed_writes_nothing():
+    kube = FakeKube(nodes=NODES)
+    body = pxd()
+    reconcile(body, kube, SETTINGS, now="2026-01-01T00:00:00Z")
+    kube.writes.clear()
+    out = reconcile(feed_status(kube, body), kube, SETTINGS, now="2026-01-01T00:05:00Z")
+    assert kube.writes == []
+    assert out.writes == 0 and out.events == []
+
+
+def test_ready_transition_and_then_quiet():
+    kube = FakeKube(nodes=NODES)
+    body = pxd()
+    reconcile(body, kube, SETTINGS, now="t0")
+    make_ready(kube, "demo-stable", 1)
+    make_ready(kube, "demo-router", 1)
+    out = reconcile(feed_status(kube, body), kube, SETTINGS, now="t1")
+    ready = find(out.status["conditions"], "Ready")
+    assert (ready["status"], ready["reason"], ready["lastTransitionTime"]) == ("True", "Serving", "t1")
+    assert find(out.status["conditions"], "Progressing")["status"] == "False"
+    assert out.status["readyReplicas"] == 1 and out.status["replicasSummary"] == "1/1"
+    assert [e.reason for e in out.events] == ["Serving"]
+    kube.writes.clear()
+    again = reconcile(feed_status(kube, body), kube, SETTINGS, now="t2")
+    assert kube.writes == [] and again.events == []
+    assert find(again.status["conditions"], "Ready")["lastTransitionTime"] == "t1"
+
+
+def test_spec_change_updates_only_what_differs_and_bumps_observed_generation():
+    kube = FakeKube(nodes=NODES)
+    body = pxd()
+    reconcile(body, kube, SETTINGS, now="t0")
+    kube.writes.clear()
+    changed = feed_status(kube, pxd(spec={"engine": {"imagesPerPrompt": 2}}, generation=2))
+    out = reconcile(changed, kube, SETTINGS, now="t1")
+    assert sorted(kube.writes) == sorted(
+        [("apply", "Deployment", "demo-stable"), ("apply", "ConfigMap", "demo-router"), ("status", "PixtralDeployment", "demo")]
+    )
+    assert out.status["observedGeneration"] == 2
+    assert all(c["observedGeneration"] == 2 for c in out.status["conditions"])
+
+
+def test_canary_added_then_removed():
+    kube = FakeKube(nodes=NODES)
+    reconcile(pxd(spec={"canary": {"weight": 20, "engine": {"image": "r:2"}}}), kube, SETTINGS, now="t0")
+    assert ("Deployment", "demo-canary") in kube.kinds_named()
+    out = reconcile(pxd(spec={}, generation=2), kube, SETTINGS, now="t1")
+    assert ("Deployment", "demo-canary") not in kube.kinds_named()
+    assert ("Service", "demo-canary") not in kube.kinds_named()
+    assert any(e.reason == "Deleted" for e in out.events)
+    assert out.status["canary"]["phase"] == "None"
+
+
+def test_servicemonitor_when_crd_exists():
+    kube = FakeKube(nodes=NODES, kinds={("monitoring.coreos.com/v1", "ServiceMonitor")})
+    reconcile(pxd(), kube, SETTINGS, now="t0")
+    assert ("ServiceMonitor", "demo") in kube.kinds_named()
+
+
+@pytest.mark.parametrize(
+    "spec, nodes, reason, field",
+    [
+        ({"engine": {"tensorParallelSize": 8}}, NODES, "InsufficientGPUsPerNode", "spec.engine.tensorParallelSize=8"),
+        ({"resources": {"gpuProduct": "H200"}}, NODES, "GPUProductNotFound", "spec.resources.gpuProduct"),
+        ({"engine": {"tensorParallelSize": 1}}, [], "InsufficientGPUsPerNode", "spec.engine.tensorParallelSize=1"),
+        ({"router": {"apiKeysSecretRef": {"name": "nope"}}}, NODES, "SecretNotFound", "spec.router.apiKeysSecretRef.name"),
+        ({"model": {"source": {"hub": {"tokenSecretRef": {"name": "hf"}}}}}, NODES, "SecretNotFound", "spec.model.source.hub.tokenSecretRef.name"),
+        ({"model": {"source": {"pvc": {"claimName": "w"}}}}, NODES, "PersistentVolumeClaimNotFound", "spec.model.source.pvc.claimName"),
+    ],
+)
+def test_operator_judged_bad_specs_are_degraded_with_the_field_named(spec, nodes, reason, field):
+    kube = FakeKube(nodes=nodes)
+    out = reconcile(pxd(spec=spec), kube, SETTINGS, now="t0")
+    degraded = find(out.status["conditions"], "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == reason
+    assert field in degraded["message"]
+    assert kube.kinds_named() == set()  # nothing applied
+    assert any(e.type == "Warning" and e.reason == reason for e in out.events)
+
+
+def test_bad_update_leaves_running_children_untouched():
+    kube = FakeKube(nodes=NODES)
+    body = pxd()
+    reconcile(body, kube, SETTINGS, now="t0")
+    make_ready(kube, "demo-stable", 1)
+    make_ready(kube, "demo-router", 1)
+    reconcile(feed_status(kube, body), kube, SETTINGS, now="t1")
+    before = kube.get("apps/v1", "Deployment", "team", "demo-stable")
+    kube.writes.clear()
+    bad = feed_status(kube, pxd(spec={"engine": {"tensorParallelSize": 8}}, generation=2))
+    out = reconcile(bad, kube, SETTINGS, now="t2")
+    assert kube.writes == [("status", "PixtralDeployment", "demo")]
+    assert kube.get("apps/v1", "Deployment", "team", "demo-stable") == before
+    assert find(out.status["conditions"], "Ready")["status"] == "True"  # still serving the old spec
+    assert find(out.status["conditions"], "Degraded")["status"] == "True"
+    assert find(out.status["conditions"], "Progressing")["reason"] == "SpecRejected"
+    # Fixing the spec clears Degraded.
+    fixed = feed_status(kube, pxd(spec={"engine": {"tensorParallelSize": 2}}, generation=3))
+    out = reconcile(fixed, kube, SETTINGS, now="t3")
+    assert find(out.status["conditions"], "Degraded")["status"] == "False"
+    assert any(e.reason == "AsExpected" for e in out.events)
+
+
+def test_missing_secret_created_later_recovers():
+    kube = FakeKube(nodes=NODES)
+    body = pxd(spec={"router": {"apiKeysSecretRef": {"name": "keys"}}})
+    out = reconcile(body, kube, SETTINGS, now="t0")
+    assert find(out.status["conditions"], "Degraded")["status"] == "True"
+    kube.add({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys", "namespace": "team"}})
+    out = reconcile(feed_status(kube, body), kube, SETTINGS, now="t1")
+    assert find(out.status["conditions"], "Degraded")["status"] == "False"
+    assert ("Deployment", "demo-router") in kube.kinds_named()
+
+
+def test_node_listing_forbidden_skips_the_gpu_check():
+    kube = FakeKube(nodes=None)
+    out = reconcile(pxd(spec={"engine": {"tensorParallelSize": 8}}), kube, SETTINGS, now="t0")
+    assert find(out.status["conditions"], "Degraded")["status"] == "False"
+
+
+def test_manual_deployment_scale_is_corrected_without_autoscaling():
+    kube = FakeKube(nodes=NODES)
+    reconcile(pxd(spec={"replicas": 2}), kube, SETTINGS, now="t0")
+    kube.scale_deployment("team", "demo-stable", 5)
+    kube.writes.clear()
+    reconcile(pxd(spec={"replicas": 2}), kube, SETTINGS, now="t1")
+    assert kube.get("apps/v1", "Deployment", "team", "demo-stable")["spec"]["replicas"] == 2
+
+
+def test_autoscaling_keeps_the_deployments_replica_count():
+    spec = {"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3}}
+    kube = FakeKube(nodes=NODES)
+    reconcile(pxd(spec=spec), kube, SETTINGS, now="t0")
+    kube.scale_deployment("team", "demo-stable", 3)  # the autoscaler's decision
+    kube.writes.clear()
+    reconcile(pxd(spec=spec), kube, SETTINGS, now="t1")
+    assert ("apply", "Deployment", "demo-stable") not in kube.writes
+    assert kube.get("apps/v1", "Deployment", "team", "demo-stable")["spec"]["replicas"] == 3
+
+
+def test_scale_to_zero_is_ready_when_router_is():
+    spec = {"autoscaling": {"enabled": True, "minReplicas": 0, "maxReplicas": 2}, "replicas": 0}
+    kube = FakeKube(nodes=NODES)
+    body = pxd(spec=spec)
+    reconcile(body, kube, SETTINGS, now="t0")
+    make_ready(kube, "demo-router", 1)
+    out = reconcile(feed_status(kube, body), kube, SETTINGS, now="t1")
+    ready = find(out.status["conditions"], "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
