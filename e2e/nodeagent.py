@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from localcluster import podspec  # noqa: E402
 from localcluster.agent import Agent, AgentConfig  # noqa: E402
-from localcluster.kube import Credentials, KubeClient  # noqa: E402
+from localcluster.kube import Credentials  # noqa: E402
 
 VENV_BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     config = AgentConfig(nodes=nodes, api_server=args.server, ca_file=Path(args.ca), state_dir=args.state_dir,
                          pod_logs=args.pod_logs, path_prefix=args.path_prefix, runnable_images=args.runnable_images,
                          kubelet_version=args.kubelet_version)
-    agent = Agent(KubeClient(Credentials(args.server, args.ca, args.cert, args.key)), config)
+    agent = Agent(Credentials(args.server, args.ca, args.cert, args.key), config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop.set())
     return agent.run()

@@ -34,7 +34,7 @@ import httpx
 import yaml
 
 from . import podspec, procs
-from .kube import ApiError, KubeClient
+from .kube import ApiError, Credentials, KubeClient
 from .podspec import NodeSpec, PathMapping, Probe, SpecError
 
 log = logging.getLogger("nodeagent")
@@ -567,6 +567,11 @@ class PodRuntime:
     def start(self, container: ContainerRuntime, now: float) -> None:
         try:
             argv = self.build_process(container)
+            probes = {}
+            for kind in ("startup", "readiness", "liveness"):
+                probe = podspec.parse_probe(container.spec.get(f"{kind}Probe"))
+                if probe:
+                    probes[kind] = ProbeRunner(kind, probe, self.probe_check(container, probe))
         except SpecError as error:
             if container.state.get("waiting", {}).get("message") != str(error):
                 self.event("Warning", "Failed", f"container {container.name}: {error}")
@@ -590,13 +595,9 @@ class PodRuntime:
         container.state = {"running": {"startedAt": rfc3339(container.started_wall)}}
         container.stop_deadline = None
         container.stop_reason = ""
-        container.probes = {}
-        for kind in ("startup", "readiness", "liveness"):
-            probe = podspec.parse_probe(container.spec.get(f"{kind}Probe"))
-            if probe:
-                runner = ProbeRunner(kind, probe, self.probe_check(container, probe))
-                runner.reset(now)
-                container.probes[kind] = runner
+        container.probes = probes
+        for runner in probes.values():
+            runner.reset(now)
         self.event("Normal", "Started", f"Started container {container.name} (pid {container.process.pid}, "
                                         f"pod IP {self.ip}, log {log_path})")
 
@@ -862,19 +863,23 @@ class PodRuntime:
 
 
 class Agent:
-    def __init__(self, kube: KubeClient, config: AgentConfig):
-        self.kube = kube
+    def __init__(self, credentials: Credentials, config: AgentConfig):
+        # One client per thread: the sync loop, the pod watch, node heartbeats, the status writer.
+        self.kube = KubeClient(credentials)
+        self.watch_kube = KubeClient(credentials)
+        self.heartbeat_kube = KubeClient(credentials)
         self.config = config
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.ips = IpAllocator(config.ip_octet_range)
-        self.writer = ApiWriter(kube, self.stop)
+        self.writer = ApiWriter(KubeClient(credentials), self.stop)
         self.probe_pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
         self.http = httpx.Client(verify=False, follow_redirects=False)
         self.node_names = {node.name for node in config.nodes}
         self.desired: dict[str, dict] = {}
         self.desired_lock = threading.Lock()
         self.pods: dict[str, PodRuntime] = {}
+        self.finalized: set[str] = set()   # pods removed by us whose DELETED event may not have arrived
 
     # --- lookups used while building processes and volumes ---------------------------------------
     def lookup(self, kind: str, namespace: str, name: str) -> dict | None:
@@ -923,16 +928,16 @@ class Agent:
     def heartbeat(self) -> None:
         for node in self.config.nodes:
             now = time.time()
-            self.kube.strategic_patch(f"/api/v1/nodes/{node.name}/status",
+            self.heartbeat_kube.strategic_patch(f"/api/v1/nodes/{node.name}/status",
                                       {"status": {"conditions": podspec.node_conditions(rfc3339(now))}})
             path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node.name}"
             lease_spec = {"holderIdentity": node.name, "leaseDurationSeconds": 40, "renewTime": micro_time(now)}
-            if self.kube.get_or_none(path) is None:
-                self.kube.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", {
+            if self.heartbeat_kube.get_or_none(path) is None:
+                self.heartbeat_kube.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", {
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": node.name, "namespace": "kube-node-lease"}, "spec": lease_spec})
             else:
-                self.kube.merge_patch(path, {"spec": lease_spec})
+                self.heartbeat_kube.merge_patch(path, {"spec": lease_spec})
 
     def heartbeat_loop(self) -> None:
         while not self.stop.wait(self.config.heartbeat_seconds):
@@ -948,13 +953,13 @@ class Agent:
     def watch_loop(self) -> None:
         while not self.stop.is_set():
             try:
-                listing = self.kube.get("/api/v1/pods", fieldSelector="spec.nodeName!=")
+                listing = self.watch_kube.get("/api/v1/pods", fieldSelector="spec.nodeName!=")
                 with self.desired_lock:
                     self.desired = {p["metadata"]["uid"]: p for p in listing["items"] if self.mine(p)}
                 self.wake.set()
                 version = listing["metadata"]["resourceVersion"]
                 while not self.stop.is_set():
-                    for event in self.kube.watch("/api/v1/pods", version, timeout_seconds=60,
+                    for event in self.watch_kube.watch("/api/v1/pods", version, timeout_seconds=60,
                                                  fieldSelector="spec.nodeName!="):
                         obj = event["object"]
                         if event["type"] == "ERROR":
@@ -978,7 +983,10 @@ class Agent:
         now = time.monotonic()
         with self.desired_lock:
             desired = dict(self.desired)
+        self.finalized &= set(desired)
         for uid, pod in desired.items():
+            if uid in self.finalized:
+                continue
             runtime = self.pods.get(uid)
             if runtime is None:
                 runtime = PodRuntime(self, pod)
@@ -993,6 +1001,8 @@ class Agent:
                 log.exception("sync of pod %s/%s failed", runtime.namespace, runtime.name)
             if runtime.finalized:
                 del self.pods[uid]
+                if uid in desired:
+                    self.finalized.add(uid)
 
     def run(self) -> int:
         self.cleanup_orphans()
