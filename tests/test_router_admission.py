@@ -1,0 +1,150 @@
+"""Admission: each kind of bad request is refused with a reason and a message naming the problem."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from pixtral_runtime.router import admission
+from pixtral_runtime.router.config import AdmissionPolicy
+from pixtral_runtime.router.errors import AdmissionError, BodyTooLarge
+
+POLICY = AdmissionPolicy(images_per_prompt=2, max_image_bytes=4096, max_image_pixels=64 * 64,
+                         allowed_image_url_schemes=frozenset({"data"}), max_body_bytes=100_000)
+
+
+def png_data_url(width: int, height: int) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims huge dimensions, with almost no data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def chat(*image_urls, as_object: bool = True) -> dict:
+    parts = [{"type": "text", "text": "describe"}]
+    for url in image_urls:
+        parts.append({"type": "image_url", "image_url": {"url": url} if as_object else url})
+    return {"model": "m", "messages": [{"role": "user", "content": parts}]}
+
+
+def admit(body: dict | bytes) -> dict:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return admission.admit("chat", raw, POLICY)
+
+
+def reason_of(body: dict | bytes) -> AdmissionError:
+    with pytest.raises(AdmissionError) as info:
+        admit(body)
+    return info.value
+
+
+def test_valid_requests_pass() -> None:
+    small = png_data_url(32, 32)
+    assert admit(chat(small, small))["model"] == "m"
+    assert admit(chat(small, as_object=False))["model"] == "m"
+    assert admit({"model": "m", "messages": [{"role": "user", "content": "plain text"}]})
+    assert admission.admit("completions", b'{"prompt": "hi"}', POLICY) == {"prompt": "hi"}
+
+
+@pytest.mark.parametrize("as_object", [True, False])
+def test_too_many_images_counts_both_url_forms(as_object: bool) -> None:
+    small = png_data_url(8, 8)
+    err = reason_of(chat(small, small, small, as_object=as_object))
+    assert err.reason == "too_many_images" and err.status == 400
+    assert "At most 2 image(s)" in err.message and "got 3" in err.message
+
+
+def test_images_are_counted_across_messages() -> None:
+    small = png_data_url(8, 8)
+    body = chat(small)
+    body["messages"] += chat(small)["messages"] + chat(small)["messages"]
+    assert reason_of(body).reason == "too_many_images"
+
+
+def test_image_too_large_is_judged_from_base64_length() -> None:
+    # Random bytes do not compress: the PNG is well over 4096 bytes.
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (60, 60), random.Random(0).randbytes(60 * 60 * 3)).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    err = reason_of(chat(url))
+    assert err.reason == "image_too_large" and "exceeds the limit of 4096 bytes" in err.message
+    assert err.param == "messages[0].content[1].image_url"
+
+
+def test_decoded_size_from_length() -> None:
+    for n in range(0, 20):
+        raw = bytes(range(n))
+        assert admission.decoded_size(base64.b64encode(raw).decode()) == n
+
+
+def test_too_many_pixels_from_header_only() -> None:
+    huge = png_header_claiming(50_000, 50_000)  # 2.5e9 pixels claimed, ~60 bytes of data
+    assert len(huge) < 200
+    url = "data:image/png;base64," + base64.b64encode(huge).decode()
+    err = reason_of(chat(url))
+    assert err.reason == "image_too_many_pixels"
+    # Just over our own limit (well under Pillow's bomb limit): our check, with the dimensions.
+    err = reason_of(chat(png_data_url(65, 64)))
+    assert err.reason == "image_too_many_pixels" and "65x64" in err.message
+
+
+@pytest.mark.parametrize("url", [
+    "data:image/png;base64,bm90IGFuIGltYWdl",   # valid base64, not an image
+    "data:image/png;base64,!!!not-base64!!!",
+    "data:image/png;base64,",
+    "data:image/png,rawtext",                  # not base64-encoded
+    "data:image/png;base64",                   # no comma
+])
+def test_undecodable_images(url: str) -> None:
+    err = reason_of(chat(url))
+    assert err.reason == "image_undecodable", err.message
+
+
+@pytest.mark.parametrize("url", ["http://example.com/cat.png", "https://example.com/cat.png", "file:///etc/passwd",
+                                 "cat.png"])
+def test_disallowed_url_schemes(url: str) -> None:
+    err = reason_of(chat(url))
+    assert err.reason == "image_url_scheme" and "is not allowed; allowed: data" in err.message
+
+
+def test_allowed_remote_scheme_passes_without_fetching() -> None:
+    policy = AdmissionPolicy(allowed_image_url_schemes=frozenset({"data", "https"}))
+    body = json.dumps(chat("https://example.com/cat.png")).encode()
+    assert admission.admit("chat", body, policy)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b'"text"', b"\xff\xfe"])
+def test_malformed_json(raw: bytes) -> None:
+    err = reason_of(raw)
+    assert err.reason == "invalid_json" and err.status == 400
+
+
+def test_malformed_messages() -> None:
+    assert reason_of({"messages": "hello"}).reason == "invalid_request"
+    assert reason_of({"messages": ["hello"]}).param == "messages[0]"
+    assert reason_of(chat(None)).reason == "invalid_image"
+
+
+def test_body_too_large_by_content_length() -> None:
+    with pytest.raises(BodyTooLarge) as info:
+        admission.check_content_length(b"100001", POLICY)
+    assert info.value.status == 413 and "exceeds the limit of 100000 bytes" in info.value.message
+    admission.check_content_length(b"100000", POLICY)
+    admission.check_content_length(None, POLICY)
+    with pytest.raises(AdmissionError, match="Content-Length is not a number"):
+        admission.check_content_length(b"lots", POLICY)
