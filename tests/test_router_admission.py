@@ -11,7 +11,6 @@ import zlib
 
 import pytest
 from PIL import Image
-
 from pixtral_runtime.router import admission
 from pixtral_runtime.router.config import AdmissionPolicy
 from pixtral_runtime.router.errors import AdmissionError, BodyTooLarge

@@ -18,14 +18,13 @@ import httpx
 import pytest
 import uvicorn
 from PIL import Image
+from pixtral_runtime.router.app import create_app
+from pixtral_runtime.router.config import parse_config
+from pixtral_runtime.router.settings import RouterSettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
-
-from pixtral_runtime.router.app import create_app
-from pixtral_runtime.router.config import parse_config
-from pixtral_runtime.router.settings import RouterSettings
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "sk-test-key"

@@ -6,7 +6,6 @@ import math
 import random
 
 import pytest
-
 from pixtral_runtime.router.choice import (
     CANARY,
     STABLE,

@@ -6,7 +6,6 @@ import base64
 import json
 
 import pytest
-
 from pixtral_runtime.router.config import ConfigError, Limits, parse_config, unknown_fields
 from pixtral_runtime.router.discovery import api_keys_from_secret, config_from_configmap, ready_backends
 from pixtral_runtime.router.settings import SettingsError, settings_from

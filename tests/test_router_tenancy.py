@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 
 import pytest
-
 from pixtral_runtime.router import tenancy
 from pixtral_runtime.router.config import Limits, TenancyPolicy
 from pixtral_runtime.router.errors import AuthenticationError, RateLimited
