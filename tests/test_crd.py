@@ -81,3 +81,9 @@ def test_cel_rules_present():
 def test_bounds_enums_defaults(path, key, value):
     node = SPEC[path[0]]["properties"][path[1]]
     assert node[key] == value
+
+
+def test_crd_reference_doc_is_generated_from_the_schema():
+    from pixtral_operator.crdref import main
+
+    assert main(["--check"]) == 0, "docs/crd-reference.md is stale: run python -m pixtral_operator.crdref"
