@@ -373,3 +373,25 @@ def _engine_part(
         problems.append(f"vLLM queue metrics from {pods} of {ready_replicas} ready pods")
         return load, False
     return load, True
+
+
+async def read_signal(
+    client: PrometheusClient,
+    namespace: str,
+    deployment: str,
+    track: str,
+    ready_replicas: int,
+    prometheus_query: str | None = None,
+    max_sample_age_seconds: float = DEFAULT_MAX_SAMPLE_AGE_SECONDS,
+) -> Signal:
+    """One track's :class:`Signal` for the timer; never raises.
+
+    A prometheusQuery that cannot be rendered becomes a missing signal carrying the error, so the
+    track holds and its status names the problem instead of the timer failing every tick.
+    """
+    try:
+        queries = track_queries(namespace, deployment, track, prometheus_query)
+    except QueryConfigError as error:
+        return Signal.missing(str(error))
+    readings = await read_track(client, queries)
+    return assess(readings, ready_replicas=ready_replicas, max_sample_age_seconds=max_sample_age_seconds)

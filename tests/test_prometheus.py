@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from pixtral_operator.prometheus import (
     default_queries,
     escape_label_value,
     parse_query_response,
+    read_signal,
     read_track,
     render_override,
     track_queries,
@@ -549,6 +551,15 @@ async def test_live_override_query(live_prometheus):
     assert broken.override is not None and "bad_data" in broken.override.error
 
 
+async def test_live_read_signal_and_a_bad_override_that_holds(live_prometheus):
+    url, _ = live_prometheus
+    async with PrometheusClient(url, timeout_seconds=5) as client:
+        stable = await read_signal(client, "team-a", "demo", "stable", ready_replicas=2)
+        bad = await read_signal(client, "team-a", "demo", "stable", 2, prometheus_query='sum(q{x="{nope}"})')
+    assert stable.load == 12 and stable.complete
+    assert bad.load is None and "unknown placeholder(s) {nope}" in bad.problem
+
+
 async def test_live_target_going_down_turns_the_signal_partial(live_prometheus):
     url, exporter = live_prometheus
     exporter.pages["/pod-b"] = None
@@ -565,3 +576,15 @@ async def test_live_target_going_down_turns_the_signal_partial(live_prometheus):
         assert "from 1 of 2 ready pods" in signal_now.problem
     finally:
         exporter.pages["/pod-b"] = POD_B
+
+
+def test_autoscaler_modules_import_neither_kopf_nor_the_kubernetes_client():
+    # The timer wraps these modules; they must stay testable and reusable without an API server.
+    code = (
+        "import sys, pixtral_operator.autoscaler, pixtral_operator.prometheus; "
+        "print(sorted(m for m in ('kopf', 'kubernetes') if m in sys.modules))"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert answer.stdout.strip() == "[]"
