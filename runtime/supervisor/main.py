@@ -127,6 +127,12 @@ async def _serve_probe(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
             await writer.wait_closed()
 
 
+def is_supervisor_probe_log(line: str) -> bool:
+    """vLLM's access-log line for the supervisor's own once-a-second `/health` poll. Nothing else
+    calls vLLM's /health (Kubernetes probes the supervisor), so these lines only drown the log."""
+    return '"GET /health HTTP/1.1" 200' in line
+
+
 async def _forward(stream: asyncio.StreamReader, sink, state: SupervisorState) -> None:
     while True:
         try:
@@ -136,6 +142,8 @@ async def _forward(stream: asyncio.StreamReader, sink, state: SupervisorState) -
         if not raw:
             return
         line = raw.decode("utf-8", errors="replace").rstrip("\n")
+        if is_supervisor_probe_log(line):
+            continue
         state.log_tail.append(line)
         print(line, file=sink, flush=True)
 
