@@ -393,8 +393,13 @@ OTHER_DEPLOYMENT = (
     'vllm:num_requests_running{engine="0",model_name="pixtral"} 100\n'
     "pixtral_router_pending_requests 100\n"
 )
-# An unlabelled series (counts for stable) and one the router labels with the canary track.
-ROUTER = 'pixtral_router_pending_requests 2\npixtral_router_pending_requests{track="canary"} 1\n'
+# The router's own series (runtime/router/metrics.py: labelled with its deployment, which
+# Prometheus keeps as exported_deployment beside the target's label, and no track: counts for
+# stable), and one as a router that labels pending requests by track would export for the canary.
+ROUTER = (
+    'pixtral_router_pending_requests{deployment="demo"} 2\n'
+    'pixtral_router_pending_requests{deployment="demo",track="canary"} 1\n'
+)
 
 
 class Exporter:
@@ -533,6 +538,12 @@ async def test_live_default_queries_read_each_track(live_prometheus):
     assert 0 <= age < 30, age
     assert stable_readings.router_pending.value == 2
     assert stable == Signal(load=12, complete=True, wake_visible=True, problem="")
+
+    async with PrometheusClient(url, timeout_seconds=5) as client:
+        raw = await client.query('pixtral_router_pending_requests{deployment="demo"}')
+    # The target's deployment label wins; the router's own copy is kept aside, track stays absent.
+    unlabelled = [s.labels for s in raw.samples if "track" not in s.labels]
+    assert len(unlabelled) == 1 and unlabelled[0]["exported_deployment"] == "demo"
 
     canary_readings, canary = await live_signal(url, "canary", ready_replicas=1)
     assert canary_readings.engine_load.value == 1 and canary_readings.router_pending.value == 1
