@@ -193,3 +193,66 @@ def test_main_refuses_a_conflicting_extra_arg(monkeypatch, capsys):
     code, err = run_main([], monkeypatch, capsys, env={"PIXTRAL_EXTRA_ARGS": '["--max-model-len=99"]'})
     assert code == 2
     assert "--max-model-len" in err and "managed" in err
+
+
+def test_only_the_supervisors_own_health_poll_lines_are_dropped_from_the_log():
+    from pixtral_runtime.supervisor.main import is_supervisor_probe_log
+
+    assert is_supervisor_probe_log('INFO:     127.0.0.1:45380 - "GET /health HTTP/1.1" 200 OK')
+    assert not is_supervisor_probe_log('INFO:     127.0.0.1:45380 - "GET /health HTTP/1.1" 503 Service Unavailable')
+    assert not is_supervisor_probe_log('INFO:     10.0.0.9:1234 - "POST /v1/chat/completions HTTP/1.1" 200 OK')
+
+
+def test_vllm_runs_unbuffered_with_our_environment():
+    from pixtral_runtime.supervisor.main import child_environment
+
+    assert child_environment({"VLLM_CPU_KVCACHE_SPACE": "1"}) == {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+async def test_a_child_that_dies_makes_supervise_return_1_with_its_last_lines(capsys):
+    """Failure path with a stand-in child: it prints and exits 3, as a crashing vLLM would."""
+    import socket
+    import sys
+
+    from pixtral_runtime.supervisor.main import LOG_TAIL_LINES, supervise
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    settings = RuntimeSettings(host="127.0.0.1", vllm_port=free_port(), health_port=free_port())
+    script = "import sys\nfor i in range(80): print(f'engine line {i}')\nprint('CUDA out of memory', file=sys.stderr)\nsys.exit(3)"
+    code = await supervise(settings, [sys.executable, "-c", script], {"PYTHONUNBUFFERED": "1"})
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "vLLM exited on its own with code 3" in err
+    tail = [line for line in err.splitlines() if line.startswith("  | ")]
+    assert len(tail) == LOG_TAIL_LINES
+    assert "  | CUDA out of memory" in tail
+    assert "  | engine line 79" in tail and "  | engine line 0" not in tail
+
+
+async def test_sigterm_before_vllm_is_ready_stops_the_child_and_returns_0(capsys):
+    """Stand-in child that never serves: SIGTERM must not wait for a drain that cannot happen."""
+    import asyncio
+    import os
+    import signal
+    import socket
+    import sys
+
+    from pixtral_runtime.supervisor.main import supervise
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    settings = RuntimeSettings(host="127.0.0.1", vllm_port=free_port(), health_port=free_port(),
+                               drain_timeout_seconds=60)
+    loop = asyncio.get_running_loop()
+    loop.call_later(1.0, os.kill, os.getpid(), signal.SIGTERM)
+    code = await supervise(settings, [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "vLLM never became ready" in err

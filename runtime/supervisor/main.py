@@ -248,8 +248,10 @@ async def supervise(settings: RuntimeSettings, command: Sequence[str], env: Mapp
                     await asyncio.wait(forwarders, timeout=5)
                     log(f"vLLM stopped (exit code {process.returncode}); exiting 0")
                     return 0
-            await asyncio.wait(forwarders, timeout=5)
+            # The engine processes vLLM spawned share its group and hold the log pipes open:
+            # end them first so the forwarders see end-of-file and the last lines are complete.
             _signal_group(process, signal.SIGKILL)
+            await asyncio.wait(forwarders, timeout=5)
             log(f"vLLM exited on its own with code {process.returncode}; its last {len(state.log_tail)} log lines:")
             for line in state.log_tail:
                 print(f"  | {line}", file=sys.stderr)
