@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pixtral_operator.handlers.pixtral import register
     from pixtral_operator.k8s import KubeApi, load_config
+    from pixtral_operator.prometheus import PrometheusClient
+    from pixtral_operator.scaler import Scaler
 
     settings = OperatorSettings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
@@ -44,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     load_config()
     kube = KubeApi()
+    prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
     registry = kopf.OperatorRegistry()
-    register(registry, settings, kube)
+    register(registry, settings, kube, Scaler(kube, prometheus))
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

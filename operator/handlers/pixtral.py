@@ -12,6 +12,7 @@ from kubernetes.client.exceptions import ApiException
 from pixtral_operator import metrics
 from pixtral_operator.k8s import KubeApi
 from pixtral_operator.reconcile import reconcile
+from pixtral_operator.scaler import Scaler
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import GROUP, PLURAL, VERSION
 
@@ -49,7 +50,11 @@ def _plain(body: Any) -> dict[str, Any]:
     }
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: KubeApi) -> None:
+def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("autoscaling") or {}).get("enabled"))
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: KubeApi, scaler: Scaler) -> None:
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL, registry=registry)
 
     @kopf.on.create(**resource, id="reconcile")
@@ -63,3 +68,30 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
     @kopf.timer(**resource, id="resync", interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
     def resync(body: kopf.Body, **_: Any) -> None:
         run_reconcile(body, kube, settings)
+
+    @kopf.timer(**resource, id="autoscale", interval=settings.autoscale_seconds, when=_autoscaling_enabled)
+    async def autoscale(body: kopf.Body, **_: Any) -> None:
+        import asyncio
+
+        result = await scaler.tick(_plain(body))
+        meta = body["metadata"]
+        for track, decision in result.decisions.items():
+            if decision.event is not None:
+                kopf.event(body, type=decision.event.type, reason=decision.event.reason, message=f"{track}: {decision.event.message}")
+        if result.status_patch is not None:
+            await asyncio.to_thread(kube.patch_status, meta["namespace"], meta["name"], result.status_patch)
+
+    @kopf.on.field(**resource, id="manual-scale", field="spec.replicas")
+    def manual_scale(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+        if old is not None and _autoscaling_enabled(body.get("spec") or {}):
+            kopf.event(
+                body,
+                type="Warning",
+                reason="ManualScaleIgnored",
+                message=f"spec.replicas changed {old} -> {new} but autoscaling is enabled: the autoscaler owns the "
+                "replica count (set minReplicas/maxReplicas, or disable autoscaling)",
+            )
+
+    @kopf.on.delete(**resource, id="forget", optional=True)
+    def forget(body: kopf.Body, **_: Any) -> None:
+        scaler.forget(body["metadata"]["namespace"], body["metadata"]["name"])

@@ -1,0 +1,111 @@
+"""The autoscaler timer body against a recording fake API and canned Prometheus answers."""
+
+from fakekube import FakeKube, gpu_node, pxd
+
+from pixtral_operator.prometheus import QueryResult, Sample
+from pixtral_operator.reconcile import reconcile
+from pixtral_operator.scaler import Scaler
+from pixtral_operator.settings import OperatorSettings
+
+SPEC = {"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetQueuePerReplica": 2, "scaleDownWindowSeconds": 30}}
+
+
+class CannedPrometheus:
+    """Answers the engine/router queries from a dict the test changes between ticks."""
+
+    def __init__(self) -> None:
+        self.load = 0.0
+        self.pods = 1
+        self.pending = 0.0
+        self.now = 1000.0
+        self.fail = False
+
+    async def query(self, promql: str, at: float | None = None) -> QueryResult:
+        if self.fail:
+            return QueryResult.failure("connection refused")
+
+        def one(value: float) -> QueryResult:
+            return QueryResult(ok=True, samples=(Sample({}, value, self.now),))
+
+        if promql.startswith("count("):
+            return one(self.pods)
+        if promql.startswith("min(timestamp"):
+            return one(self.now - 1)
+        if "pixtral_router_pending_requests" in promql:
+            return one(self.pending)
+        return one(self.load)
+
+
+def setup(spec=SPEC):
+    kube = FakeKube(nodes=[gpu_node("gpu-0")])
+    body = pxd(spec=spec)
+    reconcile(body, kube, OperatorSettings(), now="t0")
+    kube.set_deployment_status("team", "demo-stable", replicas=1, readyReplicas=1, updatedReplicas=1)
+    return kube, body
+
+
+def replicas(kube):
+    return kube.get("apps/v1", "Deployment", "team", "demo-stable")["spec"]["replicas"]
+
+
+async def test_rise_scales_the_deployment_and_reports():
+    kube, body = setup()
+    prom = CannedPrometheus()
+    scaler = Scaler(kube, prom)
+    prom.load = 5
+    result = await scaler.tick(body, now=prom.now)
+    assert replicas(kube) == 3
+    assert result.decisions["stable"].reason == "ScaleUp"
+    assert result.decisions["stable"].event is not None
+    entry = result.status_patch["autoscaler"]["stable"]
+    assert entry["desired"] == 3 and entry["load"] == 5 and entry["reason"] == "ScaleUp"
+    assert entry["state"]["replicas"] == 3
+    assert result.status_patch["queue"] == 5
+
+
+async def test_steady_tick_patches_nothing():
+    kube, body = setup()
+    prom = CannedPrometheus()
+    scaler = Scaler(kube, prom)
+    first = await scaler.tick(body, now=1000)
+    body["status"] = {**body["status"], **first.status_patch}
+    kube.writes.clear()
+    second = await scaler.tick(body, now=1002)
+    assert second.status_patch is None and kube.writes == []
+
+
+async def test_prometheus_down_holds():
+    kube, body = setup()
+    prom = CannedPrometheus()
+    scaler = Scaler(kube, prom)
+    prom.load = 5
+    await scaler.tick(body, now=1000)
+    assert replicas(kube) == 3
+    prom.fail = True
+    kube.set_deployment_status("team", "demo-stable", replicas=3, readyReplicas=3, updatedReplicas=3)
+    for i in range(1, 40):
+        result = await scaler.tick(body, now=1000 + i * 2)
+    assert replicas(kube) == 3
+    assert result.decisions["stable"].reason == "HoldStaleMetrics"
+
+
+async def test_no_prometheus_url_holds_with_a_reason():
+    kube, body = setup()
+    result = await Scaler(kube, None).tick(body, now=1000)
+    assert replicas(kube) == 1
+    assert "PIXTRAL_PROMETHEUS_URL" in result.decisions["stable"].message
+
+
+async def test_state_survives_an_operator_restart_through_the_status():
+    kube, body = setup()
+    prom = CannedPrometheus()
+    prom.load = 5
+    first = await Scaler(kube, prom).tick(body, now=1000)
+    body["status"] = {**body["status"], **first.status_patch}
+    prom.load = 0
+    kube.set_deployment_status("team", "demo-stable", replicas=3, readyReplicas=3, updatedReplicas=3)
+    prom.pods = 3
+    restarted = Scaler(kube, prom)
+    # Within the 30 s window after the high reading nothing scales down, even after a restart.
+    result = await restarted.tick(body, now=1010)
+    assert replicas(kube) == 3 and result.decisions["stable"].reason != "ScaleDownAfterWindow"
