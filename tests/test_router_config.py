@@ -58,6 +58,8 @@ def test_no_keys_anywhere_means_no_auth() -> None:
     ({"tracks": {"stable": {"service": "s", "port": 70000}}}, "config.json.tracks.stable.port"),
     ({"tenancy": {"tenants": {"a": {"maxConcurrent": -2}}}}, "config.json.tenancy.tenants.a.maxConcurrent"),
     ({"backends": {"stable": ["127.0.0.1:8000"]}}, "config.json.backends.stable[0]"),
+    ({"backends": {"stable": ["https://10.0.0.1:8000"]}}, "config.json.backends.stable[0]"),
+    ({"backends": {"stable": ["http://10.0.0.1"]}}, "config.json.backends.stable[0]"),
     ({"requestTimeoutSeconds": 0}, "config.json.requestTimeoutSeconds"),
 ])
 def test_bad_fields_are_named(patch: dict, field: str) -> None:

@@ -1,10 +1,9 @@
 """The router as a plain ASGI application, built by `create_app(settings)`.
 
 The hot path is deliberately framework-free: a dict lookup for the route, one pass over the
-request headers, the pure decisions (tenancy, admission, track, backend), then aiohttp's pooled
-client streaming the backend's answer through chunk by chunk. aiohttp rather than httpx because
-its client costs several times less CPU per request (see docs/benchmarks.md, "Router"), and the
-router's throughput on one core is bounded by exactly that.
+request headers, the pure decisions (tenancy, admission, track, backend), then a lean keep-alive
+HTTP/1.1 client (`upstream.py`) streaming the backend's answer through chunk by chunk. The
+router's throughput on one core is bounded by exactly these per-request costs.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import aiohttp
 
 from . import admission
 from .choice import choose_backend, choose_track, parse_override
@@ -34,15 +31,13 @@ from .errors import (
 from .metrics import RouterMetrics
 from .settings import RouterSettings
 from .state import RouterState
+from .upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("pixtral_runtime.router")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-# Connection failures where the backend cannot have seen the request: safe to retry elsewhere.
-CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones the router sets itself are not forwarded.
 _DROP_REQUEST_HEADERS = frozenset(
@@ -109,7 +104,8 @@ class RouterApp:
         deployment = settings.config.deployment if settings.config else _deployment_from(settings)
         self.state = state or RouterState(RouterMetrics(deployment))
         self.metrics = self.state.metrics
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream: UpstreamPool | None = None
+        self._addresses: dict[str, tuple[str, int]] = {}
         self._discovery_factory = discovery_factory
         self._discovery: Any = None
         self._created = int(time.time())
@@ -179,16 +175,9 @@ class RouterApp:
                 return
 
     async def startup(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0,  # per-tenant and per-backend limits live elsewhere; the pool must not queue
-            keepalive_timeout=self.settings.upstream_keepalive_seconds,
-            ttl_dns_cache=10,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # bytes pass through as the backend encoded them
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.upstream_connect_timeout_seconds),
+        self.upstream = UpstreamPool(
+            keepalive_seconds=self.settings.upstream_keepalive_seconds,
+            connect_timeout=self.settings.upstream_connect_timeout_seconds,
         )
         settings = self.settings
         if settings.config is not None:
@@ -202,8 +191,8 @@ class RouterApp:
     async def shutdown(self) -> None:
         if self._discovery is not None:
             await self._discovery.stop()
-        if self.session is not None:
-            await self.session.close()
+        if self.upstream is not None:
+            self.upstream.close()
 
     # ---- small endpoints --------------------------------------------------------------------------
     async def _healthz(self, scope: Scope, receive: Receive, send: Send, request: _Request) -> None:
@@ -325,23 +314,39 @@ class RouterApp:
         finally:
             gauge.dec()
 
+    def _address(self, backend: str) -> tuple[str, int]:
+        address = self._addresses.get(backend)
+        if address is None:
+            host, _, port = backend.split("://", 1)[1].rstrip("/").rpartition(":")
+            address = self._addresses[backend] = (host.strip("[]"), int(port))
+        return address
+
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request: _Request, body: bytes,
                        track: str, started: float) -> None:
-        state = self.state
         config = self._config()
-        session = self.session
-        assert session is not None, "startup() creates the upstream session"
-        method = scope["method"]
-        target = scope["path"]
+        try:
+            async with asyncio.timeout(config.request_timeout_seconds):
+                await self._forward_with_retry(scope, send, request, body, track, started)
+        except TimeoutError:
+            if request.response_started:
+                # Headers are out: the only honest signal left is to cut the stream short.
+                log.warning("request exceeded %gs mid-response; cut", config.request_timeout_seconds)
+                self.metrics.observe_request(request.tenant, request.track, 504, time.perf_counter() - started)
+                return
+            raise UpstreamTimeout(
+                f"The backend did not answer within {config.request_timeout_seconds:g}s."
+            ) from None
+
+    async def _forward_with_retry(self, scope: Scope, send: Send, request: _Request, body: bytes,
+                                  track: str, started: float) -> None:
+        state = self.state
+        pool = self.upstream
+        assert pool is not None, "startup() creates the upstream pool"
+        method = scope["method"].encode()
+        target = scope["raw_path"] if scope.get("raw_path") else scope["path"].encode()
         if scope.get("query_string"):
-            target = f"{target}?{scope['query_string'].decode('latin-1')}"
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in scope["headers"] if name not in _DROP_REQUEST_HEADERS
-        ]
-        timeout = aiohttp.ClientTimeout(
-            total=config.request_timeout_seconds, sock_connect=self.settings.upstream_connect_timeout_seconds
-        )
+            target = target + b"?" + scope["query_string"]
+        headers = [(name, value) for name, value in scope["headers"] if name not in _DROP_REQUEST_HEADERS]
         exclude: list[str] = []
         outstanding = state.outstanding
         for attempt in (0, 1):
@@ -358,43 +363,33 @@ class RouterApp:
             gauge = self.metrics.backend_gauge(served_track, backend)
             gauge.inc()
             try:
+                host, port = self._address(backend)
                 try:
-                    response = await session.request(
-                        method, backend + target, data=body if body else None, headers=headers,
-                        timeout=timeout, allow_redirects=False,
-                    )
-                except CONNECT_ERRORS as exc:
+                    response = await pool.request(host, port, method, target, headers, body)
+                except UpstreamConnectError as exc:
                     state.pool.eject(backend, self.settings.eject_seconds)
-                    log.warning("connect to %s failed (%s)%s", backend, exc.__class__.__name__,
-                                "; retrying on another backend" if not attempt else "")
+                    log.warning("%s%s", exc, "; retrying on another backend" if not attempt else "")
                     exclude.append(backend)
                     if not attempt:
                         self.metrics.retried(served_track)
                     continue
-                except TimeoutError:
-                    raise UpstreamTimeout(
-                        f"Backend {backend} did not answer within {config.request_timeout_seconds:g}s."
-                    ) from None
-                except aiohttp.ClientError as exc:
-                    raise UpstreamUnreachable(f"Backend {backend} failed: {exc.__class__.__name__}.") from None
+                except UpstreamError as exc:
+                    raise UpstreamUnreachable(f"Backend {backend} failed: {exc}") from None
                 try:
                     await self._relay(response, send, request, served_track, backend, started)
                 finally:
-                    # An unfinished body (client gone, error) closes the connection instead of pooling it,
-                    # which is what tells the backend to abort the generation.
-                    if request.response_done:
-                        response.release()
-                    else:
-                        response.close()
+                    # An unfinished body (client gone, error, timeout) closes the connection instead
+                    # of pooling it, which is what tells the backend to abort the generation.
+                    response.release()
                 return
             finally:
                 outstanding[backend] -= 1
                 gauge.dec()
         raise UpstreamUnreachable(f"Backends {', '.join(exclude)} refused the connection.")
 
-    async def _relay(self, response: aiohttp.ClientResponse, send: Send, request: _Request, track: str,
+    async def _relay(self, response: UpstreamResponse, send: Send, request: _Request, track: str,
                      backend: str, started: float) -> None:
-        headers = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in _DROP_RESPONSE_HEADERS]
+        headers = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE_HEADERS]
         headers.append((b"x-pixtral-track", track.encode()))
         headers.append((b"x-pixtral-backend", backend.encode()))
         length = response.content_length
@@ -414,20 +409,17 @@ class RouterApp:
                 request.response_started = True
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 first = True
-                async for chunk in response.content.iter_any():
+                async for chunk in response.chunks():
                     if first:
                         metrics.observe_ttfb(track, time.perf_counter() - started)
                         first = False
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 request.response_done = True
                 await send({"type": "http.response.body", "body": b""})
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UpstreamError as exc:
             if not request.response_started:
-                if isinstance(exc, TimeoutError):
-                    raise UpstreamTimeout(f"Backend {backend} timed out.") from None
-                raise UpstreamUnreachable(f"Backend {backend} failed: {exc.__class__.__name__}.") from None
-            # Headers are out: the only honest signal left is to cut the stream short.
-            log.warning("stream from %s broke: %s", backend, exc.__class__.__name__)
+                raise UpstreamUnreachable(f"Backend {backend} failed: {exc}") from None
+            log.warning("stream from %s broke: %s", backend, exc)
             request.response_done = False
             metrics.observe_request(request.tenant, track, 502, time.perf_counter() - started)
             return

@@ -125,10 +125,20 @@ def _limits(raw: Any, where: str, default: Limits) -> Limits:
 
 
 def _backend_url(raw: Any, where: str) -> str:
-    _expect(raw, str, where, 'a URL like "http://127.0.0.1:8000"')
-    if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1].strip("/")) == 0:
-        raise ConfigError(f'{where} must be a URL like "http://127.0.0.1:8000", got {raw!r}')
-    return raw.rstrip("/")
+    """Normalised to http://host:port (the runtimes speak plain HTTP/1.1 inside the cluster)."""
+    from urllib.parse import urlsplit
+
+    example = 'a URL like "http://127.0.0.1:8000"'
+    _expect(raw, str, where, example)
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{where} must be {example}, got {raw!r}") from None
+    if parts.scheme != "http" or not parts.hostname or port is None or parts.path.strip("/"):
+        raise ConfigError(f"{where} must be {example} (http, host and port, no path), got {raw!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"http://{host}:{port}"
 
 
 def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
