@@ -1,0 +1,156 @@
+"""The life of a PixtralDeployment as a user walks it, on the local cluster with real vLLM:
+create -> Ready -> image and text requests through the router -> canary 20 -> 50 -> removed ->
+image limit changed (pods roll, new limit holds) -> kubectl scale -> delete (children and processes gone)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pixtral_e2e import (  # noqa: F401  (fixtures)
+    API_KEY,
+    apply,
+    chat,
+    chat_body,
+    condition,
+    create_api_keys,
+    crds,
+    get_pxd,
+    operator,
+    pods,
+    processes_with_env,
+    pxd_manifest,
+    ready_pods,
+    router_url,
+    tiny_model,
+    tiny_spec,
+    wait_condition,
+    wait_gone,
+)
+from localcluster import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.engine, pytest.mark.timeout(1500)]
+
+NAME = "life"
+STARTUP = 420  # seconds for a vLLM pod to become ready on a busy 2-core machine
+
+
+def binomial_bounds(n: int, p: float, sigmas: float = 3.5) -> tuple[int, int]:
+    sd = math.sqrt(n * p * (1 - p))
+    return max(0, math.floor(n * p - sigmas * sd)), min(n, math.ceil(n * p + sigmas * sd))
+
+
+def track_counts(url: str, n: int, headers: dict[str, str] | None = None) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _ in range(n):
+        r = chat(url, chat_body(max_tokens=1), headers=headers)
+        assert r.status_code == 200, r.text
+        counts[r.headers["x-pixtral-track"]] = counts.get(r.headers["x-pixtral-track"], 0) + 1
+    return counts
+
+
+def test_lifecycle(cluster, namespace, operator, tiny_model):
+    keys = create_api_keys(cluster, namespace)
+    spec = tiny_spec(tiny_model, router={"apiKeysSecretRef": {"name": keys}, "requestTimeoutSeconds": 120})
+    apply(cluster, namespace, pxd_manifest(NAME, spec))
+
+    # --- create -> Ready, with conditions, printer columns and the endpoint in status
+    obj = wait_condition(cluster, namespace, NAME, "Ready", "True", STARTUP, reason="Serving")
+    status = obj["status"]
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert status["endpoint"] == f"http://{NAME}.{namespace}.svc:80/v1"
+    assert status["readyReplicas"] == 1 and status["replicas"] == 1
+    assert condition(obj, "Degraded")["status"] == "False"
+    wait_condition(cluster, namespace, NAME, "Progressing", "False", 60)
+    table = cluster.kubectl("get", "pxd", NAME, "-n", namespace).stdout
+    header, row = table.strip().splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "READY", "REPLICAS", "CANARY", "QUEUE"]
+    assert row.split()[:3] == [NAME, "True", "1/1"]
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             f"involvedObject.kind=PixtralDeployment,involvedObject.name={NAME}").stdout
+    assert "Created" in events and "Serving" in events
+
+    # --- text and image requests through the router with a tenant key
+    url = router_url(cluster, namespace, NAME)
+    text = chat(url, chat_body(images=0, max_tokens=8))
+    assert text.status_code == 200, text.text
+    assert text.json()["choices"][0]["message"]["content"] is not None
+    image = chat(url, chat_body(images=2, max_tokens=8))
+    assert image.status_code == 200, image.text
+    assert image.headers["x-pixtral-track"] == "stable"
+    assert chat(url, chat_body(), key=None).status_code == 401
+    too_many = chat(url, chat_body(images=3))
+    assert too_many.status_code == 400 and "2" in too_many.json()["error"]["message"]
+
+    # --- add a canary at weight 20: traffic splits
+    spec["canary"] = {"weight": 20, "replicas": 1, "stickyHeader": "x-session-id", "engine": {"env": spec["engine"]["env"] + [{"name": "PIXTRAL_TRACK_NOTE", "value": "canary"}]}}
+    apply(cluster, namespace, pxd_manifest(NAME, spec))
+    wait_condition(cluster, namespace, NAME, "CanaryReady", "True", STARTUP)
+    wait_for(lambda: (get_pxd(cluster, namespace, NAME)["status"].get("canary") or {}).get("weight") == 20, 30, "status.canary.weight 20")
+    n = 60
+    counts = track_counts(url, n)
+    lo, hi = binomial_bounds(n, 0.2)
+    assert lo <= counts.get("canary", 0) <= hi, counts
+    pinned = {chat(url, chat_body(max_tokens=1), headers={"x-pixtral-track": "canary"}).headers["x-pixtral-track"] for _ in range(3)}
+    assert pinned == {"canary"}
+    for session in ("alice", "bob", "carol"):
+        tracks = {chat(url, chat_body(max_tokens=1), headers={"x-session-id": session}).headers["x-pixtral-track"] for _ in range(4)}
+        assert len(tracks) == 1, (session, tracks)
+
+    # --- raise to 50
+    spec["canary"]["weight"] = 50
+    apply(cluster, namespace, pxd_manifest(NAME, spec))
+    wait_for(lambda: (get_pxd(cluster, namespace, NAME)["status"].get("canary") or {}).get("weight") == 50, 30, "status.canary.weight 50")
+    counts = track_counts(url, n)
+    lo, hi = binomial_bounds(n, 0.5)
+    assert lo <= counts.get("canary", 0) <= hi, counts
+
+    # --- remove the canary: canary pods gone, traffic all stable
+    del spec["canary"]
+    apply(cluster, namespace, pxd_manifest(NAME, spec))
+    wait_gone(cluster, f"/apis/apps/v1/namespaces/{namespace}/deployments/{NAME}-canary", 60, "the canary Deployment to be deleted")
+    wait_for(lambda: not pods(cluster, namespace, f"serving.pixtral.dev/deployment={NAME},serving.pixtral.dev/track=canary"),
+             120, "canary pods to be gone")
+    assert condition(get_pxd(cluster, namespace, NAME), "CanaryReady") is None
+    counts = track_counts(url, 20)
+    assert counts == {"stable": 20}
+
+    # --- change the image limit: pods roll and the new limit holds
+    selector = f"serving.pixtral.dev/deployment={NAME},serving.pixtral.dev/track=stable"
+    old_uids = {p["metadata"]["uid"] for p in pods(cluster, namespace, selector)}
+    spec["engine"]["imagesPerPrompt"] = 3
+    apply(cluster, namespace, pxd_manifest(NAME, spec))
+
+    def rolled() -> bool:
+        ready = ready_pods(cluster, namespace, selector)
+        all_pods = pods(cluster, namespace, selector)
+        return bool(ready) and all(p["metadata"]["uid"] not in old_uids for p in all_pods)
+
+    wait_for(rolled, STARTUP, "stable pods replaced by pods with the new image limit")
+    wait_condition(cluster, namespace, NAME, "Ready", "True", 60)
+    three = chat(url, chat_body(images=3, max_tokens=2))
+    assert three.status_code == 200, three.text
+    four = chat(url, chat_body(images=4))
+    assert four.status_code == 400 and "3" in four.json()["error"]["message"]
+
+    # --- kubectl scale pxd (spec.replicas through the scale subresource)
+    cluster.kubectl("scale", "pxd", NAME, "-n", namespace, "--replicas=2")
+    wait_for(lambda: get_pxd(cluster, namespace, NAME)["status"].get("readyReplicas") == 2, STARTUP, "2 ready stable replicas")
+    scale = cluster.rest.get(f"/apis/serving.pixtral.dev/v1alpha1/namespaces/{namespace}/pixtraldeployments/{NAME}/scale")
+    assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
+    assert "serving.pixtral.dev/track=stable" in scale["status"]["selector"]
+
+    # --- delete: every child object and process gone
+    cluster.kubectl("delete", "pxd", NAME, "-n", namespace, "--wait=true", timeout=120)
+    for path in (
+        f"/apis/apps/v1/namespaces/{namespace}/deployments/{NAME}-stable",
+        f"/apis/apps/v1/namespaces/{namespace}/deployments/{NAME}-router",
+        f"/api/v1/namespaces/{namespace}/services/{NAME}",
+        f"/api/v1/namespaces/{namespace}/services/{NAME}-stable",
+        f"/api/v1/namespaces/{namespace}/configmaps/{NAME}-router",
+        f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{NAME}-runtime",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/{NAME}-router",
+    ):
+        wait_gone(cluster, path, 120, f"{path} to be garbage-collected")
+    wait_for(lambda: not pods(cluster, namespace, f"serving.pixtral.dev/deployment={NAME}"), 180, "every pod to be gone")
+    wait_for(lambda: not processes_with_env(f"agent/pods/{namespace}_"), 60, "every pod process to be gone")
