@@ -1,0 +1,273 @@
+"""The router in front of two real runtimes (vLLM CPU + tiny Pixtral), one stable and one canary.
+
+No cluster: `pixtral-runtime tiny-model`, two `pixtral-runtime serve` processes and one
+`pixtral-runtime router --config` (static backends) on 127.0.0.1. The two runtimes start in
+parallel (~2 GB each, 20-60 s). Tests run in file order; the last one kills the canary.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
+
+BIN = Path(sys.executable).with_name("pixtral-runtime")
+SERVED_NAME = "tiny-pixtral"
+IMAGE_LIMIT = 2
+CANARY_WEIGHT = 20
+KEY = "sk-e2e-router"
+AUTH = {"authorization": f"Bearer {KEY}"}
+START_TIMEOUT_SECONDS = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    process: subprocess.Popen
+    log: Path
+    url: str
+    health_url: str = ""
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def child_pids(self) -> list[int]:
+        with contextlib.suppress(OSError):
+            return [int(p) for p in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()]
+        return []
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """By PID: the process, then the process groups of its children (vLLM) if they outlive it."""
+        children = self.child_pids()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def start_runtime(tmp: Path, model: Path, name: str) -> Proc:
+    port, health = free_port(), free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CACHE_ROOT": str(tmp / "cache" / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp / "cache" / "inductor"),
+        "PIXTRAL_MODEL": str(model),
+        "PIXTRAL_SERVED_MODEL_NAME": SERVED_NAME,
+        "PIXTRAL_IMAGES_PER_PROMPT": str(IMAGE_LIMIT),
+        "PIXTRAL_MAX_MODEL_LEN": "4096",
+        "PIXTRAL_MAX_NUM_SEQS": "8",
+        # A 128 MiB KV cache keeps each engine near 1.7 GB.
+        "PIXTRAL_EXTRA_ARGS": json.dumps(["--dtype", "bfloat16", "--enforce-eager",
+                                          "--kv-cache-memory-bytes", str(128 * 1024 * 1024)]),
+        "PIXTRAL_HOST": "127.0.0.1",
+        "PIXTRAL_VLLM_PORT": str(port),
+        "PIXTRAL_HEALTH_PORT": str(health),
+        "PIXTRAL_DRAIN_TIMEOUT_SECONDS": "5",
+    }
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    log = tmp / f"runtime-{name}.log"
+    with open(log, "wb") as f:
+        process = subprocess.Popen([str(BIN), "serve"], env=env, stdout=f, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return Proc(process, log, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{health}")
+
+
+def wait_ready(proc: Proc, path: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.process.poll() is not None:
+            pytest.fail(f"{proc.log.name} exited with {proc.process.returncode}:\n{proc.tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(path, timeout=2).status_code == 200:
+                return
+        time.sleep(1)
+    pytest.fail(f"{path} not ready after {timeout:.0f}s:\n{proc.tail()}")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("tiny-pixtral")
+    subprocess.run([str(BIN), "tiny-model", str(target)], check=True, timeout=120)
+    return target
+
+
+@pytest.fixture(scope="module")
+def runtimes(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("router-runtimes")
+    started: dict[str, Proc] = {}
+    try:
+        # Both engines start at once: the slow part (imports, model load) overlaps.
+        for name in ("stable", "canary"):
+            started[name] = start_runtime(tmp, tiny_model, name)
+        for proc in started.values():
+            wait_ready(proc, proc.health_url + "/readyz")
+        yield started
+    finally:
+        for proc in started.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def router(runtimes, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("router")
+    config = {
+        "deployment": "e2e",
+        "servedModelName": SERVED_NAME,
+        "backends": {"stable": [runtimes["stable"].url], "canary": [runtimes["canary"].url]},
+        "canary": {"weight": CANARY_WEIGHT, "stickyHeader": "x-session-id"},
+        "admission": {"imagesPerPrompt": IMAGE_LIMIT},
+        "tenancy": {"defaultLimits": {"requestsPerMinute": 0, "maxConcurrent": 0}},
+        "apiKeys": {"e2e": KEY},
+        "pendingTimeoutSeconds": 5,
+    }
+    (tmp / "router.json").write_text(json.dumps(config))
+    port = free_port()
+    log = tmp / "router.log"
+    with open(log, "wb") as f:
+        process = subprocess.Popen(
+            [str(BIN), "router", "--config", str(tmp / "router.json"), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    proc = Proc(process, log, f"http://127.0.0.1:{port}")
+    try:
+        wait_ready(proc, proc.url + "/readyz", timeout=60)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def chat(client: httpx.Client, headers: dict | None = None, content=None, max_tokens: int = 2) -> httpx.Response:
+    body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": content or "Say something."}],
+            "max_tokens": max_tokens, "temperature": 0}
+    return client.post("/v1/chat/completions", json=body, headers={**AUTH, **(headers or {})})
+
+
+def binomial_interval(n: int, p: float, alpha: float = 1e-6) -> tuple[int, int]:
+    """Smallest [lo, hi] holding all but `alpha` of Binomial(n, p), from the exact tails."""
+    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+    lo, tail = 0, 0.0
+    while tail + pmf[lo] <= alpha / 2:
+        tail += pmf[lo]
+        lo += 1
+    hi, tail = n, 0.0
+    while tail + pmf[hi] <= alpha / 2:
+        tail += pmf[hi]
+        hi -= 1
+    return lo, hi
+
+
+def png_data_url(size: int = 64) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (10, 120, 200)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def chat_requests_seen(runtime_url: str) -> float:
+    """HTTP requests vLLM's chat endpoint has answered (any status), from its /metrics."""
+    text = httpx.get(runtime_url + "/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("http_requests_total{") and 'handler="/v1/chat/completions"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_weighted_split_over_200_requests(router, runtimes) -> None:
+    n = 200
+    with httpx.Client(base_url=router.url, timeout=120) as client, ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: chat(client, max_tokens=1), range(n)))
+    assert [r.status_code for r in responses] == [200] * n, {r.status_code: r.text[:200] for r in responses}
+    tracks = [r.headers["x-pixtral-track"] for r in responses]
+    backends = {r.headers["x-pixtral-track"]: r.headers["x-pixtral-backend"] for r in responses}
+    assert backends == {"stable": runtimes["stable"].url, "canary": runtimes["canary"].url}
+    canary = tracks.count("canary")
+    lo, hi = binomial_interval(n, CANARY_WEIGHT / 100)
+    assert lo <= canary <= hi, f"{canary}/{n} on the canary at weight {CANARY_WEIGHT}: outside [{lo}, {hi}]"
+    assert all(r.json()["choices"][0]["message"]["role"] == "assistant" for r in responses)
+
+
+def test_sticky_callers_stay_on_their_track(router) -> None:
+    with httpx.Client(base_url=router.url, timeout=120) as client:
+        for caller in ("alice", "bob", "carol", "dave"):
+            tracks = {chat(client, {"x-session-id": caller}, max_tokens=1).headers["x-pixtral-track"]
+                      for _ in range(12)}
+            assert len(tracks) == 1, f"{caller} moved between tracks: {tracks}"
+        # The override header pins the track for testing.
+        assert chat(client, {"x-pixtral-track": "canary"}).headers["x-pixtral-track"] == "canary"
+
+
+def test_image_and_streaming_requests_pass_through(router) -> None:
+    image = [{"type": "text", "text": "What is in this image?"},
+             {"type": "image_url", "image_url": {"url": png_data_url()}}]
+    with httpx.Client(base_url=router.url, timeout=120) as client:
+        r = chat(client, content=image, max_tokens=4)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] > 16  # the image's tokens reached the model
+        body = {"model": SERVED_NAME, "stream": True, "max_tokens": 4,
+                "messages": [{"role": "user", "content": "Stream please."}]}
+        with client.stream("POST", "/v1/chat/completions", json=body, headers=AUTH) as s:
+            assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in s.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) >= 2
+
+
+def test_too_many_images_is_refused_before_vllm(router, runtimes) -> None:
+    before = {name: chat_requests_seen(p.url) for name, p in runtimes.items()}
+    assert sum(before.values()) > 0, "vLLM's http_requests_total should count the earlier requests"
+    url = png_data_url(32)
+    content = [{"type": "image_url", "image_url": {"url": url}} for _ in range(IMAGE_LIMIT + 1)]
+    with httpx.Client(base_url=router.url, timeout=60) as client:
+        for _ in range(3):
+            r = chat(client, content=content)
+            assert r.status_code == 400
+            assert r.json()["error"]["code"] == "too_many_images"
+            assert f"At most {IMAGE_LIMIT} image(s)" in r.json()["error"]["message"]
+        metrics = client.get("/metrics").text
+    after = {name: chat_requests_seen(p.url) for name, p in runtimes.items()}
+    assert after == before
+    assert 'pixtral_router_admission_rejections_total{reason="too_many_images"} 3.0' in metrics
+
+
+def test_killing_a_backend_moves_traffic_without_client_errors(router, runtimes) -> None:
+    canary = runtimes["canary"]
+    with httpx.Client(base_url=router.url, timeout=120) as client:
+        assert chat(client, {"x-pixtral-track": "canary"}).status_code == 200
+        canary.stop(signal.SIGKILL)  # no drain: the pod is simply gone
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(canary.url + "/health", timeout=2)
+        responses = [chat(client, max_tokens=1) for _ in range(30)]
+        # Even callers pinned to the dead track get an answer from the live one.
+        responses += [chat(client, {"x-pixtral-track": "canary"}, max_tokens=1) for _ in range(5)]
+        assert [r.status_code for r in responses] == [200] * len(responses)
+        assert {r.headers["x-pixtral-backend"] for r in responses} == {runtimes["stable"].url}
+        metrics = client.get("/metrics").text
+    assert "pixtral_router_upstream_retries_total" in metrics
