@@ -67,9 +67,9 @@ demo: install binaries ## the main job: local cluster, helm install, a PixtralDe
 bench: install binaries ## benchmarks under bench/; results land in bench/results/ and docs/benchmarks.md
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
-lint: install ## ruff and the import layering contracts
-	$(VENV)/bin/ruff check operator runtime tests e2e bench
-	$(VENV)/bin/lint-imports
+lint: install ## ruff, and the layering rules (tests/test_layering.py)
+	$(VENV)/bin/ruff check operator runtime tests e2e bench charts
+	$(PY) -m pytest -q tests/test_layering.py
 
 generate: ## regenerate the chart's crds/ from manifests/crds/ and manifests/install/ from the chart
 	$(PY) charts/generate.py

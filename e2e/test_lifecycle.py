@@ -7,14 +7,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from localcluster import wait_for
 from pixtral_e2e import (  # noqa: F401  (fixtures)
     API_KEY,
     apply,
     chat,
     chat_body,
     condition,
-    create_api_keys,
     crds,
+    create_api_keys,
     get_pxd,
     operator,
     pods,
@@ -27,7 +28,6 @@ from pixtral_e2e import (  # noqa: F401  (fixtures)
     wait_condition,
     wait_gone,
 )
-from localcluster import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.engine, pytest.mark.timeout(1500)]
 

@@ -30,12 +30,11 @@ def parse_args(argv: list[str], settings: OperatorSettings) -> argparse.Namespac
 
 def main(argv: list[str] | None = None) -> int:
     import kopf
-    from prometheus_client import start_http_server
-
     from pixtral_operator.handlers.pixtral import register
     from pixtral_operator.k8s import KubeApi, load_config
     from pixtral_operator.prometheus import PrometheusClient
     from pixtral_operator.scaler import Scaler
+    from prometheus_client import start_http_server
 
     settings = OperatorSettings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)

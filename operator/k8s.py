@@ -15,7 +15,6 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
-
 from pixtral_operator.render.labels import FIELD_MANAGER
 from pixtral_operator.spec import GROUP, KIND, VERSION
 

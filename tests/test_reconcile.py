@@ -3,7 +3,6 @@ observedGeneration, and specs only the operator can judge -> Degraded without to
 
 import pytest
 from fakekube import FakeKube, gpu_node, pxd
-
 from pixtral_operator.conditions import find
 from pixtral_operator.reconcile import reconcile
 from pixtral_operator.settings import OperatorSettings

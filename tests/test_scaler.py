@@ -1,7 +1,6 @@
 """The autoscaler timer body against a recording fake API and canned Prometheus answers."""
 
 from fakekube import FakeKube, gpu_node, pxd
-
 from pixtral_operator.prometheus import QueryResult, Sample
 from pixtral_operator.reconcile import reconcile
 from pixtral_operator.scaler import Scaler

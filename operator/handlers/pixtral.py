@@ -8,7 +8,6 @@ from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
-
 from pixtral_operator import metrics
 from pixtral_operator.k8s import KubeApi
 from pixtral_operator.reconcile import reconcile
