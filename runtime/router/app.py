@@ -149,6 +149,15 @@ class RouterApp:
             if task is not None:
                 task.uncancel()
             self.metrics.observe_request(request.tenant, request.track, CLIENT_CLOSED_REQUEST, None)
+        except Exception:
+            # A bug, not a domain refusal: still an OpenAI-shaped 500, and the traceback in the log.
+            log.exception("unexpected error on %s", scope["path"])
+            exc = RouterError("Internal router error.")
+            self.metrics.observe_request(request.tenant, request.track, 500, None)
+            if not request.response_started:
+                status, headers, body = error_response(exc)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
 
     def _on_error(self, exc: RouterError, request: _Request) -> None:
         if isinstance(exc, AdmissionError):
