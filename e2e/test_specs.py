@@ -1,0 +1,141 @@
+"""Specs against the real API server: the CRD's schema and CEL rules refuse bad PixtralDeployments
+with a message naming the field; the samples are accepted; specs that only the operator can judge
+become a Degraded condition with a clear reason and leave other PixtralDeployments untouched."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from localcluster import wait_for
+from pixtral_e2e import (
+    ROOT,
+    apply,
+    condition,
+    crds,
+    get_pxd,
+    operator,
+    pxd_manifest,
+    tiny_model,
+    tiny_spec,
+    wait_condition,
+)
+
+pytestmark = [pytest.mark.cluster]
+
+BASE = {"model": {"source": {"hostPath": {"path": "/var/lib/pixtral/tiny"}}}}
+
+
+def with_(path: str, value, base=None):
+    spec = copy.deepcopy(base if base is not None else BASE)
+    node = spec
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return spec
+
+
+INVALID = [
+    ("tp-not-a-power", with_("engine.tensorParallelSize", 3), "spec.engine.tensorParallelSize"),
+    ("max-model-len-too-big", with_("engine.maxModelLen", 200000), "spec.engine.maxModelLen"),
+    ("image-limit-zero", with_("engine.imagesPerPrompt", 0), "spec.engine.imagesPerPrompt"),
+    ("canary-weight-101", with_("canary.weight", 101), "spec.canary.weight"),
+    ("canary-weight-negative", with_("canary.weight", -1), "spec.canary.weight"),
+    ("min-above-max", with_("autoscaling", {"enabled": True, "minReplicas": 5, "maxReplicas": 2}),
+     "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas"),
+    ("replicas-negative", with_("replicas", -1), "spec.replicas"),
+    ("replicas-wrong-type", with_("replicas", "two"), "spec.replicas"),
+    ("managed-extra-arg", with_("engine.extraArgs", ["--tensor-parallel-size=2"]), "spec.engine.extraArgs"),
+    ("two-sources", with_("model.source", {"hostPath": {"path": "/w"}, "pvc": {"claimName": "w"}}), "spec.model.source"),
+    ("unknown-field", with_("engine.turbo", True), "spec.engine.turbo"),
+    ("relative-host-path", with_("model.source.hostPath.path", "models/tiny"), "spec.model.source.hostPath.path"),
+    ("gpu-memory-over-1", with_("engine.gpuMemoryUtilization", 1.5), "spec.engine.gpuMemoryUtilization"),
+    ("router-zero-replicas", with_("router.replicas", 0), "spec.router.replicas"),
+    ("canary-more-images", with_("canary", {"weight": 5, "engine": {"imagesPerPrompt": 8}}), "spec.canary.engine.imagesPerPrompt"),
+    ("target-queue-zero", with_("autoscaling.targetQueuePerReplica", 0), "spec.autoscaling.targetQueuePerReplica"),
+    ("bad-toleration-operator", with_("scheduling.tolerations", [{"key": "a", "operator": "Maybe"}]), "spec.scheduling.tolerations[0].operator"),
+    ("remote-scheme-ftp", with_("router.allowedImageUrlSchemes", ["ftp"]), "spec.router.allowedImageUrlSchemes[0]"),
+    ("max-num-seqs-wrong-type", with_("engine.maxNumSeqs", "lots"), "spec.engine.maxNumSeqs"),
+    ("duplicate-tenant", with_("router.tenants", [{"name": "a"}, {"name": "a"}]), "spec.router.tenants[1]"),
+    ("served-name-with-space", with_("model.servedModelName", "my model"), "spec.model.servedModelName"),
+]
+
+
+def test_table_has_at_least_15_rules():
+    assert len(INVALID) >= 15
+
+
+@pytest.mark.parametrize("case, spec, field", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_spec_is_refused_naming_the_field(cluster, crds, namespace, case, spec, field):
+    manifest = pxd_manifest(f"bad-{case}", spec)
+    result = cluster.kubectl("create", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-",
+                             input=yaml.safe_dump(manifest), check=False)
+    assert result.returncode != 0, f"{case} was accepted"
+    assert field in result.stderr, result.stderr
+
+
+def test_missing_spec_is_refused(cluster, crds, namespace):
+    manifest = {"apiVersion": "serving.pixtral.dev/v1alpha1", "kind": "PixtralDeployment", "metadata": {"name": "nospec"}}
+    result = cluster.kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    assert result.returncode != 0 and "spec" in result.stderr
+
+
+@pytest.mark.parametrize("sample", sorted((ROOT / "manifests" / "samples").glob("*.yaml")), ids=lambda p: p.name)
+def test_samples_pass_server_dry_run(cluster, crds, namespace, sample: Path):
+    result = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", str(sample), check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_defaults_are_applied_by_the_api_server(cluster, crds, namespace):
+    manifest = pxd_manifest("defaults", BASE)
+    out = cluster.kubectl("create", "--dry-run=server", "-n", namespace, "-o", "yaml", "-f", "-", input=yaml.safe_dump(manifest))
+    spec = yaml.safe_load(out.stdout)["spec"]
+    assert spec["engine"]["tensorParallelSize"] == 1
+    assert spec["engine"]["imagesPerPrompt"] == 4
+    assert spec["model"]["name"] == "mistralai/Pixtral-12B-2409"
+    assert spec["autoscaling"]["enabled"] is False
+    assert spec["router"]["allowedImageUrlSchemes"] == ["data"]
+
+
+def test_operator_judged_specs_degrade_without_touching_others(cluster, namespace, operator, tiny_model):
+    # A healthy neighbour with no runtime pods (replicas 0) so the test needs no engine.
+    apply(cluster, namespace, pxd_manifest("neighbour", tiny_spec(tiny_model, replicas=0)))
+    wait_for(lambda: (get_pxd(cluster, namespace, "neighbour") or {}).get("status", {}).get("observedGeneration") == 1,
+             60, "the neighbour to be reconciled")
+    wait_condition(cluster, namespace, "neighbour", "Progressing", "False", 120)
+    neighbour_deps = {
+        name: cluster.rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")["metadata"]["resourceVersion"]
+        for name in ("neighbour-stable", "neighbour-router")
+    }
+    neighbour_conditions = get_pxd(cluster, namespace, "neighbour")["status"]["conditions"]
+
+    cases = [
+        ("too-many-gpus", tiny_spec(tiny_model, replicas=0, engine={**tiny_spec(tiny_model)["engine"], "tensorParallelSize": 8}),
+         "InsufficientGPUsPerNode", "spec.engine.tensorParallelSize=8"),
+        ("no-such-gpu", tiny_spec(tiny_model, replicas=0, resources={"gpuProduct": "NVIDIA-B300"}),
+         "GPUProductNotFound", "spec.resources.gpuProduct"),
+        ("missing-secret", tiny_spec(tiny_model, replicas=0, router={"apiKeysSecretRef": {"name": "does-not-exist"}}),
+         "SecretNotFound", "spec.router.apiKeysSecretRef.name"),
+    ]
+    for name, spec, _, _ in cases:
+        apply(cluster, namespace, pxd_manifest(name, spec))
+    for name, _, reason, field in cases:
+        obj = wait_condition(cluster, namespace, name, "Degraded", "True", 60, reason=reason)
+        assert field in condition(obj, "Degraded")["message"]
+        # Nothing was created for a rejected spec.
+        assert cluster.rest.get_or_none(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}-stable") is None
+        events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}").stdout
+        assert reason in events
+
+    # The operator keeps running and the neighbour was not touched.
+    assert operator.proc.poll() is None
+    for dep, version in neighbour_deps.items():
+        assert cluster.rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{dep}")["metadata"]["resourceVersion"] == version
+    assert get_pxd(cluster, namespace, "neighbour")["status"]["conditions"] == neighbour_conditions
+
+    # Creating the Secret heals the spec without any edit.
+    cluster.kubectl("create", "secret", "generic", "does-not-exist", "-n", namespace, "--from-literal=t=sk-x")
+    wait_condition(cluster, namespace, "missing-secret", "Degraded", "False", 60)
