@@ -90,13 +90,26 @@ GO
 
 build_helm() {
   local out="$BIN_ROOT/helm-$HELM_VERSION"
-  if [[ -f "$out/.complete" ]]; then log "helm $HELM_VERSION: cached in $out"; return; fi
-  mkdir -p "$out"
+  # The recipe names what the build stamps in; a set built by an older recipe is rebuilt.
+  local recipe="helm-recipe-2 (version and Kubernetes capabilities stamped)"
+  if [[ -f "$out/.complete" ]] && grep -qxF "$recipe" "$out/.complete"; then log "helm $HELM_VERSION: cached in $out"; return; fi
+  mkdir -p "$out" "$WORK_ROOT"
   log "helm $HELM_VERSION: building"
-  local minor="${HELM_VERSION#v3.}"; minor="${minor%%.*}"
-  GOBIN="$out" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  touch "$out/.complete"
-  log "helm $HELM_VERSION: done"
+  # Like helm's own Makefile: `helm template` and `helm lint` assume the Kubernetes version of the
+  # client-go helm was built with (otherwise v1.20, which fails charts with a kubeVersion).
+  local gomod client_go k8s_minor
+  gomod="$(cd "$WORK_ROOT" && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  client_go="$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$gomod")"
+  k8s_minor="$(echo "$client_go" | cut -d. -f2)"
+  local ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  local pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ldflags="$ldflags -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+  done
+  rm -f "$out/.complete"
+  GOBIN="$out" go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  echo "$recipe" > "$out/.complete"
+  log "helm $HELM_VERSION: done (default Kubernetes capabilities v1.$k8s_minor)"
 }
 
 what="${1:-all}"
