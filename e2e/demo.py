@@ -1,0 +1,158 @@
+"""`make demo`: the whole product on the local cluster, as a platform team and a tenant use it.
+
+1. start the local cluster (built from Go modules on first use),
+2. install the operator with Helm (its pod runs under its own ServiceAccount),
+3. create a tenant namespace, an API-key Secret and a PixtralDeployment serving a tiny
+   random-weight Pixtral with the real vLLM CPU engine,
+4. wait for Ready, send a chat request with an image through the router with the tenant's key,
+   print the answer, `kubectl get pxd` and where to look next.
+
+Re-running it reuses everything that is already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import localcluster  # noqa: E402
+from pixtral_e2e import (  # noqa: E402
+    ROOT,
+    chat,
+    chat_body,
+    condition,
+    get_pxd,
+    install_crds,
+    make_tiny_model,
+    pxd_manifest,
+    ready_pods,
+    tiny_spec,
+)
+
+RELEASE = "pixtral-operator"
+OPERATOR_NAMESPACE = "pixtral-system"
+TENANT_NAMESPACE = "demo"
+NAME = "tiny-pixtral"
+DEMO_KEY = "sk-demo-team-a-5f2c9e"
+
+
+def say(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def wait(what: str, check, timeout: float, progress=None, interval: float = 2.0):
+    """Poll `check` until it returns something truthy; print progress while waiting."""
+    started = time.monotonic()
+    last_note = None
+    while True:
+        result = check()
+        if result:
+            say(f"{what}: done in {time.monotonic() - started:.0f}s")
+            return result
+        elapsed = time.monotonic() - started
+        if elapsed > timeout:
+            raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+        note = progress() if progress else None
+        if note != last_note or int(elapsed) % 30 < interval:
+            say(f"waiting for {what} ({elapsed:.0f}s of at most {timeout:.0f}s){': ' + note if note else ''}")
+            last_note = note
+        time.sleep(interval)
+
+
+def install_operator(cluster: localcluster.Cluster) -> None:
+    say(f"helm upgrade --install {RELEASE} charts/pixtral-operator -n {OPERATOR_NAMESPACE}")
+    cluster.helm(
+        "upgrade", "--install", RELEASE, str(ROOT / "charts" / "pixtral-operator"),
+        "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+        "--set", f"prometheusUrl={cluster.prometheus_url}",
+        "--wait", "--timeout", "5m",
+        timeout=360,
+    )
+    selector = "app.kubernetes.io/name=pixtral-operator"
+    wait("the operator pod to be Ready", lambda: ready_pods(cluster, OPERATOR_NAMESPACE, selector), 300)
+
+
+def create_tenant(cluster: localcluster.Cluster, model_dir: Path) -> None:
+    cluster.kubectl("create", "namespace", TENANT_NAMESPACE, check=False)
+    secret = {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "api-keys"},
+        "stringData": {"team-a": DEMO_KEY},
+    }
+    cluster.kubectl("apply", "-n", TENANT_NAMESPACE, "-f", "-", input=json.dumps(secret))
+    spec = tiny_spec(model_dir, router={"apiKeysSecretRef": {"name": "api-keys"}, "requestTimeoutSeconds": 120})
+    say(f"kubectl apply PixtralDeployment {TENANT_NAMESPACE}/{NAME} (tiny Pixtral from {model_dir})")
+    cluster.kubectl("apply", "-n", TENANT_NAMESPACE, "-f", "-", input=json.dumps(pxd_manifest(NAME, spec)))
+
+
+def ready_progress(cluster: localcluster.Cluster):
+    def note() -> str:
+        obj = get_pxd(cluster, TENANT_NAMESPACE, NAME) or {}
+        parts = []
+        for type_ in ("Ready", "Progressing", "Degraded"):
+            c = condition(obj, type_)
+            if c:
+                parts.append(f"{type_}={c['status']} ({c['reason']}: {c['message']})")
+        return "; ".join(parts) or "not reconciled yet"
+
+    return note
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    paths = localcluster.ClusterPaths.default()
+    say("starting the local cluster (a first run builds Kubernetes from source: 20-40 minutes on 2 cores)")
+    info = localcluster.up(paths, owner="demo", say=lambda line: say(f"cluster: {line}"))
+    cluster = localcluster.Cluster(info)
+    install_crds(cluster)
+    install_operator(cluster)
+    model_dir = make_tiny_model(paths.root / "models" / "tiny-pixtral")
+    create_tenant(cluster, model_dir)
+
+    def is_ready():
+        obj = get_pxd(cluster, TENANT_NAMESPACE, NAME)
+        c = condition(obj, "Ready")
+        return obj if c and c["status"] == "True" else None
+
+    wait(f"PixtralDeployment {NAME} to be Ready (vLLM loads the model)", is_ready, 900, ready_progress(cluster), interval=3)
+    selector = f"serving.pixtral.dev/deployment={NAME},app.kubernetes.io/component=router"
+    router = ready_pods(cluster, TENANT_NAMESPACE, selector)[0]["status"]["podIP"]
+    url = f"http://{router}:8080"
+    say(f"POST {url}/v1/chat/completions with a 64x48 PNG as a data URL, tenant key of team-a")
+    started = time.monotonic()
+    response = chat(url, chat_body(images=1, text="What is in this image?", max_tokens=24), key=DEMO_KEY)
+    elapsed = time.monotonic() - started
+    if response.status_code != 200:
+        say(f"request failed: HTTP {response.status_code}: {response.text}")
+        return 1
+    body = response.json()
+    answer = body["choices"][0]["message"]["content"]
+    print()
+    print(f"HTTP 200 in {elapsed * 1000:.0f} ms from track {response.headers.get('x-pixtral-track')} "
+          f"(pod {response.headers.get('x-pixtral-backend')}), usage {body.get('usage')}")
+    print(f"answer (random weights, so random tokens): {answer!r}")
+    print()
+    print(cluster.kubectl("get", "pxd", "-n", TENANT_NAMESPACE, "-o", "wide").stdout)
+    print(cluster.kubectl("get", "pods", "-n", TENANT_NAMESPACE, "-o", "wide").stdout)
+    print(f"""Where to look next:
+  export KUBECONFIG={cluster.kubeconfig}
+  export PATH={cluster.kubectl_path.parent}:{cluster.helm_path.parent}:$PATH
+  kubectl describe pxd {NAME} -n {TENANT_NAMESPACE}          # conditions and Events
+  kubectl explain pxd.spec.canary                           # the CRD is documented
+  ls {paths.root}/logs/pods/                                # every container's log
+  curl -s {url}/metrics | grep pixtral_router               # router metrics
+  open {cluster.prometheus_url}/graph?g0.expr=vllm:num_requests_running
+  curl -s {url}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' \\
+       -H 'content-type: application/json' \\
+       -d '{{"model":"tiny-pixtral","messages":[{{"role":"user","content":"hi"}}],"max_tokens":8}}'
+  make cluster-down                                         # stop everything""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
