@@ -18,6 +18,13 @@ from localcluster.kube import Credentials  # noqa: E402
 VENV_BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 
 
+def octet_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 254):
+        raise SystemExit(f"--pod-ip-octets must look like 10-199 within 1..254, got {text!r}")
+    return int(low), int(high)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nodeagent.py", description=__doc__)
     parser.add_argument("--server", required=True, help="API server URL, https://127.0.0.1:<port>")
@@ -36,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runnable-images",
                         default=os.environ.get("PIXTRAL_RUNNABLE_IMAGES", podspec.DEFAULT_RUNNABLE_IMAGES),
                         help="regex over the image repository: matching images run as local processes")
+    parser.add_argument("--pod-ip-octets", default="10-199",
+                        help="pod IPs are 127.0.<x>.<2..254> for x in this range, e.g. 10-199")
     parser.add_argument("--path-prefix", default=str(VENV_BIN), help="put first on every process' PATH")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
@@ -43,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                                    args.node_cpu, args.node_memory) for i in range(args.nodes))
     config = AgentConfig(nodes=nodes, api_server=args.server, ca_file=Path(args.ca), state_dir=args.state_dir,
                          pod_logs=args.pod_logs, path_prefix=args.path_prefix, runnable_images=args.runnable_images,
-                         kubelet_version=args.kubelet_version)
+                         kubelet_version=args.kubelet_version, ip_octet_range=octet_range(args.pod_ip_octets))
     agent = Agent(Credentials(args.server, args.ca, args.cert, args.key), config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop.set())

@@ -67,7 +67,7 @@ class AgentConfig:
     restart_backoff_base: float = 1.0
     restart_backoff_cap: float = 30.0
     heartbeat_seconds: float = 10.0
-    ip_octet_range: tuple[int, int] = (10, 250)   # pod IPs 127.0.<10..250>.<2..254>
+    ip_octet_range: tuple[int, int] = (10, 199)   # pod IPs 127.0.<x>.<2..254>
 
     @property
     def pods_dir(self) -> Path:

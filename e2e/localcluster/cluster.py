@@ -107,6 +107,9 @@ class NodePool:
     gpus_per_node: int = 4
     gpu_product: str = "NVIDIA-A100-SXM4-80GB"
     name_prefix: str = "gpu-node"
+    # Pod IPs are 127.0.<x>.<2..254> for x in this range; a second cluster on the machine (e.g. a
+    # benchmark's) takes a range of its own so no two pods share an address.
+    pod_ip_octets: tuple[int, int] = (10, 199)
 
     @classmethod
     def from_env(cls) -> NodePool:
@@ -118,6 +121,9 @@ class NodePool:
             raise ClusterError(f"node count must be 1..64, got {self.count}")
         if not 0 <= self.gpus_per_node <= 64:
             raise ClusterError(f"GPUs per node must be 0..64, got {self.gpus_per_node}")
+        low, high = self.pod_ip_octets
+        if not 1 <= low <= high <= 254:
+            raise ClusterError(f"pod IP octet range must lie within 1..254, got {self.pod_ip_octets}")
         if not self.gpu_product or any(c.isspace() for c in self.gpu_product):
             raise ClusterError(f"GPU product must be a label value without spaces, got {self.gpu_product!r}")
 
@@ -296,6 +302,7 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict, no
             f"--key={pki.key('admin')}", f"--state-dir={paths.agent_dir}", f"--pod-logs={paths.pod_logs}",
             f"--nodes={nodes.count}", f"--gpus-per-node={nodes.gpus_per_node}",
             f"--gpu-product={nodes.gpu_product}", f"--node-prefix={nodes.name_prefix}",
+            f"--pod-ip-octets={nodes.pod_ip_octets[0]}-{nodes.pod_ip_octets[1]}",
             f"--kubelet-version={_kube_version(binaries)}",
         ],
         "prometheus": [
