@@ -1,0 +1,291 @@
+"""`pixtral-runtime serve` with the real vLLM CPU engine and a tiny random-weight Pixtral.
+
+No cluster: the supervisor runs as a local process on 127.0.0.1. Each vLLM start costs 20-60 s
+on a busy 2-core machine, so the module starts only two: one TP=1 server shared by the
+functional checks and ended by the drain test (the last test that uses it), and one TP=2 server
+that serves an image and is then crashed on purpose. Tests run in file order.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from pixtral_runtime.tiny_model import write_tiny_model
+
+pytestmark = pytest.mark.engine
+
+SERVED_NAME = "tiny-pixtral"
+IMAGE_LIMIT = 2
+MAX_NUM_SEQS = 2
+START_TIMEOUT_SECONDS = 600
+PIXTRAL_RUNTIME = str(Path(sys.executable).with_name("pixtral-runtime"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Supervisor:
+    process: subprocess.Popen
+    log_path: Path
+    vllm_url: str
+    health_url: str
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def vllm_pid(self) -> int | None:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        with contextlib.suppress(OSError):
+            pids = children.read_text().split()
+            return int(pids[0]) if pids else None
+        return None
+
+
+def start_supervisor(tmp: Path, model_dir: Path, tensor_parallel_size: int, extra_env: dict[str, str]) -> Supervisor:
+    vllm_port, health_port = free_port(), free_port()
+    cache = tmp / "cache"
+    cache.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        # CPU KV cache in GiB; without it vLLM sizes the cache from a fraction of host memory.
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "PIXTRAL_MODEL": str(model_dir),
+        "PIXTRAL_SERVED_MODEL_NAME": SERVED_NAME,
+        "PIXTRAL_TENSOR_PARALLEL_SIZE": str(tensor_parallel_size),
+        "PIXTRAL_IMAGES_PER_PROMPT": str(IMAGE_LIMIT),
+        "PIXTRAL_MAX_MODEL_LEN": "4096",
+        "PIXTRAL_MAX_NUM_SEQS": str(MAX_NUM_SEQS),
+        "PIXTRAL_EXTRA_ARGS": json.dumps(["--dtype", "bfloat16", "--enforce-eager"]),
+        "PIXTRAL_HOST": "127.0.0.1",
+        "PIXTRAL_VLLM_PORT": str(vllm_port),
+        "PIXTRAL_HEALTH_PORT": str(health_port),
+        "PIXTRAL_DRAIN_TIMEOUT_SECONDS": "240",
+        **extra_env,
+    }
+    log_path = tmp / f"supervisor-tp{tensor_parallel_size}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen([PIXTRAL_RUNTIME, "serve"], env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Supervisor(process, log_path, f"http://127.0.0.1:{vllm_port}", f"http://127.0.0.1:{health_port}")
+
+
+def wait_ready(supervisor: Supervisor) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if supervisor.process.poll() is not None:
+            pytest.fail(f"supervisor exited with {supervisor.process.returncode}:\n{supervisor.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{supervisor.health_url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(1)
+    pytest.fail(f"/readyz not 200 after {START_TIMEOUT_SECONDS}s:\n{supervisor.log_tail()}")
+
+
+def stop_supervisor(supervisor: Supervisor) -> None:
+    """Teardown by PID: the supervisor, then vLLM's process group if it outlived it."""
+    vllm_pid = supervisor.vllm_pid()
+    if supervisor.process.poll() is None:
+        supervisor.process.send_signal(signal.SIGTERM)
+        try:
+            supervisor.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            supervisor.process.kill()
+            supervisor.process.wait(timeout=10)
+    if vllm_pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(vllm_pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-pixtral"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    supervisor = start_supervisor(tmp_path_factory.mktemp("tp1"), tiny_model, 1, {})
+    try:
+        wait_ready(supervisor)
+        yield supervisor
+    finally:
+        stop_supervisor(supervisor)
+
+
+@pytest.fixture(scope="module")
+def server_tp2(tiny_model, tmp_path_factory):
+    # Automatic thread binding fails on a 2-core machine ("Not enough allowed NUMA nodes"):
+    # bind one core per rank.
+    supervisor = start_supervisor(tmp_path_factory.mktemp("tp2"), tiny_model, 2,
+                                  {"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    try:
+        wait_ready(supervisor)
+        yield supervisor
+    finally:
+        stop_supervisor(supervisor)
+
+
+def png_data_url(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_message(count: int) -> list[dict]:
+    content: list[dict] = [{"type": "text", "text": "Describe the image(s)."}]
+    content += [{"type": "image_url", "image_url": {"url": png_data_url((40 * i, 100, 200))}} for i in range(count)]
+    return [{"role": "user", "content": content}]
+
+
+def chat(base_url: str, messages: list[dict], timeout: float = 180, **extra) -> httpx.Response:
+    body = {"model": SERVED_NAME, "messages": messages, "max_tokens": 8, **extra}
+    return httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=timeout)
+
+
+@pytest.mark.timeout(700)
+def test_readiness_turns_200_and_health_is_200(server):
+    assert httpx.get(f"{server.health_url}/readyz", timeout=5).status_code == 200
+    response = httpx.get(f"{server.health_url}/healthz", timeout=5)
+    assert response.status_code == 200
+    assert "alive" in response.text
+
+
+@pytest.mark.timeout(120)
+def test_text_chat_completion(server):
+    response = chat(server.vllm_url, [{"role": "user", "content": "Hello there"}])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == SERVED_NAME
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["completion_tokens"] >= 1
+
+
+@pytest.mark.timeout(120)
+def test_chat_completion_with_one_image(server):
+    text_only = chat(server.vllm_url, image_message(0)).json()["usage"]["prompt_tokens"]
+    response = chat(server.vllm_url, image_message(1))
+    assert response.status_code == 200, response.text
+    # A 64x48 image is 4x3 patches of 16 px, plus a break per row: the prompt grew by them.
+    assert response.json()["usage"]["prompt_tokens"] >= text_only + 12
+
+
+@pytest.mark.timeout(120)
+def test_streaming_chat_completion(server):
+    body = {"model": SERVED_NAME, "messages": image_message(1), "max_tokens": 6, "stream": True}
+    events = []
+    with httpx.stream("POST", f"{server.vllm_url}/v1/chat/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[len("data: "):])
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert len(chunks) >= 2
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] in {"length", "stop"}
+
+
+@pytest.mark.timeout(60)
+def test_more_images_than_the_limit_get_400_naming_the_limit(server):
+    response = chat(server.vllm_url, image_message(IMAGE_LIMIT + 1))
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert f"At most {IMAGE_LIMIT} image(s)" in message
+
+
+@pytest.mark.timeout(60)
+def test_metrics_expose_the_queue_gauges(server):
+    text = httpx.get(f"{server.vllm_url}/metrics", timeout=10).text
+    assert f'vllm:num_requests_waiting{{engine="0",model_name="{SERVED_NAME}"}}' in text
+    assert f'vllm:num_requests_running{{engine="0",model_name="{SERVED_NAME}"}}' in text
+
+
+def queue_depth(base_url: str) -> tuple[float, float]:
+    running = waiting = 0.0
+    for line in httpx.get(f"{base_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("vllm:num_requests_running{"):
+            running += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("vllm:num_requests_waiting{"):
+            waiting += float(line.rsplit(" ", 1)[1])
+    return running, waiting
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
+    """The last test on `server`: it ends it."""
+    tokens, concurrency = 256, MAX_NUM_SEQS + 3
+    long_request = dict(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, timeout=500)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(chat, server.vllm_url, [{"role": "user", "content": f"Count to {i}"}], **long_request)
+                   for i in range(concurrency)]
+        deadline = time.monotonic() + 120
+        running = waiting = 0.0
+        while time.monotonic() < deadline and not (running >= 1 and waiting >= 1):
+            running, waiting = queue_depth(server.vllm_url)
+            time.sleep(0.2)
+        assert running >= 1 and waiting >= 1, "the requests never queued up"
+
+        server.process.send_signal(signal.SIGTERM)
+        readiness_deadline = time.monotonic() + 3
+        readyz = httpx.get(f"{server.health_url}/readyz", timeout=2)
+        while readyz.status_code != 503 and time.monotonic() < readiness_deadline:
+            time.sleep(0.1)
+            readyz = httpx.get(f"{server.health_url}/readyz", timeout=2)
+        assert readyz.status_code == 503
+        assert "draining" in readyz.text
+        # Still alive while work remains: the in-flight requests are being served.
+        assert server.process.poll() is None
+
+        responses = [future.result() for future in futures]
+    assert [response.status_code for response in responses] == [200] * concurrency
+    assert all(response.json()["usage"]["completion_tokens"] == tokens for response in responses)
+    assert server.process.wait(timeout=120) == 0
+    log = server.log_path.read_text(errors="replace")
+    assert "drain finished" in log and "(stop: no running or waiting requests)" in log, server.log_tail()
+
+
+@pytest.mark.timeout(600)
+def test_tensor_parallel_2_serves_an_image_request(server_tp2):
+    # The first request compiles CPU kernels for the two ranks and takes ~15 s.
+    response = chat(server_tp2.vllm_url, image_message(1), timeout=300)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] >= 1
+    assert "tensor_parallel_size=2" in server_tp2.log_path.read_text(errors="replace")
+
+
+@pytest.mark.timeout(120)
+def test_supervisor_exits_non_zero_when_vllm_dies(server_tp2):
+    """The last test on `server_tp2`: it kills its vLLM."""
+    vllm_pid = server_tp2.vllm_pid()
+    assert vllm_pid is not None
+    killed_at = time.monotonic()
+    os.kill(vllm_pid, signal.SIGKILL)
+    code = server_tp2.process.wait(timeout=60)
+    exit_seconds = time.monotonic() - killed_at
+    assert code != 0
+    log = server_tp2.log_tail(80)
+    assert "vLLM exited on its own with code -9" in log
+    assert "last" in log and "  | " in log, log
+    print(f"supervisor exited {code} {exit_seconds:.1f}s after vLLM was killed")
