@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from localcluster import Cluster, wait_for
+from pixtral_e2e import make_tiny_model, pxd_manifest, tiny_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO_ROOT / "charts" / "pixtral-operator"
@@ -74,27 +74,17 @@ def tools(cluster) -> Tools:
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("helm-e2e-model") / "tiny-pixtral"
-    # The console script of the venv that runs the tests, as the node agent runs it for pods.
-    subprocess.run([str(Path(sys.executable).parent / "pixtral-runtime"), "tiny-model", str(directory)],
-                   check=True, capture_output=True, text=True, timeout=120)
-    return directory
+def tiny_model_dir(cluster) -> Path:
+    # The same folder as the other e2e modules use (made once, reused).
+    return make_tiny_model(cluster.kubeconfig.parent / "models" / "tiny-pixtral")
 
 
-def pixtral_deployment(namespace: str, model_dir: Path | None, replicas: int) -> dict:
-    """A PixtralDeployment the local agent can run: the default runtime image (run from the venv)
-    serving a tiny random-weight Pixtral from a hostPath, sized for a CPU."""
-    spec: dict[str, Any] = {
-        "replicas": replicas,
-        "engine": {"maxModelLen": 4096, "maxNumSeqs": 8, "imagesPerPrompt": 2,
-                   "env": [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"}]},
-        "resources": {"cpu": "1", "memory": "4Gi"},
-    }
-    if model_dir is not None:
-        spec["model"] = {"servedModelName": "tiny-pixtral", "source": {"hostPath": {"path": str(model_dir)}}}
-    return {"apiVersion": "serving.pixtral.dev/v1alpha1", "kind": "PixtralDeployment",
-            "metadata": {"name": PXD_NAME, "namespace": namespace}, "spec": spec}
+def pixtral_deployment(namespace: str, model_dir: Path, replicas: int) -> dict:
+    """A PixtralDeployment the local agent runs: the default runtime image (run from the venv)
+    serving a tiny random-weight Pixtral from a hostPath with the real vLLM CPU engine."""
+    manifest = pxd_manifest(PXD_NAME, tiny_spec(model_dir, replicas=replicas))
+    manifest["metadata"]["namespace"] = namespace
+    return manifest
 
 
 def operator_ready(tools: Tools, namespace: str, name: str) -> Callable[[], list[dict] | None]:
@@ -165,14 +155,21 @@ def rbac_wildcards(rules: list[dict]) -> list[str]:
 def test_helm_lint_and_template_with_defaults_and_every_option(tools):
     lint = tools.helm("lint", str(CHART_DIR), "--strict", "--values", str(ALL_VALUES))
     assert "0 chart(s) failed" in lint.stdout
-    for values in ([], ["--values", str(ALL_VALUES)]):
-        # Against the live API server: its version satisfies kubeVersion and it validates every object.
-        rendered = tools.helm("template", RELEASE, str(CHART_DIR), "-n", "default", *values)
-        objects = [o for o in yaml.safe_load_all(rendered.stdout) if o]
-        assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= {o["kind"] for o in objects}
-    defaults = tools.helm("template", RELEASE, str(CHART_DIR), "-n", "default")
+    # Defaults: rendered against the live API server (--validate: its version must satisfy the
+    # chart's kubeVersion and its OpenAPI schema must accept every object), then a server dry run.
+    defaults = tools.helm("template", RELEASE, str(CHART_DIR), "-n", "default", "--validate")
+    kinds = sorted(o["kind"] for o in yaml.safe_load_all(defaults.stdout) if o)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
     dry_run = tools.kubectl("apply", "--dry-run=server", "-f", "-", input=defaults.stdout)
     assert f"deployment.apps/{FULLNAME} created (server dry run)" in dry_run.stdout
+    # Every option: the ServiceMonitor kind does not exist without the Prometheus Operator, so this
+    # render states the cluster's version instead of validating against it.
+    version = json.loads(tools.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    every = tools.helm("template", RELEASE, str(CHART_DIR), "-n", "default", "--values", str(ALL_VALUES),
+                       "--kube-version", version)
+    kinds = {o["kind"] for o in yaml.safe_load_all(every.stdout) if o}
+    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
+                     "Deployment", "KopfPeering", "ServiceMonitor"}
 
 
 @pytest.mark.parametrize(("bad_value", "named"), [
@@ -190,9 +187,16 @@ def test_values_violating_the_schema_fail_naming_the_value(tools, bad_value, nam
 
 # ---------------------------------------------------------------- kubectl install
 
-def test_kubectl_apply_manifests_gives_the_same_working_operator(tools):
+def test_kubectl_apply_manifests_gives_the_same_working_operator(tools, tiny_model_dir):
     """The plain install (cluster-wide): same operator, ClusterRole path. It runs before the Helm
     release exists and is removed afterwards, so two operators never reconcile the same object."""
+    existing = tools.get("deployment", INSTALL_NAME, "-n", INSTALL_NAMESPACE)
+    if existing is not None:
+        owner = existing["metadata"].get("annotations", {}).get("meta.helm.sh/release-name", "kubectl")
+        pytest.fail(f"namespace {INSTALL_NAMESPACE} already runs an operator (installed by {owner}, e.g. `make demo`); "
+                    f"manifests/install would replace and then delete it. Remove it first "
+                    f"(`helm uninstall -n {INSTALL_NAMESPACE} {INSTALL_NAME}`) or use a fresh cluster (`make cluster-down`).",
+                    pytrace=False)
     try:
         tools.kubectl("apply", "-f", str(CRD_DIR), "-f", str(INSTALL_DIR))
         pods = wait_for(operator_ready(tools, INSTALL_NAMESPACE, INSTALL_NAME), 120,
@@ -202,7 +206,7 @@ def test_kubectl_apply_manifests_gives_the_same_working_operator(tools):
 
         tools.kubectl("create", "namespace", KUBECTL_TENANT_NAMESPACE)
         # Zero replicas: the operator's whole reconcile (router, Services, config, status) without a second engine.
-        tools.apply(pixtral_deployment(KUBECTL_TENANT_NAMESPACE, None, replicas=0))
+        tools.apply(pixtral_deployment(KUBECTL_TENANT_NAMESPACE, tiny_model_dir, replicas=0))
         children = wait_for(reconciled(tools, KUBECTL_TENANT_NAMESPACE), 120,
                             "the PixtralDeployment reconciled by the kubectl-installed operator")
         assert children["runtime"]["spec"]["replicas"] == 0
