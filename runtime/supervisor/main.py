@@ -37,7 +37,8 @@ PROG = "pixtral-runtime serve"
 LOG_TAIL_LINES = 50
 HEALTH_POLL_SECONDS = 1.0
 DRAIN_POLL_SECONDS = 0.5
-STOP_GRACE_SECONDS = 20.0
+# The operator leaves 15 s of the pod's grace period after the drain timeout; stopping vLLM must fit.
+STOP_GRACE_SECONDS = 10.0
 EXIT_VLLM_DIED = 1
 EXIT_BAD_SETTINGS = 2
 
