@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path-prefix", default=str(VENV_BIN), help="put first on every process' PATH")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the log
     nodes = tuple(podspec.NodeSpec(f"{args.node_prefix}-{i}", args.gpus_per_node, args.gpu_product,
                                    args.node_cpu, args.node_memory) for i in range(args.nodes))
     config = AgentConfig(nodes=nodes, api_server=args.server, ca_file=Path(args.ca), state_dir=args.state_dir,

@@ -820,8 +820,8 @@ class PodRuntime:
             self.condition_times[kind] = (status, rfc3339())
         condition = {"type": kind, "status": status, "lastProbeTime": None,
                      "lastTransitionTime": self.condition_times[kind][1]}
-        if reason and not ok:
-            condition["reason"] = reason
+        # null removes a reason left from an earlier False in the strategic merge.
+        condition["reason"] = reason if reason and not ok else None
         return condition
 
     def report(self) -> None:
