@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runnable-images",
                         default=os.environ.get("PIXTRAL_RUNNABLE_IMAGES", podspec.DEFAULT_RUNNABLE_IMAGES),
                         help="regex over the image repository: matching images run as local processes")
+    parser.add_argument("--pod-sd-port", type=int, help="serve Prometheus http_sd pod discovery on this port")
     parser.add_argument("--pod-ip-octets", default="10-199",
                         help="pod IPs are 127.0.<x>.<2..254> for x in this range, e.g. 10-199")
     parser.add_argument("--path-prefix", default=str(VENV_BIN), help="put first on every process' PATH")
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                                    args.node_cpu, args.node_memory) for i in range(args.nodes))
     config = AgentConfig(nodes=nodes, api_server=args.server, ca_file=Path(args.ca), state_dir=args.state_dir,
                          pod_logs=args.pod_logs, path_prefix=args.path_prefix, runnable_images=args.runnable_images,
-                         kubelet_version=args.kubelet_version, ip_octet_range=octet_range(args.pod_ip_octets))
+                         kubelet_version=args.kubelet_version, ip_octet_range=octet_range(args.pod_ip_octets),
+                         pod_sd_port=args.pod_sd_port)
     agent = Agent(Credentials(args.server, args.ca, args.cert, args.key), config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop.set())

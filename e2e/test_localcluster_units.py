@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from localcluster import podspec
+from localcluster import podsd, podspec
 from localcluster.podspec import PathMapping, SpecError
 from localcluster.prometheus import ScrapeSettings, meta_label, render_config
 
@@ -90,11 +90,30 @@ def test_restart_delay_doubles_up_to_the_cap() -> None:
 
 
 def test_prometheus_config_keeps_deployment_and_track() -> None:
-    config = render_config(ScrapeSettings("https://127.0.0.1:6443", "ca", "crt", "key"))
+    config = render_config(ScrapeSettings("http://127.0.0.1:9999/targets"))
     job = config["scrape_configs"][0]
     assert config["global"]["scrape_interval"] == "1s"
-    assert job["kubernetes_sd_configs"][0]["role"] == "pod"
+    assert job["http_sd_configs"][0]["url"] == "http://127.0.0.1:9999/targets"
     targets = {r.get("target_label"): r.get("source_labels") for r in job["relabel_configs"]}
     assert targets["deployment"] == ["__meta_kubernetes_pod_label_serving_pixtral_dev_deployment"]
     assert targets["track"] == [meta_label("serving.pixtral.dev/track")]
     assert targets["namespace"] == ["__meta_kubernetes_namespace"]
+
+
+def test_pod_discovery_matches_kubernetes_sd_role_pod() -> None:
+    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"serving.pixtral.dev/track": "canary"},
+                        "annotations": {"prometheus.io/port": "8000"},
+                        "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "controller": True}]},
+           "spec": {"nodeName": "n", "containers": [
+               {"name": "a", "ports": [{"name": "http", "containerPort": 8000}, {"containerPort": 8081}]},
+               {"name": "b"}]},
+           "status": {"podIP": "127.0.10.2", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+    unscheduled = {"metadata": {"name": "q", "namespace": "ns"}, "spec": {"containers": [{"name": "a"}]}, "status": {}}
+    groups = podsd.target_groups([pod, unscheduled])
+    assert [g["targets"] for g in groups] == [["127.0.10.2:8000"], ["127.0.10.2:8081"], ["127.0.10.2"]]
+    labels = groups[0]["labels"]
+    assert labels["__meta_kubernetes_pod_label_serving_pixtral_dev_track"] == "canary"
+    assert labels["__meta_kubernetes_pod_annotation_prometheus_io_port"] == "8000"
+    assert labels["__meta_kubernetes_pod_ready"] == "true" and labels["__meta_kubernetes_pod_phase"] == "Running"
+    assert labels["__meta_kubernetes_pod_controller_kind"] == "ReplicaSet"
+    assert labels["__meta_kubernetes_pod_container_port_name"] == "http"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import datetime as dt
+import http.server
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from . import podspec, procs
+from . import podsd, podspec, procs
 from .kube import ApiError, Credentials, KubeClient
 from .podspec import NodeSpec, PathMapping, Probe, SpecError
 
@@ -68,6 +69,7 @@ class AgentConfig:
     restart_backoff_cap: float = 30.0
     heartbeat_seconds: float = 10.0
     ip_octet_range: tuple[int, int] = (10, 199)   # pod IPs 127.0.<x>.<2..254>
+    pod_sd_port: int | None = None  # serve Prometheus http_sd pod discovery on 127.0.0.1:<port>
 
     @property
     def pods_dir(self) -> Path:
@@ -1004,8 +1006,38 @@ class Agent:
                 if uid in desired:
                     self.finalized.add(uid)
 
+    def serve_pod_discovery(self) -> http.server.ThreadingHTTPServer:
+        agent = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if self.path.split("?")[0] == "/healthz":
+                    body = b"ok"
+                elif self.path.split("?")[0] == "/targets":
+                    with agent.desired_lock:
+                        pods = list(agent.desired.values())
+                    body = json.dumps(podsd.target_groups(pods)).encode()
+                else:
+                    self.send_error(404, "try /targets")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass  # Prometheus asks every second
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.config.pod_sd_port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="pod-sd", daemon=True).start()
+        log.info("pod discovery for Prometheus on http://127.0.0.1:%d/targets", self.config.pod_sd_port)
+        return server
+
     def run(self) -> int:
         self.cleanup_orphans()
+        sd_server = self.serve_pod_discovery() if self.config.pod_sd_port else None
         while not self.stop.is_set():
             try:
                 self.register_nodes()
@@ -1022,6 +1054,8 @@ class Agent:
             self.wake.wait(0.25)
             self.wake.clear()
             self.sync_all()
+        if sd_server:
+            sd_server.shutdown()
         self.shutdown()
         return 0
 

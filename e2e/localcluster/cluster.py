@@ -303,6 +303,7 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict, no
             f"--nodes={nodes.count}", f"--gpus-per-node={nodes.gpus_per_node}",
             f"--gpu-product={nodes.gpu_product}", f"--node-prefix={nodes.name_prefix}",
             f"--pod-ip-octets={nodes.pod_ip_octets[0]}-{nodes.pod_ip_octets[1]}",
+            f"--pod-sd-port={ports['pod_sd']}",
             f"--kubelet-version={_kube_version(binaries)}",
         ],
         "prometheus": [
@@ -359,14 +360,15 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
     paths.logs.mkdir(parents=True, exist_ok=True)
     paths.pod_logs.mkdir(parents=True, exist_ok=True)
     pki = pki_module.create(paths.pki)
-    ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "prometheus")}
+    ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "prometheus",
+                                            "pod_sd")}
     api_server = f"https://127.0.0.1:{ports['apiserver']}"
     write_kubeconfig(paths.kubeconfig, api_server, pki.ca_cert, pki.cert("admin"), pki.key("admin"), "admin")
     for component in ("kube-controller-manager", "kube-scheduler"):
         write_kubeconfig(paths.state_dir / f"{component}.kubeconfig", api_server, pki.ca_cert, pki.cert(component),
                          pki.key(component), component)
     prometheus_url = f"http://127.0.0.1:{ports['prometheus']}"
-    settings = ScrapeSettings(api_server, str(pki.ca_cert), str(pki.cert("admin")), str(pki.key("admin")))
+    settings = ScrapeSettings(pod_sd_url=f"http://127.0.0.1:{ports['pod_sd']}/targets")
     (paths.state_dir / "prometheus.yml").write_text(yaml.safe_dump(render_config(settings), sort_keys=False))
     state = {
         "api_server": api_server, "prometheus_url": prometheus_url, "ports": ports, "owner": owner,
@@ -401,6 +403,8 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
                    [log_of["nodeagent"]])
         wait_until(lambda: _exists(client, "/api/v1/namespaces/default/serviceaccounts/default"), 60,
                    "the default ServiceAccount (controller-manager)", [log_of["kube-controller-manager"]])
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['pod_sd']}/healthz"), 30,
+                   "the node agent's pod discovery endpoint", [log_of["nodeagent"]])
         wait_until(lambda: _http_ok(f"{prometheus_url}/-/ready"), 60, "prometheus /-/ready",
                    [log_of["prometheus"]])
     finally:

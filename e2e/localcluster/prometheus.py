@@ -1,8 +1,14 @@
-"""Prometheus configuration for the local cluster (pure rendering)."""
+"""Prometheus configuration for the local cluster (pure rendering).
+
+Targets come from the node agent's http_sd endpoint, which serves what kubernetes_sd_configs
+role pod would (see podsd.py): Debian's Prometheus is built without kubernetes_sd_configs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .podsd import sanitize
 
 # Pod label -> metric label, besides every pod label via labelmap.
 KEPT_POD_LABELS = {
@@ -12,17 +18,13 @@ KEPT_POD_LABELS = {
 
 
 def meta_label(pod_label: str) -> str:
-    """Prometheus' __meta name of a pod label: every character outside [a-zA-Z0-9_] becomes '_'."""
-    sanitized = "".join(c if c.isalnum() or c == "_" else "_" for c in pod_label)
-    return f"__meta_kubernetes_pod_label_{sanitized}"
+    """Prometheus' __meta name of a pod label."""
+    return f"__meta_kubernetes_pod_label_{sanitize(pod_label)}"
 
 
 @dataclass(frozen=True)
 class ScrapeSettings:
-    api_server: str
-    ca_file: str
-    cert_file: str
-    key_file: str
+    pod_sd_url: str          # the node agent's http_sd endpoint (Kubernetes pod discovery)
     scrape_interval: str = "1s"
     scrape_timeout: str = "1s"
 
@@ -49,12 +51,7 @@ def render_config(settings: ScrapeSettings) -> dict:
                    "evaluation_interval": settings.scrape_interval},
         "scrape_configs": [{
             "job_name": "kubernetes-pods",
-            "kubernetes_sd_configs": [{
-                "role": "pod",
-                "api_server": settings.api_server,
-                "tls_config": {"ca_file": settings.ca_file, "cert_file": settings.cert_file,
-                               "key_file": settings.key_file},
-            }],
+            "http_sd_configs": [{"url": settings.pod_sd_url, "refresh_interval": settings.scrape_interval}],
             "relabel_configs": relabel,
         }],
     }
