@@ -3,6 +3,8 @@ readiness precedence, and `main` failing fast on bad settings."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pixtral_runtime.supervisor import main as supervisor_main
 from pixtral_runtime.supervisor.drain import (
@@ -256,3 +258,45 @@ async def test_sigterm_before_vllm_is_ready_stops_the_child_and_returns_0(capsys
     assert code == 0
     err = capsys.readouterr().err
     assert "vLLM never became ready" in err
+
+
+async def test_a_killed_child_is_noticed_even_while_its_own_children_hold_the_log_pipes(tmp_path, capsys):
+    """Failure path with stand-ins shaped like vLLM: an API-server process whose engine process
+    (a grandchild) inherits stdout. SIGKILL on the API server alone must end the supervisor with
+    exit 1 and take the orphaned grandchild down too."""
+    import asyncio
+    import os
+    import signal
+    import socket
+    import sys
+
+    from pixtral_runtime.supervisor.main import supervise
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    pids = tmp_path / "pids"
+    script = (
+        "import os, subprocess, sys, time\n"
+        "engine = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{engine.pid}}')\n"
+        "print('api server up', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    settings = RuntimeSettings(host="127.0.0.1", vllm_port=free_port(), health_port=free_port())
+    supervisor = asyncio.create_task(supervise(settings, [sys.executable, "-c", script], {}))
+    for _ in range(100):
+        if pids.exists() and pids.read_text().count(" ") == 1:
+            break
+        await asyncio.sleep(0.1)
+    api_pid, engine_pid = map(int, pids.read_text().split())
+    os.kill(api_pid, signal.SIGKILL)
+    code = await asyncio.wait_for(supervisor, timeout=30)
+    assert code == 1
+    assert "vLLM exited on its own with code -9" in capsys.readouterr().err
+    await asyncio.sleep(0.2)
+    stat = Path(f"/proc/{engine_pid}/stat")
+    # Gone, or a zombie waiting for init to reap it: either way no longer running.
+    assert not stat.exists() or stat.read_text().split(") ", 1)[1].startswith("Z")

@@ -37,6 +37,7 @@ PROG = "pixtral-runtime serve"
 LOG_TAIL_LINES = 50
 HEALTH_POLL_SECONDS = 1.0
 DRAIN_POLL_SECONDS = 0.5
+EXIT_POLL_SECONDS = 0.2
 # The operator leaves 15 s of the pod's grace period after the drain timeout; stopping vLLM must fit.
 STOP_GRACE_SECONDS = 10.0
 EXIT_VLLM_DIED = 1
@@ -184,6 +185,15 @@ async def _drain(client: httpx.AsyncClient, base_url: str, state: SupervisorStat
         await asyncio.sleep(DRAIN_POLL_SECONDS)
 
 
+async def _exited(process: asyncio.subprocess.Process) -> int:
+    """Wait for the vLLM process itself to exit. `Process.wait()` is not enough: it returns only
+    once the child's pipes are closed too, and vLLM's engine processes (its grandchildren) hold
+    them open after a crash of the API server."""
+    while process.returncode is None:
+        await asyncio.sleep(EXIT_POLL_SECONDS)
+    return process.returncode
+
+
 def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signum)
@@ -192,11 +202,11 @@ def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
 async def _stop_vllm(process: asyncio.subprocess.Process) -> None:
     _signal_group(process, signal.SIGTERM)
     try:
-        await asyncio.wait_for(process.wait(), timeout=STOP_GRACE_SECONDS)
+        await asyncio.wait_for(_exited(process), timeout=STOP_GRACE_SECONDS)
     except TimeoutError:
         log(f"vLLM did not stop within {STOP_GRACE_SECONDS:.0f}s of SIGTERM; sending SIGKILL")
         _signal_group(process, signal.SIGKILL)
-        await process.wait()
+        await _exited(process)
     # vLLM's engine/worker processes share its process group; make sure none outlive it.
     _signal_group(process, signal.SIGKILL)
 
@@ -234,7 +244,7 @@ async def supervise(settings: RuntimeSettings, command: Sequence[str], env: Mapp
     ]
     async with httpx.AsyncClient() as client:
         health_task = asyncio.create_task(_watch_health(client, base_url, state))
-        exited = asyncio.create_task(process.wait())
+        exited = asyncio.create_task(_exited(process))
         terminated = asyncio.create_task(terminate.wait())
         try:
             await asyncio.wait({exited, terminated}, return_when=asyncio.FIRST_COMPLETED)
@@ -263,7 +273,7 @@ async def supervise(settings: RuntimeSettings, command: Sequence[str], env: Mapp
                 task.cancel()
             if process.returncode is None:
                 _signal_group(process, signal.SIGKILL)
-                await process.wait()
+                await _exited(process)
             probe_server.close()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
