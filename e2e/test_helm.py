@@ -9,6 +9,7 @@ pod's kubeconfig from the projected token; the admin certificate never reaches i
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import uuid
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from localcluster import Cluster, wait_for
-from pixtral_e2e import make_tiny_model, pxd_manifest, tiny_spec
+from pixtral_e2e import make_tiny_model, processes_with_env, pxd_manifest, tiny_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO_ROOT / "charts" / "pixtral-operator"
@@ -144,6 +145,25 @@ def delete_namespace(tools: Tools, namespace: str) -> None:
     wait_for(lambda: tools.get("namespace", namespace) is None, 120, f"namespace {namespace} deleted")
 
 
+def process_identity(pod_name: str) -> str:
+    """Who the pod's local process talks to the API server as: the subject of the token in the
+    kubeconfig the node agent gave it (read from the process's own environment)."""
+    environments = []
+    for pid in processes_with_env(f"HOSTNAME={pod_name}\0"):
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        environments.append(dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item))
+    assert environments, f"no local process runs pod {pod_name}"
+    kubeconfig = yaml.safe_load(Path(environments[0]["KUBECONFIG"]).read_text())
+    user = kubeconfig["users"][0]["user"]
+    assert "client-certificate-data" not in user and "client-certificate" not in user, "must not use a certificate"
+    payload = user["token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims["sub"]
+
+
 def rbac_wildcards(rules: list[dict]) -> list[str]:
     return [f"{field}={rule[field]}" for rule in rules
             for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs")
@@ -202,6 +222,8 @@ def test_kubectl_apply_manifests_gives_the_same_working_operator(tools, tiny_mod
         pods = wait_for(operator_ready(tools, INSTALL_NAMESPACE, INSTALL_NAME), 120,
                         "the operator from manifests/install Ready")
         assert pods[0]["spec"]["serviceAccountName"] == INSTALL_NAME
+        assert process_identity(pods[0]["metadata"]["name"]) == \
+            f"system:serviceaccount:{INSTALL_NAMESPACE}:{INSTALL_NAME}"
         assert rbac_wildcards(tools.get("clusterrole", INSTALL_NAME)["rules"]) == []
 
         tools.kubectl("create", "namespace", KUBECTL_TENANT_NAMESPACE)
@@ -244,9 +266,11 @@ def test_helm_install_gives_a_ready_operator_under_its_service_account(tools, he
     pods = wait_for(operator_ready(tools, OPERATOR_NAMESPACE, FULLNAME), 120, "operator pod Ready")
     pod = pods[0]
     assert pod["spec"]["serviceAccountName"] == FULLNAME
-    # The ServiceAccount admission plugin mounted the token the operator authenticates with.
+    # The ServiceAccount admission plugin mounted the token the operator authenticates with ...
     mounts = pod["spec"]["containers"][0].get("volumeMounts", [])
     assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount" for m in mounts)
+    # ... and the running operator uses exactly that identity, so everything it does is bounded by the chart's RBAC.
+    assert process_identity(pod["metadata"]["name"]) == f"system:serviceaccount:{OPERATOR_NAMESPACE}:{FULLNAME}"
     assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
     assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
