@@ -139,6 +139,8 @@ class _WatchThread:
                         objects[name] = obj
                     self._on_snapshot(dict(objects))
             except Exception as exc:  # the API server may be away for a while; keep trying, bounded
+                if self._stop.is_set():
+                    return  # stop() closed the stream under us
                 failures += 1
                 delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(failures, 8))
                 log.warning("watch %s failed (%s: %s); retrying in %.1fs", self.name,

@@ -105,8 +105,9 @@ class RouterState:
     def apply_api_keys(self, keys: Mapping[str, str] | None) -> None:
         self.api_keys = dict(keys) if keys is not None else None
         self._rebuild_authenticator()
-        # Tenant names only: the key material never reaches a log.
-        log.info("API keys applied for %d tenant(s)", len(self.api_keys or {}))
+        if self.api_keys is not None:
+            # A count only: neither keys nor their tenants' names reach the log.
+            log.info("API keys applied for %d tenant(s)", len(self.api_keys))
 
     def set_backends(self, track: str, backends: Sequence[str]) -> None:
         self.pool.set_track(track, backends)
