@@ -56,7 +56,7 @@ CLIENT_CLOSED_REQUEST = 499
 class _Request:
     """What the error path and metrics need to know about one request."""
 
-    __slots__ = ("tenant", "track", "response_started", "response_done", "client_gone", "admitted")
+    __slots__ = ("tenant", "track", "response_started", "response_done", "client_gone")
 
     def __init__(self) -> None:
         self.tenant = "-"
@@ -64,7 +64,6 @@ class _Request:
         self.response_started = False
         self.response_done = False
         self.client_gone = False
-        self.admitted = False
 
 
 async def _send_simple(send: Send, status: int, body: bytes, content_type: bytes,
@@ -272,7 +271,6 @@ class RouterApp:
         try:
             body = await _read_body(receive, policy.max_body_bytes)
             admission.admit(kind, body, policy)
-            request.admitted = True
             track = choose_track(
                 canary_weight=config.canary_weight,
                 rng=state.rng, sticky_value=sticky, override=forced_track,
