@@ -63,6 +63,10 @@ class Upstream:
                 finally:
                     self.stream_cancelled.set()
             return StreamingResponse(endless(), media_type="text/event-stream")
+        if mode == "slow":
+            await asyncio.sleep(1.5)
+        if mode == "fail":
+            return JSONResponse({"error": {"message": "engine overloaded"}}, status_code=503)
         return JSONResponse({"served_by": self.name, "object": "chat.completion"})
 
 
@@ -313,3 +317,16 @@ async def test_completions_and_json_error_shape() -> None:
         body = r.json()
         assert r.status_code == 400 and set(body["error"]) == {"message", "type", "param", "code"}
         assert json.loads(r.content)["error"]["type"] == "invalid_request_error"
+
+
+async def test_upstream_errors_pass_through_and_timeouts_are_504() -> None:
+    up = Upstream("a")
+    async with serve(up.app) as up_url, router(config({"stable": [up_url]}, requestTimeoutSeconds=0.3)) as client:
+        r = await client.post("/v1/chat/completions", json=chat_body(mode="fail"), headers=AUTH)
+        assert r.status_code == 503 and r.json()["error"]["message"] == "engine overloaded"
+        assert r.headers["x-pixtral-backend"] == up_url
+        r = await client.post("/v1/chat/completions", json=chat_body(mode="slow"), headers=AUTH)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+        m = (await client.get("/metrics")).text
+        assert metric(m, "pixtral_router_requests_total", track="stable", code="503") == 1
+        assert metric(m, "pixtral_router_requests_total", track="stable", code="504") == 1
