@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     load_config()
     kube = KubeApi()
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
-    registry = kopf.OperatorRegistry()
+    # SmartOperatorRegistry carries kopf's login handlers (kubeconfig or in-cluster ServiceAccount).
+    registry = kopf.SmartOperatorRegistry()
     register(registry, settings, kube, Scaler(kube, prometheus))
 
     @kopf.on.startup(registry=registry)
