@@ -30,10 +30,11 @@ $(INSTALL_STAMP): pyproject.toml .ci/torch-override.txt
 	  -e ".[operator,runtime,test,lint]"
 	@touch $@
 
-system-deps: ## Debian packages the local cluster needs (prometheus, openssl)
+system-deps: ## Debian packages the local cluster and benchmarks need (prometheus, openssl, wrk)
 	@missing=""; \
 	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	  command -v openssl >/dev/null || missing="$$missing openssl"; \
+	  command -v wrk >/dev/null || missing="$$missing wrk"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "[install] apt-get install$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
