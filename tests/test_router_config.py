@@ -132,3 +132,23 @@ def test_configmap_and_secret_parsing() -> None:
         config_from_configmap({"data": {"config.json": "{"}}, name="demo-router")
     secret = {"data": {"team-a": base64.b64encode(b"sk-a\n").decode(), "empty": ""}}
     assert api_keys_from_secret(secret) == {"team-a": "sk-a"}
+
+
+@pytest.mark.parametrize("spec", [
+    {},
+    {"canary": {"weight": 25, "stickyHeader": "x-user"},
+     "router": {"apiKeysSecretRef": {"name": "keys"}, "tenants": [{"name": "team-a", "requestsPerMinute": 60}]}},
+])
+def test_the_operators_rendered_configmap_is_accepted(spec: dict) -> None:
+    """The contract with the operator: whatever it renders, the router parses (and keeps defaults)."""
+    from pixtral_operator.render.router import router_configmap
+    from pixtral_operator.spec import parse
+
+    configmap = router_configmap(parse("demo", "team", spec))
+    config = config_from_configmap(configmap, name=configmap["metadata"]["name"])
+    assert config.deployment == "demo" and config.tracks["stable"].service == "demo-stable"
+    if spec:
+        assert config.canary_weight == 25 and config.sticky_header == "x-user"
+        assert config.tenancy.api_keys_secret == "keys" and config.auth_required
+        # A tenant that sets only its rate keeps the default concurrency.
+        assert config.tenancy.limits_for("team-a") == Limits(60, config.tenancy.default_limits.max_concurrent)
