@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            pool = localcluster.NodePool(args.nodes, args.gpus_per_node, args.gpu_product)
+            pool = localcluster.NodePool(args.nodes, args.gpus_per_node, args.gpu_product,
+                                         pod_ip_octets=defaults.pod_ip_octets)
             info = localcluster.up(nodes=pool)
             print(localcluster.usage(info))
         elif args.command == "down":

@@ -1,10 +1,10 @@
 """Shared e2e fixtures. The local cluster starts lazily: only tests that request `cluster` (directly
 or through `namespace`/`kubectl`) pay for it; other e2e tests never touch it.
 
-A cluster that was already running when the session began (e.g. from `make cluster-up`) is reused
-and left running. A cluster this session started is stopped at the end, unless
-PIXTRAL_KEEP_CLUSTER=1 is set (then `make cluster-down` stops it) or another test session still
-uses it (then the last one stops it).
+A cluster that was already running when the session began (e.g. from `make cluster-up` or an
+earlier session) is reused and left running. A cluster this session started is stopped at the end,
+unless PIXTRAL_KEEP_CLUSTER=1 is set (then `make cluster-down` stops it) or another test session
+still uses it (then that session stops it when it ends).
 """
 
 from __future__ import annotations

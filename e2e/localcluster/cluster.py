@@ -113,8 +113,13 @@ class NodePool:
 
     @classmethod
     def from_env(cls) -> NodePool:
+        octets = os.environ.get("PIXTRAL_CLUSTER_POD_IP_OCTETS", "10-199")
+        low, _, high = octets.partition("-")
+        if not (low.isdigit() and high.isdigit()):
+            raise ClusterError(f"PIXTRAL_CLUSTER_POD_IP_OCTETS must look like 10-199, got {octets!r}")
         return cls(int(os.environ.get("PIXTRAL_CLUSTER_NODES", 2)), int(os.environ.get("PIXTRAL_CLUSTER_GPUS", 4)),
-                   os.environ.get("PIXTRAL_CLUSTER_GPU_PRODUCT", "NVIDIA-A100-SXM4-80GB"))
+                   os.environ.get("PIXTRAL_CLUSTER_GPU_PRODUCT", "NVIDIA-A100-SXM4-80GB"),
+                   pod_ip_octets=(int(low), int(high)))
 
     def validate(self) -> None:
         if not 1 <= self.count <= 64:
@@ -372,6 +377,7 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
     (paths.state_dir / "prometheus.yml").write_text(yaml.safe_dump(render_config(settings), sort_keys=False))
     state = {
         "api_server": api_server, "prometheus_url": prometheus_url, "ports": ports, "owner": owner,
+        "starter_pid": os.getpid(),
         "binaries": {"kube": str(binaries.kube), "etcd": str(binaries.etcd), "helm": str(binaries.helm)},
         "nodes": {"names": nodes.names(), "gpus_per_node": nodes.gpus_per_node, "gpu_product": nodes.gpu_product},
         "processes": [], "complete": False,
@@ -489,20 +495,23 @@ def join_session(paths: ClusterPaths) -> Path:
 
 
 def leave_session(paths: ClusterPaths, marker: Path, keep: bool) -> bool:
-    """Ends a session's use; stops the cluster when a test session started it, no other session
-    still uses it and keep is false. Returns whether it stopped the cluster."""
+    """Ends a session's use of the cluster. Stops it only when this process started it as a test
+    session (owner "pytest"), keep is false and no other session still uses it; if others do, the
+    duty passes to one of them. Returns whether it stopped the cluster."""
     marker.unlink(missing_ok=True)
     with cluster_lock(paths):
         state = load_state(paths)
-        if keep or not state or state.get("owner") != "pytest":
+        if keep or not state or state.get("owner") != "pytest" or state.get("starter_pid") != os.getpid():
             return False
         sessions = paths.state_dir / "sessions"
-        for other in sessions.glob("*") if sessions.is_dir() else []:
+        for other in sorted(sessions.glob("*")) if sessions.is_dir() else []:
             try:
                 alive = procs.start_time(int(other.name)) == int(other.read_text())
             except ValueError:
                 alive = False
             if alive:
+                state["starter_pid"] = int(other.name)
+                save_state(paths, state)
                 return False
             other.unlink(missing_ok=True)
         _down_locked(paths, print)
