@@ -46,9 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     load_config()
     kube = KubeApi()
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
-    # SmartOperatorRegistry carries kopf's login handlers (kubeconfig or in-cluster ServiceAccount).
-    registry = kopf.SmartOperatorRegistry()
+    registry = kopf.OperatorRegistry()
     register(registry, settings, kube, Scaler(kube, prometheus))
+
+    # A registry of our own has no login handler: use the kubernetes client's credentials
+    # (ServiceAccount in a pod, KUBECONFIG elsewhere), the same ones KubeApi uses.
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
