@@ -147,3 +147,34 @@ def test_body_too_large_by_content_length() -> None:
     admission.check_content_length(None, POLICY)
     with pytest.raises(AdmissionError, match="Content-Length is not a number"):
         admission.check_content_length(b"lots", POLICY)
+
+
+def test_large_images_are_judged_from_a_decoded_prefix_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (400, 400), random.Random(1).randbytes(400 * 400 * 3)).save(buf, format="PNG")
+    assert len(buf.getvalue()) > 400_000
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    decoded: list[int] = []
+    real = admission.binascii.a2b_base64
+
+    def spy(data, **kw):
+        decoded.append(len(data))
+        return real(data, **kw)
+
+    monkeypatch.setattr(admission.binascii, "a2b_base64", spy)
+    policy = AdmissionPolicy(max_image_bytes=1 << 20, max_image_pixels=400 * 400)
+    admission.check_data_url(url, "p", policy)
+    assert decoded == [64 * 1024]  # 48 KiB of the 480 KB image were decoded
+    with pytest.raises(AdmissionError) as info:
+        admission.check_data_url(url, "p", AdmissionPolicy(max_image_bytes=1 << 20, max_image_pixels=399 * 400))
+    assert info.value.reason == "image_too_many_pixels" and "400x400" in info.value.message
+
+
+def test_a_header_beyond_the_prefix_is_still_found() -> None:
+    # A JPEG whose dimensions come after a ~60 KB EXIF block: the prefix is not enough, the whole is.
+    buf = io.BytesIO()
+    Image.new("RGB", (90, 70), (1, 2, 3)).save(buf, format="JPEG", exif=b"Exif\x00\x00" + bytes(60_000))
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    admission.check_data_url(url, "p", AdmissionPolicy(max_image_pixels=90 * 70))
+    with pytest.raises(AdmissionError, match="90x70"):
+        admission.check_data_url(url, "p", AdmissionPolicy(max_image_pixels=90 * 70 - 1))

@@ -330,3 +330,26 @@ async def test_upstream_errors_pass_through_and_timeouts_are_504() -> None:
         m = (await client.get("/metrics")).text
         assert metric(m, "pixtral_router_requests_total", track="stable", code="503") == 1
         assert metric(m, "pixtral_router_requests_total", track="stable", code="504") == 1
+
+
+async def test_large_image_bodies_are_admitted_off_the_event_loop() -> None:
+    import random
+
+    up = Upstream("a")
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (320, 320), random.Random(2).randbytes(320 * 320 * 3)).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    body = {"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}]}]}
+    assert len(json.dumps(body)) > 256 * 1024  # the worker-thread path
+    async with serve(up.app) as up_url:
+        cfg = config({"stable": [up_url]}, admission={"imagesPerPrompt": 1, "maxImagePixels": 320 * 320})
+        async with router(cfg) as client:
+            r = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+            assert r.status_code == 200
+            client.app.state.apply_config(parse_config(config({"stable": [up_url]}, admission={
+                "imagesPerPrompt": 1, "maxImagePixels": 100 * 100})))
+            r = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "image_too_many_pixels"
+    assert len(up.requests) == 1
+    assert up.requests[0]["body"]["messages"][0]["content"][0]["image_url"]["url"] == url

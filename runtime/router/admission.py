@@ -28,6 +28,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     _DecodeError = (ValueError,)
 
 
+# 64 KiB of base64 = 48 KiB of image: enough for the headers of PNG, GIF, WebP and most JPEGs.
+_HEADER_B64_CHARS = 64 * 1024
+
+
 def check_content_length(content_length: bytes | None, policy: AdmissionPolicy) -> None:
     if content_length is None:
         return
@@ -103,25 +107,32 @@ def check_data_url(url: str, param: str, policy: AdmissionPolicy) -> None:
             f"{param}: image of {size} bytes exceeds the limit of {policy.max_image_bytes} bytes.",
             param=param,
         )
-    try:
-        raw = binascii.a2b_base64(payload.encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise AdmissionError("image_undecodable", f"{param}: the data URL is not valid base64.", param=param) from None
-    try:
-        with warnings.catch_warnings():
-            # Our own pixel limit applies, not Pillow's process-wide one.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as image:
-                width, height = image.size
-    except Image.DecompressionBombError:
-        raise AdmissionError(
-            "image_too_many_pixels", f"{param}: image dimensions exceed the limit of {policy.max_image_pixels} pixels.",
-            param=param,
-        ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise AdmissionError(
-            "image_undecodable", f"{param}: the image could not be decoded (unknown or corrupt format).", param=param
-        ) from None
+    # Only the start of the image is decoded: its header holds the format and the dimensions.
+    # Decoding all of a 10 MB image would hold the event loop for a long time (hundreds of ms on
+    # a busy core). A header that needs more bytes (e.g. a JPEG behind a large EXIF block) gets them.
+    width = height = None
+    for chars in (_HEADER_B64_CHARS, len(payload)):
+        try:
+            raw = binascii.a2b_base64(payload[:chars].encode("ascii"), strict_mode=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise AdmissionError(
+                "image_undecodable", f"{param}: the data URL is not valid base64.", param=param
+            ) from None
+        try:
+            width, height = _image_size(raw)
+            break
+        except Image.DecompressionBombError:
+            raise AdmissionError(
+                "image_too_many_pixels",
+                f"{param}: image dimensions exceed the limit of {policy.max_image_pixels} pixels.", param=param,
+            ) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+            if chars >= len(payload):
+                raise AdmissionError(
+                    "image_undecodable", f"{param}: the image could not be decoded (unknown or corrupt format).",
+                    param=param,
+                ) from None
+    assert width is not None and height is not None
     if width * height > policy.max_image_pixels:
         raise AdmissionError(
             "image_too_many_pixels",
@@ -129,6 +140,14 @@ def check_data_url(url: str, param: str, policy: AdmissionPolicy) -> None:
             f"{policy.max_image_pixels} pixels.",
             param=param,
         )
+
+
+def _image_size(raw: bytes) -> tuple[int, int]:
+    with warnings.catch_warnings():
+        # Our own pixel limit applies, not Pillow's process-wide one.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(raw)) as image:
+            return image.size
 
 
 def check_images(body: dict[str, Any], policy: AdmissionPolicy) -> int:

@@ -51,6 +51,8 @@ _DROP_RESPONSE_HEADERS = frozenset(
 # Whole-body relay (one write, with Content-Length) below this size; larger or unsized answers stream.
 _BUFFER_LIMIT = 1 << 20
 CLIENT_CLOSED_REQUEST = 499
+# Bodies from this size on (in practice: with images) are admitted in a worker thread.
+_INLINE_ADMISSION_BYTES = 256 * 1024
 
 
 class _Request:
@@ -270,7 +272,12 @@ class RouterApp:
         limiter.acquire(request.tenant)
         try:
             body = await _read_body(receive, policy.max_body_bytes)
-            admission.admit(kind, body, policy)
+            if len(body) < _INLINE_ADMISSION_BYTES:
+                admission.admit(kind, body, policy)
+            else:
+                # Parsing megabytes of JSON takes long enough to stall every other request on this
+                # event loop; in a thread the loop keeps its turns (the GIL switches every 5 ms).
+                await asyncio.to_thread(admission.admit, kind, body, policy)
             track = choose_track(
                 canary_weight=config.canary_weight,
                 rng=state.rng, sticky_value=sticky, override=forced_track,
