@@ -334,8 +334,12 @@ def test_default_render(render):
         "PIXTRAL_LOG_LEVEL": "INFO",
         "PIXTRAL_HEALTH_PORT": "8080",
         "PIXTRAL_METRICS_PORT": "9090",
+        "TMPDIR": "/tmp",
     }
     assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # With a read-only root filesystem, TMPDIR must be a writable volume of the pod's own.
+    tmp_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["TMPDIR"]["value"])
+    assert {"name": tmp_mount["name"], "emptyDir": {"sizeLimit": "64Mi"}} in pod["spec"]["volumes"]
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8080, "metrics": 9090}
@@ -441,6 +445,7 @@ def test_every_option_reaches_the_objects(render):
         "PIXTRAL_LOG_LEVEL": "DEBUG",
         "PIXTRAL_HEALTH_PORT": "8181",
         "PIXTRAL_METRICS_PORT": "9191",
+        "TMPDIR": "/tmp",
     }
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": 8181, "metrics": 9191}
     assert container["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
