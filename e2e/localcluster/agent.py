@@ -289,7 +289,7 @@ class PodRuntime:
         self.prepare_error: tuple[str, str] | None = None
         self.next_prepare_at = 0.0
         self.next_refresh_at = 0.0
-        self.token_refresh_at = 0.0
+        self.tokens: dict[tuple[str, str, int], tuple[str, float]] = {}
         self.kubeconfig: Path | None = None
         self.start_wall = time.time()
         self.terminating = False
@@ -453,7 +453,12 @@ class PodRuntime:
         return files
 
     def token(self, token_spec: dict) -> str:
+        """A pod-bound token from the TokenRequest API, renewed after 80% of its lifetime."""
         account = self.pod["spec"].get("serviceAccountName") or "default"
+        key = (account, token_spec.get("audience", ""), int(token_spec.get("expirationSeconds", TOKEN_SECONDS)))
+        cached = self.tokens.get(key)
+        if cached and time.monotonic() < cached[1]:
+            return cached[0]
         request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
             "expirationSeconds": int(token_spec.get("expirationSeconds", TOKEN_SECONDS)),
             "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}}}
@@ -464,8 +469,8 @@ class PodRuntime:
                 f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token", request)
         except ApiError as error:
             raise SpecError("ContainerCreating", f"token for service account {account!r}: {error}") from error
-        lifetime = request["spec"]["expirationSeconds"]
-        self.token_refresh_at = time.monotonic() + 0.8 * lifetime
+        refresh_at = time.monotonic() + 0.8 * request["spec"]["expirationSeconds"]
+        self.tokens[key] = (answer["status"]["token"], refresh_at)
         return answer["status"]["token"]
 
     def write_files(self, target: Path, files: dict[str, tuple[bytes, int]]) -> None:
@@ -518,7 +523,7 @@ class PodRuntime:
 
     def refresh_volumes(self, now: float) -> None:
         """ConfigMap, Secret, downward API and token contents follow their sources, as with the kubelet."""
-        if now < self.next_refresh_at and now < self.token_refresh_at:
+        if now < self.next_refresh_at:
             return
         self.next_refresh_at = now + 10.0
         volumes_dir = self.root / "volumes"
