@@ -286,7 +286,8 @@ def test_unrunnable_image_waits_with_a_clear_message(cluster: Cluster, namespace
 
 def test_service_account_config_and_restarts(cluster: Cluster, namespace: str) -> None:
     """The pod's own service account works through KUBECONFIG; ConfigMap/Secret volumes and env
-    appear; a failing container is restarted (OnFailure) and then succeeds."""
+    appear; an init container runs first; a failing container is restarted (OnFailure) and then
+    succeeds."""
     script = textwrap.dedent("""
         import os, pathlib, sys
         from kubernetes import client, config
@@ -295,8 +296,9 @@ def test_service_account_config_and_restarts(cluster: Cluster, namespace: str) -
         conf = pathlib.Path("/etc/app/settings.txt").read_text()
         secret = pathlib.Path("/etc/secret/password").read_text()
         sa = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text()
+        init = pathlib.Path("/scratch/init").read_text().strip()
         print("pod", pod.metadata.name, "ip", pod.status.pod_ip, "conf", conf, "secret", secret,
-              "env", os.environ["FROM_CM"], os.environ["SECRET_ENV"], "sa-ns", sa, flush=True)
+              "env", os.environ["FROM_CM"], os.environ["SECRET_ENV"], "sa-ns", sa, "init", init, flush=True)
         attempts = pathlib.Path("/scratch/attempts")
         attempts.write_text(attempts.read_text() + "x" if attempts.exists() else "x")
         sys.exit(0 if len(attempts.read_text()) >= 2 else 3)
@@ -318,7 +320,9 @@ def test_service_account_config_and_restarts(cluster: Cluster, namespace: str) -
         "envFrom": [{"configMapRef": {"name": "app"}}],
         "volumeMounts": [{"name": "conf", "mountPath": "/etc/app"}, {"name": "secret", "mountPath": "/etc/secret"},
                          {"name": "scratch", "mountPath": "/scratch"}],
-    }, serviceAccountName="reader", restartPolicy="OnFailure", volumes=[
+    }, serviceAccountName="reader", restartPolicy="OnFailure", initContainers=[{
+        "name": "init", "image": "busybox", "command": ["sh", "-c", "echo prepared > /scratch/init"],
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}], volumes=[
         {"name": "conf", "configMap": {"name": "app"}}, {"name": "secret", "secret": {"secretName": "app"}},
         {"name": "scratch", "emptyDir": {}}])
     apply(cluster, namespace, account, role, binding, configmap, secret)
@@ -329,5 +333,20 @@ def test_service_account_config_and_restarts(cluster: Cluster, namespace: str) -
     assert status["restartCount"] == 1 and status["lastState"]["terminated"]["exitCode"] == 3, status
     output = cluster.pod_log(namespace, "sa-check", "main").read_text()
     ip = final["status"]["podIP"]
-    expected = f"pod sa-check ip {ip} conf mode=local secret s3cret env cm-value s3cret sa-ns {namespace}"
+    expected = f"pod sa-check ip {ip} conf mode=local secret s3cret env cm-value s3cret sa-ns {namespace} init prepared"
     assert expected in output, output
+
+
+def test_failing_liveness_probe_restarts_the_container(cluster: Cluster, namespace: str) -> None:
+    probe = {"exec": {"command": ["sh", "-c", "test -f /state/healthy"]}, "periodSeconds": 1, "failureThreshold": 2}
+    apply(cluster, namespace, pod_manifest("sick", {
+        **SLEEPER, "livenessProbe": probe, "volumeMounts": [{"name": "state", "mountPath": "/state"}],
+    }, terminationGracePeriodSeconds=1, volumes=[{"name": "state", "emptyDir": {}}]))
+
+    def restarted() -> dict | None:
+        statuses = cluster.rest.get(f"/api/v1/namespaces/{namespace}/pods/sick")["status"].get("containerStatuses")
+        return statuses[0] if statuses and statuses[0]["restartCount"] >= 1 else None
+    status = wait_for(restarted, 30, "pod sick restarted by its liveness probe")
+    assert "liveness" in status["lastState"]["terminated"].get("message", ""), status
+    unhealthy = [e for e in events_for(cluster, namespace, "sick") if e["reason"] == "Unhealthy"]
+    assert unhealthy and unhealthy[0]["message"].startswith("Liveness probe failed"), unhealthy
