@@ -886,6 +886,7 @@ class Agent:
         self.desired: dict[str, dict] = {}
         self.desired_lock = threading.Lock()
         self.pods: dict[str, PodRuntime] = {}
+        self.registered_at = rfc3339()
         self.finalized: set[str] = set()   # pods removed by us whose DELETED event may not have arrived
 
     # --- lookups used while building processes and volumes ---------------------------------------
@@ -911,6 +912,7 @@ class Agent:
 
     # --- nodes ----------------------------------------------------------------------------------
     def register_nodes(self) -> None:
+        self.registered_at = rfc3339()
         for node in self.config.nodes:
             desired = podspec.node_object(node, self.config.kubelet_version, rfc3339())
             existing = self.kube.get_or_none(f"/api/v1/nodes/{node.name}")
@@ -936,7 +938,7 @@ class Agent:
         for node in self.config.nodes:
             now = time.time()
             self.heartbeat_kube.strategic_patch(f"/api/v1/nodes/{node.name}/status",
-                                      {"status": {"conditions": podspec.node_conditions(rfc3339(now))}})
+                                      {"status": {"conditions": podspec.node_conditions(rfc3339(now), self.registered_at)}})
             path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node.name}"
             lease_spec = {"holderIdentity": node.name, "leaseDurationSeconds": 40, "renewTime": micro_time(now)}
             if self.heartbeat_kube.get_or_none(path) is None:

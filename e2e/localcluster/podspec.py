@@ -288,19 +288,22 @@ def node_object(node: NodeSpec, kubelet_version: str, now: str) -> dict:
             "conditions": node_conditions(now),
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node.name}],
             "nodeInfo": {"kubeletVersion": kubelet_version, "operatingSystem": "linux", "architecture": "amd64",
-                         "containerRuntimeVersion": "local-process://1", "kernelVersion": "", "osImage": "",
+                         "containerRuntimeVersion": "local-process://1", "kernelVersion": "",
+                         "osImage": "local process agent (pods run as host processes)",
                          "machineID": "", "systemUUID": "", "bootID": "", "kubeProxyVersion": ""},
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
         },
     }
 
 
-def node_conditions(now: str) -> list[dict]:
+def node_conditions(now: str, since: str | None = None) -> list[dict]:
+    """Healthy node conditions: heartbeat now, unchanged since the node was registered."""
+    since = since or now
     healthy = [("MemoryPressure", "KubeletHasSufficientMemory"), ("DiskPressure", "KubeletHasNoDiskPressure"),
                ("PIDPressure", "KubeletHasSufficientPID")]
     conditions = [{"type": t, "status": "False", "reason": r, "message": "local process agent",
-                   "lastHeartbeatTime": now, "lastTransitionTime": now} for t, r in healthy]
+                   "lastHeartbeatTime": now, "lastTransitionTime": since} for t, r in healthy]
     conditions.append({"type": "Ready", "status": "True", "reason": "KubeletReady",
                        "message": "local process agent is posting ready status",
-                       "lastHeartbeatTime": now, "lastTransitionTime": now})
+                       "lastHeartbeatTime": now, "lastTransitionTime": since})
     return conditions
