@@ -1060,7 +1060,11 @@ class Agent:
         while not self.stop.is_set():
             self.wake.wait(0.25)
             self.wake.clear()
-            self.sync_all()
+            try:
+                self.sync_all()
+            except Exception:  # noqa: BLE001 - the agent keeps serving its other pods
+                log.exception("sync loop failed; retrying")
+                self.stop.wait(1.0)
         if sd_server:
             sd_server.shutdown()
         self.shutdown()
