@@ -998,7 +998,11 @@ class Agent:
                 continue
             runtime = self.pods.get(uid)
             if runtime is None:
-                runtime = PodRuntime(self, pod)
+                try:
+                    runtime = PodRuntime(self, pod)
+                except Exception:  # noqa: BLE001 - e.g. no free pod IP: the others still run
+                    log.exception("cannot take pod %s/%s", pod["metadata"].get("namespace"), pod["metadata"]["name"])
+                    continue
                 self.pods[uid] = runtime
             runtime.pod = pod
         for uid, runtime in list(self.pods.items()):
