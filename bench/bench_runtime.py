@@ -187,8 +187,8 @@ def markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Run: {result['finished_at']}, {machine['cpus']} CPUs, {machine['memory_gib']} GiB, "
-        f"{machine['platform']}, Python {machine['python']}, load average before start "
-        f"{machine['load_average']} (the machine is shared with other builds, so absolute numbers are noisy).",
+        f"{machine['platform']}, Python {machine['python']} (the machine is shared with other builds and vLLM "
+        "runs, so absolute numbers are noisy).",
         "",
         *rows,
         "",
@@ -198,9 +198,11 @@ def markdown(result: dict) -> str:
             f"text mean {delta_ms(pair, 'text'):+.0f} ms, image mean {delta_ms(pair, 'image'):+.0f} ms"
             for i, pair in enumerate(result["rounds"], start=1)
         )
-        + ". Where the startup cost comes from: the supervisor's own interpreter start, plus up to one `/health` "
-        "poll interval (1 s) before `/readyz` reflects vLLM's readiness. Requests never pass through the "
-        "supervisor, so any latency difference is machine noise. SIGTERM under the supervisor includes the "
+        + ". By construction the supervisor can add to startup only its own interpreter start and at most one "
+        "`/health` poll interval (1 s) before `/readyz` follows vLLM; requests never pass through it. "
+        "Differences larger than that, in either direction, are the shared machine's load changing between "
+        "runs (load average before/after: "
+        f"{machine['load_average']} / {machine.get('load_average_after', 'not recorded')}). SIGTERM under the supervisor includes the "
         f"drain check ({result['drain_idle_polls']} idle polls of 0.5 s) before vLLM is stopped. Rounds "
         "alternate which mode starts first (odd rounds: plain vLLM first), against warm-cache bias.",
         SECTION_END,
@@ -222,7 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=30, help="measured requests per kind and mode")
     parser.add_argument("--rounds", type=int, default=1, help="plain/supervised pairs to run")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the docs section from bench/results/runtime.json without running")
     args = parser.parse_args(argv)
+    if args.render_only:
+        section = markdown(json.loads(RESULTS.read_text()))
+        write_docs(section)
+        print(section)
+        return 0
     if not 1 <= args.requests <= 500 or not 1 <= args.rounds <= 5:
         parser.error("--requests must be in 1..500 and --rounds in 1..5")
     from pixtral_runtime.supervisor.drain import IDLE_POLLS_REQUIRED
@@ -255,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": [{mode: {kind: summary(pair[mode]["latency_seconds"][kind]) for kind in ("text", "image")}
                      | {"startup_seconds": pair[mode]["startup_seconds"]} for mode in pair} for pair in rounds],
     }
+    result["machine"]["load_average_after"] = " ".join(f"{value:.1f}" for value in os.getloadavg())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     section = markdown(result)
