@@ -43,9 +43,9 @@ from pixtral_e2e import (  # noqa: F401  (fixtures)
     wait_condition,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.engine, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.cluster, pytest.mark.engine, pytest.mark.timeout(2400)]
 
-STARTUP = 420  # seconds for a vLLM pod to become ready on a busy 2-core machine
+STARTUP = 600  # seconds for a vLLM pod to become ready on a busy, shared 2-core machine
 SCRAPE_INTERVAL_SECONDS = float(ScrapeSettings.scrape_interval.rstrip("s"))  # the local Prometheus
 AUTOSCALE_SECONDS = 2.0  # PIXTRAL_AUTOSCALE_SECONDS of the `operator` fixture
 # Load start -> Deployment patched: the first requests reach the engine queue, Prometheus scrapes
