@@ -300,3 +300,18 @@ async def test_a_killed_child_is_noticed_even_while_its_own_children_hold_the_lo
     stat = Path(f"/proc/{engine_pid}/stat")
     # Gone, or a zombie waiting for init to reap it: either way no longer running.
     assert not stat.exists() or stat.read_text().split(") ", 1)[1].startswith("Z")
+
+
+def test_termination_message_is_written_only_where_the_kubelet_created_the_file(tmp_path):
+    from pixtral_runtime.supervisor.main import TERMINATION_MESSAGE_LIMIT, write_termination_message
+
+    absent = tmp_path / "absent"
+    write_termination_message("reason", absent)
+    assert not absent.exists()
+    present = tmp_path / "termination-log"
+    present.write_text("")
+    write_termination_message("model folder /m is missing tekken.json", present)
+    assert present.read_text() == "model folder /m is missing tekken.json"
+    write_termination_message("x" * 5000 + "the end", present)
+    assert len(present.read_bytes()) == TERMINATION_MESSAGE_LIMIT
+    assert present.read_text().endswith("the end")

@@ -42,6 +42,10 @@ EXIT_POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
 EXIT_VLLM_DIED = 1
 EXIT_BAD_SETTINGS = 2
+# Kubernetes' default terminationMessagePath: what is written there shows in `kubectl describe pod`
+# and in the container status (lastState.terminated.message), where the operator can read it.
+TERMINATION_MESSAGE_PATH = Path("/dev/termination-log")
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps
 
 
 def distribution_installed(name: str) -> bool:
@@ -211,6 +215,24 @@ async def _stop_vllm(process: asyncio.subprocess.Process) -> None:
     _signal_group(process, signal.SIGKILL)
 
 
+def write_termination_message(message: str, path: Path = TERMINATION_MESSAGE_PATH) -> None:
+    """Best effort, and only inside a container (where the kubelet created the file)."""
+    if not path.exists():
+        return
+    data = message.encode("utf-8", errors="replace")
+    if len(data) > TERMINATION_MESSAGE_LIMIT:
+        # Keep the end: the last lines of a crash say the most.
+        data = data[-TERMINATION_MESSAGE_LIMIT:]
+    with contextlib.suppress(OSError):
+        path.write_bytes(data)
+
+
+def fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    write_termination_message(message)
+    return EXIT_BAD_SETTINGS
+
+
 def log(message: str) -> None:
     print(f"[{PROG}] {message}", file=sys.stderr, flush=True)
 
@@ -267,6 +289,8 @@ async def supervise(settings: RuntimeSettings, command: Sequence[str], env: Mapp
             for line in state.log_tail:
                 print(f"  | {line}", file=sys.stderr)
             sys.stderr.flush()
+            last_lines = "\n".join(list(state.log_tail)[-20:])
+            write_termination_message(f"vLLM exited on its own with code {process.returncode}:\n{last_lines}")
             return EXIT_VLLM_DIED
         finally:
             for task in (health_task, terminated, exited, *forwarders):
@@ -305,18 +329,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args, environ)
         command, form = resolve_command(settings, environ)
     except SettingsError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
+        return fail(str(error))
     cpu_build = form is LaunchForm.API_SERVER_MODULE
     devices = visible_devices(environ, cpu_build=cpu_build, cpu_count=len(os.sched_getaffinity(0)))
     problem = preflight_problem(
         settings, devices, is_dir=os.path.isdir, list_dir=os.listdir, exists=os.path.exists
     )
     if problem:
-        print(f"{PROG}: {problem}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
+        return fail(problem)
     try:
         return asyncio.run(supervise(settings, command, child_environment(environ)))
     except OSError as error:  # e.g. the health port is taken or vLLM cannot be executed
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
+        return fail(str(error))
