@@ -315,3 +315,17 @@ def test_termination_message_is_written_only_where_the_kubelet_created_the_file(
     write_termination_message("x" * 5000 + "the end", present)
     assert len(present.read_bytes()) == TERMINATION_MESSAGE_LIMIT
     assert present.read_text().endswith("the end")
+
+
+def test_health_turns_on_at_once_and_off_only_after_repeated_failures():
+    from pixtral_runtime.supervisor.main import UNHEALTHY_AFTER_FAILURES, next_health
+
+    assert next_health(False, 0, True) == (True, 0)
+    assert next_health(False, 0, False) == (False, 1)
+    healthy, failures = True, 0
+    for _ in range(UNHEALTHY_AFTER_FAILURES - 1):
+        healthy, failures = next_health(healthy, failures, False)
+        assert healthy
+    healthy, failures = next_health(healthy, failures, False)
+    assert not healthy
+    assert next_health(healthy, failures, True) == (True, 0)

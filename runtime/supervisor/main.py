@@ -36,6 +36,8 @@ from pixtral_runtime.supervisor.settings import RuntimeSettings, SettingsError, 
 PROG = "pixtral-runtime serve"
 LOG_TAIL_LINES = 50
 HEALTH_POLL_SECONDS = 1.0
+HEALTH_TIMEOUT_SECONDS = 3.0
+UNHEALTHY_AFTER_FAILURES = 3
 DRAIN_POLL_SECONDS = 0.5
 EXIT_POLL_SECONDS = 0.2
 # The operator leaves 15 s of the pod's grace period after the drain timeout; stopping vLLM must fit.
@@ -154,13 +156,25 @@ async def _forward(stream: asyncio.StreamReader, sink, state: SupervisorState) -
         print(line, file=sink, flush=True)
 
 
+def next_health(healthy: bool, failures: int, check_ok: bool) -> tuple[bool, int]:
+    """(healthy, consecutive failures) after one poll of vLLM's /health. Healthy at the first OK;
+    unhealthy only after UNHEALTHY_AFTER_FAILURES failures in a row, so one slow answer from a busy
+    engine does not pull the pod out of its Service (the probe's own threshold sees this value)."""
+    if check_ok:
+        return True, 0
+    failures += 1
+    return (healthy and failures < UNHEALTHY_AFTER_FAILURES), failures
+
+
 async def _watch_health(client: httpx.AsyncClient, base_url: str, state: SupervisorState) -> None:
+    failures = 0
     while state.vllm_alive:
         try:
-            response = await client.get(f"{base_url}/health", timeout=2.0)
-            state.vllm_healthy = response.status_code == 200
+            response = await client.get(f"{base_url}/health", timeout=HEALTH_TIMEOUT_SECONDS)
+            check_ok = response.status_code == 200
         except httpx.HTTPError:
-            state.vllm_healthy = False
+            check_ok = False
+        state.vllm_healthy, failures = next_health(state.vllm_healthy, failures, check_ok)
         if state.vllm_healthy and not state.vllm_was_ready:
             state.vllm_was_ready = True
             log(f"vLLM is ready on {base_url}")
