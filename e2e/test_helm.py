@@ -345,3 +345,30 @@ def test_helm_uninstall_keeps_crds_and_custom_resources(tools, reconciled_deploy
     assert tools.get("crd", CRD_NAME) is not None
     assert tools.get("pxd", PXD_NAME, "-n", WATCHED_NAMESPACE) is not None
     assert tools.get("deployment", f"{PXD_NAME}-stable", "-n", WATCHED_NAMESPACE) is not None
+
+
+# ---------------------------------------------------------------- replicas with kopf peering
+
+@pytest.mark.xfail(reason="kopf pauses every peer when two share a priority: pixtral-operator must give each "
+                          "replica its own peering priority (settings.peering.priority) for replicaCount > 1",
+                   strict=False)
+def test_two_replicas_peer_and_one_reconciles(tools, tiny_model_dir):
+    release, fullname = f"ha-{SUFFIX}", f"ha-{SUFFIX}-pixtral-operator"
+    operator_namespace, tenant_namespace = f"pixtral-ha-{SUFFIX}", f"pixtral-ha-tenant-{SUFFIX}"
+    tools.kubectl("create", "namespace", tenant_namespace)
+    try:
+        tools.helm("install", release, str(CHART_DIR), "-n", operator_namespace, "--create-namespace",
+                   "--set", f"watchNamespaces={{{tenant_namespace}}}", "--set", "replicaCount=2",
+                   "--wait", "--timeout", "180s", timeout=240)
+        pods = wait_for(operator_ready(tools, operator_namespace, fullname), 120, "two operator replicas Ready")
+        assert len(pods) == 2
+        # The chart created the peering object the replicas meet in; both have registered in it.
+        peering = wait_for(lambda: (tools.get("kopfpeering", fullname, "-n", tenant_namespace) or {}).get("status"),
+                           60, "both replicas registered in the KopfPeering")
+        assert len(peering) == 2
+        tools.apply(pixtral_deployment(tenant_namespace, tiny_model_dir, replicas=0))
+        wait_for(reconciled(tools, tenant_namespace), 60, "the PixtralDeployment reconciled by the active replica")
+    finally:
+        tools.helm("uninstall", release, "-n", operator_namespace, "--wait", check=False, timeout=120)
+        delete_namespace(tools, tenant_namespace)
+        delete_namespace(tools, operator_namespace)
