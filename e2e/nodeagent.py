@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=os.environ.get("PIXTRAL_RUNNABLE_IMAGES", podspec.DEFAULT_RUNNABLE_IMAGES),
                         help="regex over the image repository: matching images run as local processes")
     parser.add_argument("--pod-sd-port", type=int, help="serve Prometheus http_sd pod discovery on this port")
+    parser.add_argument("--kubelet-port", type=int, default=0, help="HTTPS port of the /containerLogs endpoint")
+    parser.add_argument("--kubelet-cert", type=Path, help="serving certificate of that endpoint")
+    parser.add_argument("--kubelet-key", type=Path)
     parser.add_argument("--pod-ip-octets", default="10-199",
                         help="pod IPs are 127.0.<x>.<2..254> for x in this range, e.g. 10-199")
     parser.add_argument("--path-prefix", default=str(VENV_BIN), help="put first on every process' PATH")
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     config = AgentConfig(nodes=nodes, api_server=args.server, ca_file=Path(args.ca), state_dir=args.state_dir,
                          pod_logs=args.pod_logs, path_prefix=args.path_prefix, runnable_images=args.runnable_images,
                          kubelet_version=args.kubelet_version, ip_octet_range=octet_range(args.pod_ip_octets),
-                         pod_sd_port=args.pod_sd_port)
+                         pod_sd_port=args.pod_sd_port, kubelet_port=args.kubelet_port,
+                         kubelet_cert=args.kubelet_cert, kubelet_key=args.kubelet_key)
     agent = Agent(Credentials(args.server, args.ca, args.cert, args.key), config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop.set())

@@ -129,6 +129,8 @@ def test_deployment_runs_pods_as_processes(cluster: Cluster, namespace: str, tmp
     assert all(process_alive(pid) for pid in pids.values()), pids
     log = cluster.pod_log(namespace, running[0]["metadata"]["name"], "web")
     wait_for(lambda: "GET / HTTP" in log.read_text(), 10, f"the access log line in {log}")
+    via_kubectl = cluster.kubectl("logs", "-n", namespace, running[0]["metadata"]["name"], "--tail=3").stdout
+    assert "GET / HTTP" in via_kubectl and len(via_kubectl.splitlines()) <= 3, via_kubectl
 
     cluster.kubectl("scale", "-n", namespace, "deployment/web", "--replicas=1")
     remaining = wait_for(lambda: [p["metadata"]["name"] for p in pods(cluster, namespace, "app=web")]

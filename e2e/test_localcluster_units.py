@@ -117,3 +117,14 @@ def test_pod_discovery_matches_kubernetes_sd_role_pod() -> None:
     assert labels["__meta_kubernetes_pod_ready"] == "true" and labels["__meta_kubernetes_pod_phase"] == "Running"
     assert labels["__meta_kubernetes_pod_controller_kind"] == "ReplicaSet"
     assert labels["__meta_kubernetes_pod_container_port_name"] == "http"
+
+
+def test_log_requests_follow_the_kubelet_api() -> None:
+    assert podspec.parse_log_request("/containerLogs/ns/p/c", {"tailLines": ["2"], "follow": ["true"]}) == (
+        "ns", "p", "c", 2, True, None)
+    with pytest.raises(ValueError, match="tailLines"):
+        podspec.parse_log_request("/containerLogs/ns/p/c", {"tailLines": ["-1"]})
+    with pytest.raises(ValueError, match="not a container log path"):
+        podspec.parse_log_request("/exec/ns/p/c", {})
+    assert podspec.tail(b"a\nb\nc\n", 2, None) == b"b\nc\n"
+    assert podspec.tail(b"a\nb\nc\n", None, 3) == b"a\nb"

@@ -24,9 +24,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,10 @@ class AgentConfig:
     heartbeat_seconds: float = 10.0
     ip_octet_range: tuple[int, int] = (10, 199)   # pod IPs 127.0.<x>.<2..254>
     pod_sd_port: int | None = None  # serve Prometheus http_sd pod discovery on 127.0.0.1:<port>
+    # The kubelet endpoint for `kubectl logs` (HTTPS, clients must present a certificate of ca_file).
+    kubelet_port: int = 0
+    kubelet_cert: Path | None = None
+    kubelet_key: Path | None = None
 
     @property
     def pods_dir(self) -> Path:
@@ -914,7 +920,7 @@ class Agent:
     def register_nodes(self) -> None:
         self.registered_at = rfc3339()
         for node in self.config.nodes:
-            desired = podspec.node_object(node, self.config.kubelet_version, rfc3339())
+            desired = podspec.node_object(node, self.config.kubelet_version, rfc3339(), self.config.kubelet_port)
             existing = self.kube.get_or_none(f"/api/v1/nodes/{node.name}")
             if existing is None:
                 self.kube.create("/api/v1/nodes", desired)
@@ -1046,8 +1052,62 @@ class Agent:
         log.info("pod discovery for Prometheus on http://127.0.0.1:%d/targets", self.config.pod_sd_port)
         return server
 
+    def container_running(self, namespace: str, pod: str, container: str) -> bool:
+        for runtime in list(self.pods.values()):
+            if (runtime.namespace, runtime.name) == (namespace, pod):
+                return any(c.name == container and c.running for c in runtime.all_containers())
+        return False
+
+    def serve_container_logs(self) -> http.server.ThreadingHTTPServer:
+        """The kubelet's /containerLogs endpoint, so `kubectl logs [-f]` reads the pod log files."""
+        agent = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                url = urllib.parse.urlsplit(self.path)
+                try:
+                    namespace, pod, container, lines, follow, limit = podspec.parse_log_request(
+                        url.path, urllib.parse.parse_qs(url.query))
+                except ValueError as error:
+                    self.send_error(400, str(error))
+                    return
+                path = agent.config.pod_logs / f"{namespace}_{pod}_{container}.log"
+                if not path.exists():
+                    self.send_error(404, f"no log for container {container} of pod {namespace}/{pod} yet")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                with open(path, "rb") as log_file:
+                    self.wfile.write(podspec.tail(log_file.read(), lines, limit))
+                    self.wfile.flush()
+                    # Follow while the container runs; the client ending the request ends it too.
+                    while follow and not agent.stop.is_set():
+                        chunk = log_file.read()
+                        if chunk:
+                            self.wfile.write(chunk)
+                            self.wfile.flush()
+                        elif not agent.container_running(namespace, pod, container):
+                            break
+                        else:
+                            time.sleep(0.5)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.config.kubelet_port), Handler)
+        server.daemon_threads = True
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.config.ca_file))
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_cert_chain(str(self.config.kubelet_cert), str(self.config.kubelet_key))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, name="kubelet-logs", daemon=True).start()
+        log.info("container logs (kubectl logs) on https://127.0.0.1:%d", self.config.kubelet_port)
+        return server
+
     def run(self) -> int:
         self.cleanup_orphans()
+        logs_server = self.serve_container_logs() if self.config.kubelet_port and self.config.kubelet_cert else None
         sd_server = self.serve_pod_discovery() if self.config.pod_sd_port else None
         while not self.stop.is_set():
             try:
@@ -1069,8 +1129,9 @@ class Agent:
             except Exception:  # noqa: BLE001 - the agent keeps serving its other pods
                 log.exception("sync loop failed; retrying")
                 self.stop.wait(1.0)
-        if sd_server:
-            sd_server.shutdown()
+        for server in (sd_server, logs_server):
+            if server:
+                server.shutdown()
         self.shutdown()
         return 0
 

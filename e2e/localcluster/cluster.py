@@ -282,6 +282,10 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict, no
             "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true", "--enable-priority-and-fairness=false", "--profiling=false",
             f"--cert-dir={state_dir / 'apiserver-certs'}", "--event-ttl=1h", "--v=1",
+            # `kubectl logs` goes through the API server to the node agent's kubelet endpoint.
+            f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
+            f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
+            f"--kubelet-certificate-authority={pki.ca_cert}", "--kubelet-preferred-address-types=InternalIP",
         ],
         "kube-controller-manager": [
             str(binaries.kube / "kube-controller-manager"), f"--kubeconfig={kcm_config}",
@@ -308,7 +312,8 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict, no
             f"--nodes={nodes.count}", f"--gpus-per-node={nodes.gpus_per_node}",
             f"--gpu-product={nodes.gpu_product}", f"--node-prefix={nodes.name_prefix}",
             f"--pod-ip-octets={nodes.pod_ip_octets[0]}-{nodes.pod_ip_octets[1]}",
-            f"--pod-sd-port={ports['pod_sd']}",
+            f"--pod-sd-port={ports['pod_sd']}", f"--kubelet-port={ports['kubelet']}",
+            f"--kubelet-cert={pki.cert('kubelet')}", f"--kubelet-key={pki.key('kubelet')}",
             f"--kubelet-version={_kube_version(binaries)}",
         ],
         "prometheus": [
@@ -366,7 +371,7 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
     paths.pod_logs.mkdir(parents=True, exist_ok=True)
     pki = pki_module.create(paths.pki)
     ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "prometheus",
-                                            "pod_sd")}
+                                            "pod_sd", "kubelet")}
     api_server = f"https://127.0.0.1:{ports['apiserver']}"
     write_kubeconfig(paths.kubeconfig, api_server, pki.ca_cert, pki.cert("admin"), pki.key("admin"), "admin")
     for component in ("kube-controller-manager", "kube-scheduler"):

@@ -20,6 +20,8 @@ CLIENTS = {
     "admin": ("pixtral-admin", "system:masters"),
     "kube-controller-manager": ("system:kube-controller-manager", ""),
     "kube-scheduler": ("system:kube-scheduler", ""),
+    # The API server's identity towards the node agent's kubelet endpoint (kubectl logs).
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
 }
 
 
@@ -85,6 +87,9 @@ def create(root: Path) -> Pki:
     _signed_cert(pki, "apiserver", "/CN=kube-apiserver",
                  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
                  f"extendedKeyUsage=serverAuth\nsubjectAltName={','.join(API_SERVER_SANS)}\n")
+    _signed_cert(pki, "kubelet", "/CN=local-process-agent",
+                 "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+                 "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name, (common_name, organisation) in CLIENTS.items():
         subject = f"/O={organisation}/CN={common_name}" if organisation else f"/CN={common_name}"
         _signed_cert(pki, name, subject,

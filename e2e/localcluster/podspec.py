@@ -268,7 +268,7 @@ class NodeSpec:
     extra_labels: dict = field(default_factory=dict)
 
 
-def node_object(node: NodeSpec, kubelet_version: str, now: str) -> dict:
+def node_object(node: NodeSpec, kubelet_version: str, now: str, kubelet_port: int = 0) -> dict:
     resources = {"cpu": node.cpu, "memory": node.memory, "pods": str(node.pods),
                  "ephemeral-storage": "100Gi", "nvidia.com/gpu": str(node.gpus)}
     return {
@@ -291,7 +291,7 @@ def node_object(node: NodeSpec, kubelet_version: str, now: str) -> dict:
                          "containerRuntimeVersion": "local-process://1", "kernelVersion": "",
                          "osImage": "local process agent (pods run as host processes)",
                          "machineID": "", "systemUUID": "", "bootID": "", "kubeProxyVersion": ""},
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         },
     }
 
@@ -307,3 +307,32 @@ def node_conditions(now: str, since: str | None = None) -> list[dict]:
                        "message": "local process agent is posting ready status",
                        "lastHeartbeatTime": now, "lastTransitionTime": since})
     return conditions
+
+
+def parse_log_request(path: str, query: dict[str, list[str]]) -> tuple[str, str, str, int | None, bool, int | None]:
+    """/containerLogs/<ns>/<pod>/<container>?tailLines=&follow=&limitBytes= as the kubelet serves it.
+
+    Returns (namespace, pod, container, tail_lines, follow, limit_bytes); raises ValueError.
+    """
+    parts = path.strip("/").split("/")
+    if len(parts) != 4 or parts[0] != "containerLogs":
+        raise ValueError(f"not a container log path: {path}")
+    def number(name: str) -> int | None:
+        values = query.get(name)
+        if not values or values[0] == "":
+            return None
+        if not values[0].isdigit():
+            raise ValueError(f"{name} must be a non-negative integer, got {values[0]!r}")
+        return int(values[0])
+    follow = (query.get("follow") or ["false"])[0].lower() in ("true", "1")
+    return parts[1], parts[2], parts[3], number("tailLines"), follow, number("limitBytes")
+
+
+def tail(content: bytes, lines: int | None, limit_bytes: int | None) -> bytes:
+    """The last `lines` lines of content, then at most limit_bytes of it."""
+    if lines is not None:
+        kept = content.splitlines(keepends=True)
+        content = b"".join(kept[-lines:]) if lines else b""
+    if limit_bytes is not None:
+        content = content[:limit_bytes]
+    return content
