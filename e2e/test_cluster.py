@@ -149,6 +149,16 @@ def test_deployment_runs_pods_as_processes(cluster: Cluster, namespace: str, tmp
     assert replicasets == [], "garbage collection left the ReplicaSet behind"
 
 
+def gpu_requests(pod: dict) -> int:
+    return sum(int(c.get("resources", {}).get("requests", {}).get("nvidia.com/gpu", "0"))
+               for c in pod["spec"]["containers"])
+
+
+def terminating_gpu_pods(cluster: Cluster) -> list[str]:
+    return [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in cluster.rest.get("/api/v1/pods")["items"]
+            if p["metadata"].get("deletionTimestamp") and gpu_requests(p)]
+
+
 def free_gpus_per_node(cluster: Cluster) -> dict[str, int]:
     free = {}
     for node in cluster.rest.get("/api/v1/nodes")["items"]:
@@ -158,8 +168,7 @@ def free_gpus_per_node(cluster: Cluster) -> dict[str, int]:
     for pod in cluster.rest.get("/api/v1/pods")["items"]:
         node = pod["spec"].get("nodeName")
         if node in free and pod["status"].get("phase") not in ("Succeeded", "Failed"):
-            for container in pod["spec"]["containers"]:
-                free[node] -= int(container.get("resources", {}).get("requests", {}).get("nvidia.com/gpu", "0"))
+            free[node] -= gpu_requests(pod)
     return free
 
 
@@ -179,6 +188,8 @@ def test_too_many_gpus_stay_pending(cluster: Cluster, namespace: str) -> None:
 
 
 def test_two_gpu_pods_fill_the_nodes_and_no_more(cluster: Cluster, namespace: str) -> None:
+    # GPUs of pods still shutting down (e.g. engines of earlier tests draining) would free up midway.
+    wait_for(lambda: not terminating_gpu_pods(cluster), 240, "GPU pods of earlier tests to finish terminating")
     free = free_gpus_per_node(cluster)
     fitting = sum(max(0, n) // 2 for n in free.values())
     assert fitting >= 1, f"no room for a 2-GPU pod: {free}"
