@@ -89,7 +89,13 @@ def track_deployment(spec: PixtralSpec, track: TrackSpec, settings: OperatorSett
         "name": "runtime",
         "image": track.image or settings.runtime_image,
         "command": ["pixtral-runtime", "serve"],
-        "env": _env(spec, track) + [{"name": "HF_HOME", "value": "/cache/huggingface"}],
+        # Caches on the pod's own emptyDir: the image's filesystem may be read-only.
+        "env": _env(spec, track)
+        + [
+            {"name": "HF_HOME", "value": "/cache/huggingface"},
+            {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
+            {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/cache/torchinductor"},
+        ],
         "ports": [
             {"name": "http", "containerPort": L.RUNTIME_HTTP_PORT, "protocol": "TCP"},
             {"name": "health", "containerPort": L.RUNTIME_HEALTH_PORT, "protocol": "TCP"},
