@@ -5,6 +5,7 @@ become a Degraded condition with a clear reason and leave other PixtralDeploymen
 from __future__ import annotations
 
 import copy
+import uuid
 from pathlib import Path
 
 import pytest
@@ -64,12 +65,22 @@ INVALID = [
 ]
 
 
+@pytest.fixture(scope="module")
+def dry_run_ns(cluster, crds):
+    """One namespace for every dry run: nothing is created in it, so tests need no fresh one."""
+    name = f"specs-dry-run-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
 def test_table_has_at_least_15_rules():
     assert len(INVALID) >= 15
 
 
 @pytest.mark.parametrize("case, spec, field", INVALID, ids=[c[0] for c in INVALID])
-def test_invalid_spec_is_refused_naming_the_field(cluster, crds, namespace, case, spec, field):
+def test_invalid_spec_is_refused_naming_the_field(cluster, dry_run_ns, case, spec, field):
+    namespace = dry_run_ns
     manifest = pxd_manifest(f"bad-{case}", spec)
     result = cluster.kubectl("create", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-",
                              input=yaml.safe_dump(manifest), check=False)
@@ -77,19 +88,22 @@ def test_invalid_spec_is_refused_naming_the_field(cluster, crds, namespace, case
     assert field in result.stderr, result.stderr
 
 
-def test_missing_spec_is_refused(cluster, crds, namespace):
+def test_missing_spec_is_refused(cluster, dry_run_ns):
+    namespace = dry_run_ns
     manifest = {"apiVersion": "serving.pixtral.dev/v1alpha1", "kind": "PixtralDeployment", "metadata": {"name": "nospec"}}
     result = cluster.kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
     assert result.returncode != 0 and "spec" in result.stderr
 
 
 @pytest.mark.parametrize("sample", sorted((ROOT / "manifests" / "samples").glob("*.yaml")), ids=lambda p: p.name)
-def test_samples_pass_server_dry_run(cluster, crds, namespace, sample: Path):
+def test_samples_pass_server_dry_run(cluster, dry_run_ns, sample: Path):
+    namespace = dry_run_ns
     result = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", str(sample), check=False)
     assert result.returncode == 0, result.stderr
 
 
-def test_defaults_are_applied_by_the_api_server(cluster, crds, namespace):
+def test_defaults_are_applied_by_the_api_server(cluster, dry_run_ns):
+    namespace = dry_run_ns
     manifest = pxd_manifest("defaults", BASE)
     out = cluster.kubectl("create", "--dry-run=server", "-n", namespace, "-o", "yaml", "-f", "-", input=yaml.safe_dump(manifest))
     spec = yaml.safe_load(out.stdout)["spec"]
