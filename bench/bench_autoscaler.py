@@ -25,6 +25,7 @@ Results: bench/results/autoscaler.json and the "Autoscaler" section of docs/benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -97,6 +98,10 @@ def create_namespace(cluster: Cluster) -> str:
 
 
 def delete_namespace(cluster: Cluster, name: str) -> None:
+    # The operator has stopped by now: a finalizer it did not release would keep the namespace forever.
+    if cluster.rest.get_or_none(pxd_path(name)) is not None:
+        log(f"warning: PixtralDeployment {name}/{NAME} still exists after the operator stopped; removing its finalizers")
+        cluster.rest.merge_patch(pxd_path(name), {"metadata": {"finalizers": None}})
     try:
         cluster.rest.delete(f"/api/v1/namespaces/{name}")
     except ApiError as error:
@@ -106,15 +111,46 @@ def delete_namespace(cluster: Cluster, name: str) -> None:
              f"namespace {name} to be deleted (its pods stopped)")
 
 
+def pxd_path(namespace: str) -> str:
+    return f"/apis/serving.pixtral.dev/v1alpha1/namespaces/{namespace}/pixtraldeployments/{NAME}"
+
+
+def delete_pxd(cluster: Cluster, namespace: str) -> None:
+    """Deletes the PixtralDeployment while the operator runs, so kopf stops its timers and releases
+    its finalizer."""
+    try:
+        cluster.rest.delete(pxd_path(namespace))
+    except ApiError as error:
+        if error.status != 404:
+            raise
+    try:
+        wait_for(lambda: cluster.rest.get_or_none(pxd_path(namespace)) is None, 60,
+                 f"PixtralDeployment {namespace}/{NAME} to be deleted")
+    except localcluster.WaitTimeout as error:
+        log(f"warning: {error}")
+
+
+def leave_cluster(cluster: Cluster, paths: localcluster.ClusterPaths, marker: Path, stop: bool) -> None:
+    cluster.close()
+    localcluster.leave_session(paths, marker, keep=True)
+    if stop and not other_sessions_alive(paths):
+        localcluster.down(paths, say=lambda line: log(f"cluster: {line}"))
+
+
 def stable_status(cluster: Cluster, namespace: str) -> dict:
     return ((get_pxd(cluster, namespace, NAME) or {}).get("status") or {}).get("autoscaler", {}).get("stable") or {}
 
 
 def measure(cluster: Cluster, namespace: str, model: Path, args: argparse.Namespace) -> dict:
+    base = tiny_spec(model)
     spec = tiny_spec(
         model,
         replicas=1,
-        engine={"maxNumSeqs": 2},
+        # vLLM's automatic binding pins every engine's compute thread to the same core on this
+        # 2-core machine, where a busy engine then starves a starting one for minutes; unpinned,
+        # the new pod starts beside the loaded one.
+        engine={"maxNumSeqs": 2, "env": base["engine"]["env"] + [{"name": "VLLM_CPU_OMP_THREADS_BIND",
+                                                                   "value": "nobind"}]},
         autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetQueuePerReplica": TARGET_QUEUE,
                      "scaleDownWindowSeconds": args.window},
         router={"requestTimeoutSeconds": 300},
@@ -257,23 +293,21 @@ def main(argv: list[str] | None = None) -> int:
     info = localcluster.up(paths, owner="bench", say=lambda line: log(f"cluster: {line}"))
     marker = localcluster.join_session(paths)
     cluster = Cluster(info)
-    namespace = operator = None
-    try:
+    # Cleanup runs last-registered first and every step runs even if an earlier one failed:
+    # the PixtralDeployment is deleted while the operator still runs (it releases its finalizer),
+    # then the operator stops, then the namespace goes, then the cluster (if this run started it).
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(leave_cluster, cluster, paths, marker, started_cluster and not args.keep_cluster)
         install_crds(cluster)
         model = make_tiny_model(cluster.kubeconfig.parent / "models" / "tiny-pixtral")
         namespace = create_namespace(cluster)
+        cleanup.callback(delete_namespace, cluster, namespace)
         operator = OperatorProcess(cluster, [namespace], cluster.kubeconfig.parent / "logs" /
-                                   f"operator-{namespace}.log").start()
+                                   f"operator-{namespace}.log")
+        cleanup.callback(operator.stop)
+        operator.start()
+        cleanup.callback(delete_pxd, cluster, namespace)
         results = measure(cluster, namespace, model, args)
-    finally:
-        if namespace is not None:
-            delete_namespace(cluster, namespace)
-        if operator is not None:
-            operator.stop()
-        cluster.close()
-        localcluster.leave_session(paths, marker, keep=True)
-        if started_cluster and not args.keep_cluster and not other_sessions_alive(paths):
-            localcluster.down(paths, say=lambda line: log(f"cluster: {line}"))
 
     flags = " ".join(argv if argv is not None else sys.argv[1:])
     results = {
