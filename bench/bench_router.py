@@ -298,7 +298,8 @@ HTTP/1.1 client, since a heavier Python client is itself the bottleneck on core 
 | <= 5 ms added p99 at {n} clients | {fr['p99_ms'] - fd['p99_ms']:+.2f} ms at {fr['offered_rps']:g} req/s; {r['p99_ms'] - d['p99_ms']:+.2f} ms at saturation | {ok(targets['added_p99_fixed_rate'])} below saturation, {ok(targets['added_p99_saturated'])} at saturation |
 | 1,000 streams, no error, < 400 MB RSS | {s['errors']} errors, {s['router_rss_peak_mb']:.0f} MB | {ok(targets['streams'])} |
 
-Raw numbers: `bench/results/router.json`.
+Raw numbers: `bench/results/router.json`. Other runs and what limits the numbers on this shared
+machine: [router.md](router.md#performance-notes).
 {SECTION_END}
 """
     path = ROOT / "docs" / "benchmarks.md"
