@@ -367,7 +367,7 @@ def test_two_replicas_peer_and_one_reconciles(tools, tiny_model_dir):
                            60, "both replicas registered in the KopfPeering")
         assert len(peering) == 2
         tools.apply(pixtral_deployment(tenant_namespace, tiny_model_dir, replicas=0))
-        wait_for(reconciled(tools, tenant_namespace), 45, "the PixtralDeployment reconciled by the active replica")
+        wait_for(reconciled(tools, tenant_namespace), 30, "the PixtralDeployment reconciled by the active replica")
     finally:
         tools.helm("uninstall", release, "-n", operator_namespace, "--wait", check=False, timeout=120)
         delete_namespace(tools, tenant_namespace)
