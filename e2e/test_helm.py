@@ -349,9 +349,6 @@ def test_helm_uninstall_keeps_crds_and_custom_resources(tools, reconciled_deploy
 
 # ---------------------------------------------------------------- replicas with kopf peering
 
-@pytest.mark.xfail(reason="kopf pauses every peer when two share a priority: pixtral-operator must give each "
-                          "replica its own peering priority (settings.peering.priority) for replicaCount > 1",
-                   strict=False)
 def test_two_replicas_peer_and_one_reconciles(tools, tiny_model_dir):
     release, fullname = f"ha-{SUFFIX}", f"ha-{SUFFIX}-pixtral-operator"
     operator_namespace, tenant_namespace = f"pixtral-ha-{SUFFIX}", f"pixtral-ha-tenant-{SUFFIX}"

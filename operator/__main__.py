@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import sys
 from typing import Any
 
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
     start_http_server(settings.metrics_port, addr=settings.health_host)
     standalone = args.standalone or not args.peering
+    # kopf pauses every peer when two share a priority: each replica draws its own, and the
+    # highest one works while the others stand by.
+    priority = None if standalone else random.SystemRandom().randint(1, 1_000_000)
     kopf.run(
+        priority=priority,
         registry=registry,
         clusterwide=not namespaces,
         namespaces=namespaces,

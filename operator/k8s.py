@@ -46,6 +46,7 @@ class KubeApi:
         self._api_client = api_client or client.ApiClient()
         self._dynamic: DynamicClient | None = None
         self._lock = threading.Lock()
+        self._discovery_lock = threading.Lock()
 
     @property
     def dynamic(self) -> DynamicClient:
@@ -55,7 +56,10 @@ class KubeApi:
             return self._dynamic
 
     def _resource(self, api_version: str, kind: str):
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        # The dynamic client's discovery cache is not thread-safe, and kopf runs the change
+        # handlers and the timers in different threads.
+        with self._discovery_lock:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
