@@ -43,7 +43,7 @@ system-deps: ## Debian packages the local cluster and benchmarks need (prometheu
 binaries: ## build kube-apiserver/controller-manager/scheduler/kubectl, etcd and helm from Go modules (cached)
 	bash e2e/tools/build-binaries.sh all
 
-test: install ## install, then unit and e2e tests (the README's test command; .ci/run calls it)
+test: install binaries ## install, build the cluster binaries, then unit and e2e tests (the README's test command; .ci/run calls it)
 	$(MAKE) test-unit
 	$(MAKE) test-e2e
 
