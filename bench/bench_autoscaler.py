@@ -253,18 +253,22 @@ the router.
 
 | measure | value |
 |---|---|
+| PixtralDeployment created -> first runtime pod ready | {results['first_pod_ready_seconds']:.1f} s |
 | load start -> queue above target visible in Prometheus | {r['queue_visible_in_prometheus_seconds']:.2f} s |
 | load start -> Deployment patched (1 -> {r['patched_to']}) | {r['replicas_patched_seconds']:.2f} s |
 | load start -> new runtime pod ready (vLLM start under load) | {r['new_pod_ready_seconds']:.1f} s |
 | scale events during the load ({s['observed_seconds']} s steady after the new pod) | {s['scale_events_during_load']} (steps {s['replica_steps']}) |
 | direction changes during the load (target 0) | {s['direction_changes_during_load']} ({'met' if target_ok else 'missed'}) |
-| autoscaler readings during the steady phase | {s['readings']}: load {s['load_min']}-{s['load_max']} (mean {s['load_mean']}), {s['readings_recommending_fewer']} recommending fewer replicas (absorbed by the window) |
+| autoscaler status readings during the steady phase (every {AUTOSCALE_SECONDS} s) | {s['readings']}: load {s['load_min']}-{s['load_max']} (mean {s['load_mean']}), {s['readings_recommending_fewer']} recommending fewer replicas than running |
 | load stop -> back at 1 replica | {d['load_stop_to_one_replica_seconds']:.1f} s |
 | requests | {results['load']['requests']}, statuses {results['load']['statuses']} |
 
 The reaction to the Deployment patch is bounded by one scrape interval plus one timer interval
-plus query and API latency; the time to a ready pod is dominated by the vLLM start. Raw numbers:
-`bench/results/autoscaler.json`.
+plus query and API latency; the time to a ready pod is dominated by the vLLM start, here slowed
+by the loaded engine and by other work on the shared machine. The runtime pods run with
+`VLLM_CPU_OMP_THREADS_BIND=nobind`: vLLM's automatic binding pins every engine's compute thread to
+the same core of a 2-core machine, and the loaded engine then starved the starting one (in a run
+without it the new pod was not ready after 600 s). Raw numbers: `bench/results/autoscaler.json`.
 {SECTION_END}
 """
     current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
