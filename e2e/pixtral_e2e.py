@@ -134,7 +134,13 @@ def tiny_spec(model_dir: Path, **overrides: Any) -> dict[str, Any]:
             "imagesPerPrompt": 2,
             "maxNumSeqs": 8,
             "extraArgs": ["--dtype", "bfloat16", "--enforce-eager"],
-            "env": [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"}, {"name": "HF_HUB_OFFLINE", "value": "1"}],
+            # nobind: vLLM's automatic binding pins every engine to core 0, so a busy engine starves
+            # a starting one when two run on this machine.
+            "env": [
+                {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"},
+                {"name": "HF_HUB_OFFLINE", "value": "1"},
+                {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"},
+            ],
         },
         "resources": {"cpu": "1", "memory": "4Gi"},
         "router": {"requestTimeoutSeconds": 120},

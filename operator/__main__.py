@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = OperatorSettings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per Prometheus query every tick would drown the operator's own messages.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     namespaces = tuple(args.namespace or ()) if not args.all_namespaces else ()
     if not namespaces and not args.all_namespaces:
         namespaces = settings.watch_namespaces

@@ -81,10 +81,7 @@ class Scaler:
                     namespace, name, track.track, decision.previous, decision.desired, decision.reason, decision.message,
                 )
             total_load += decision.load or 0.0
-            entry = decision.status()
-            if spec.stable.replicas != current and track.track == "stable" and not decision.changed:
-                entry["message"] += f"; spec.replicas={spec.stable.replicas} is ignored while autoscaling is enabled"
-            entries[track.track] = entry
+            entries[track.track] = decision.status()
 
         visible_old = {t: {k: v for k, v in (e or {}).items() if k != "state"} for t, e in old.items()}
         if visible_old == entries and (body.get("status") or {}).get("queue") == total_load:
