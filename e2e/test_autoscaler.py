@@ -192,7 +192,9 @@ def test_scales_from_zero_for_a_held_request_and_back(cluster, namespace, operat
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["content"] is not None
         served = time.monotonic()
-        ready = recorder.first(lambda c: c.ready >= 1, after=started)
+        # The router sees the pod in its EndpointSlice before the Deployment's status counts it ready.
+        ready = wait_for(lambda: recorder.first(lambda c: c.ready >= 1, after=started), 30,
+                         "the Deployment's status to count the ready pod")
         print(f"request -> pod ready: {ready.at - started:.1f}s; -> 200: {served - started:.1f}s")
         assert router_pending(url) == 0
 
