@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = localcluster.Cluster(info)
     install_crds(cluster)
     install_operator(cluster)
-    model_dir = make_tiny_model(paths.root / "models" / "tiny-pixtral")
+    model_dir = make_tiny_model(paths.state_dir / "models" / "tiny-pixtral")
     create_tenant(cluster, model_dir)
 
     def is_ready():
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
   export PATH={cluster.kubectl_path.parent}:{cluster.helm_path.parent}:$PATH
   kubectl describe pxd {NAME} -n {TENANT_NAMESPACE}          # conditions and Events
   kubectl explain pxd.spec.canary                           # the CRD is documented
-  ls {paths.root}/logs/pods/                                # every container's log
+  ls {paths.state_dir}/logs/pods/                                # every container's log
   curl -s {url}/metrics | grep pixtral_router               # router metrics
   open {cluster.prometheus_url}/graph?g0.expr=vllm:num_requests_running
   curl -s {url}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' \\
