@@ -157,9 +157,12 @@ def test_scales_from_zero_for_a_held_request_and_back(cluster, namespace, operat
     assert pods(cluster, namespace, selector) == []
     url = router_url(cluster, namespace, name)
     # The autoscaler reads the router's gauge (0) and keeps the track at zero.
-    idle = wait_for(lambda: (s := autoscaler_status(cluster, namespace, name)).get("load") == 0 and s, 60,
-                    "status.autoscaler.stable with load 0")
-    assert idle["desired"] == 0 and idle["reason"] in ("AtMin", "Steady"), idle
+    # Until Prometheus has scraped the new router, the wake signal is not visible and the decision
+    # holds with another reason; wait for the reading that includes the router's gauge.
+    idle = wait_for(lambda: (s := autoscaler_status(cluster, namespace, name)).get("load") == 0
+                    and s.get("reason") in ("AtMin", "Steady") and s, 60,
+                    "status.autoscaler.stable with load 0 read from the router's gauge")
+    assert idle["desired"] == 0, idle
     assert router_pending(url) == 0 and pods(cluster, namespace, selector) == []
 
     replies: list[httpx.Response | BaseException] = []
