@@ -235,7 +235,8 @@ def queue_depth(base_url: str) -> tuple[float, float]:
 @pytest.mark.timeout(600)
 def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
     """The last test on `server`: it ends it."""
-    tokens, concurrency = 256, MAX_NUM_SEQS + 3
+    # Long enough that the queue is visible in /metrics even on an idle machine.
+    tokens, concurrency = 1024, MAX_NUM_SEQS + 4
     long_request = dict(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, timeout=500)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = [pool.submit(chat, server.vllm_url, [{"role": "user", "content": f"Count to {i}"}], **long_request)
