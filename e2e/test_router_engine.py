@@ -14,7 +14,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from pixtral_e2e import free_port
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
@@ -36,12 +36,6 @@ KEY = "sk-e2e-router"
 AUTH = {"authorization": f"Bearer {KEY}"}
 # Generous: on a busy 2-core machine two engines starting side by side can take minutes.
 START_TIMEOUT_SECONDS = 600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from pixtral_e2e import free_port
 from pixtral_runtime.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.engine
@@ -34,12 +34,6 @@ IMAGE_LIMIT = 2
 MAX_NUM_SEQS = 2
 START_TIMEOUT_SECONDS = 600
 PIXTRAL_RUNTIME = str(Path(sys.executable).with_name("pixtral-runtime"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
