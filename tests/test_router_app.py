@@ -228,6 +228,39 @@ async def test_client_disconnect_cancels_the_upstream_request() -> None:
         assert metric(m, "pixtral_router_backend_in_flight") == 0
 
 
+async def test_client_leaving_a_slow_non_streaming_request_is_recorded_as_499() -> None:
+    up = Upstream("a")
+    async with serve(up.app) as up_url, router(config({"stable": [up_url]})) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/chat/completions", json=chat_body(mode="slow"), headers=AUTH, timeout=0.3)
+        m = ""
+        for _ in range(100):  # bounded: the watcher starts 50 ms into the request
+            m = (await client.get("/metrics")).text
+            if metric(m, "pixtral_router_requests_total", code="499"):
+                break
+            await asyncio.sleep(0.05)
+        assert metric(m, "pixtral_router_requests_total", code="499") == 1
+        assert metric(m, "pixtral_router_backend_in_flight") == 0
+
+
+async def test_a_stream_running_past_the_request_timeout_is_cut_and_counted_as_504() -> None:
+    up = Upstream("a")
+    async with serve(up.app) as up_url, router(config({"stable": [up_url]}, requestTimeoutSeconds=0.5)) as client:
+        async with client.stream("POST", "/v1/chat/completions", json=chat_body(mode="endless-stream"),
+                                 headers=AUTH) as r:
+            assert r.status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError):  # the chunked body ends without its last chunk
+                async for _ in r.aiter_raw():
+                    pass
+        await asyncio.wait_for(up.stream_cancelled.wait(), 10)
+        m = (await client.get("/metrics")).text
+        assert metric(m, "pixtral_router_requests_total", track="stable", code="504") == 1
+        assert metric(m, "pixtral_router_backend_in_flight") == 0
+        # The router still serves normally afterwards.
+        r = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+        assert r.status_code == 200
+
+
 async def test_refusals_never_reach_the_upstream() -> None:
     up = Upstream("a")
     img = io.BytesIO()

@@ -52,6 +52,8 @@ _DROP_RESPONSE_HEADERS = frozenset(
 # Whole-body relay (one write, with Content-Length) below this size; larger or unsized answers stream.
 _BUFFER_LIMIT = 1 << 20
 CLIENT_CLOSED_REQUEST = 499
+# A request still running after this long gets a task watching for its client to leave.
+_WATCH_AFTER_SECONDS = 0.05
 # Bodies from this size on (in practice: with images) are admitted in a worker thread.
 _INLINE_ADMISSION_BYTES = 256 * 1024
 
@@ -76,6 +78,40 @@ async def _send_simple(send: Send, status: int, body: bytes, content_type: bytes
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class _Guard:
+    """The request's timeout and, once it has run a while, a watch for the client leaving."""
+
+    __slots__ = ("task", "request", "receive", "cancelling", "expired", "watcher")
+
+    def __init__(self, task: asyncio.Task, request: _Request, receive: Receive) -> None:
+        self.task = task
+        self.request = request
+        self.receive = receive
+        self.cancelling = task.cancelling()
+        self.expired = False
+        self.watcher: asyncio.Task | None = None
+
+    def expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+    def watch(self) -> None:
+        self.watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                if not self.request.response_done:
+                    self.request.client_gone = True
+                    self.task.cancel()
+                return
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
 
 
 class ClientDisconnected(Exception):
@@ -287,29 +323,9 @@ class RouterApp:
                 canary_weight=config.canary_weight,
                 rng=state.rng, sticky_value=sticky, override=forced_track,
             )
-            await self._forward_watched(scope, receive, send, request, body, track, started)
-        finally:
-            limiter.release(request.tenant)
-
-    async def _forward_watched(self, scope: Scope, receive: Receive, send: Send, request: _Request, body: bytes,
-                               track: str, started: float) -> None:
-        """Forward while watching for the client to leave; its departure cancels the upstream call."""
-        task = asyncio.current_task()
-
-        async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    if not request.response_done and task is not None:
-                        request.client_gone = True
-                        task.cancel()
-                    return
-
-        watcher = asyncio.ensure_future(watch())
-        try:
             await self._forward(scope, receive, send, request, body, track, started)
         finally:
-            watcher.cancel()
+            limiter.release(request.tenant)
 
     async def _wait_for_backend(self, track: str, exclude: list[str]) -> tuple[str, str]:
         state = self.state
@@ -342,11 +358,23 @@ class RouterApp:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request: _Request, body: bytes,
                        track: str, started: float) -> None:
+        """Forward under the request timeout, cancelling the upstream call if the client leaves.
+
+        Both guards are timers rather than `asyncio.timeout()` and a watcher task per request: most
+        requests end before either could matter, and a cancelled timer costs far less than a task.
+        """
         config = self._config()
+        task = asyncio.current_task()
+        assert task is not None
+        guard = _Guard(task, request, receive)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(config.request_timeout_seconds, guard.expire)
+        watch = loop.call_later(_WATCH_AFTER_SECONDS, guard.watch)
         try:
-            async with asyncio.timeout(config.request_timeout_seconds):
-                await self._forward_with_retry(scope, send, request, body, track, started)
-        except TimeoutError:
+            await self._forward_with_retry(scope, send, request, body, track, started)
+        except asyncio.CancelledError:
+            if not guard.expired or task.uncancel() > guard.cancelling:
+                raise  # the client left (handled by the caller), or a cancellation not of our making
             if request.response_started:
                 # Headers are out: the only honest signal left is to cut the stream short.
                 log.warning("request exceeded %gs mid-response; cut", config.request_timeout_seconds)
@@ -355,6 +383,10 @@ class RouterApp:
             raise UpstreamTimeout(
                 f"The backend did not answer within {config.request_timeout_seconds:g}s."
             ) from None
+        finally:
+            timer.cancel()
+            watch.cancel()
+            guard.stop()
 
     async def _forward_with_retry(self, scope: Scope, send: Send, request: _Request, body: bytes,
                                   track: str, started: float) -> None:
@@ -379,8 +411,7 @@ class RouterApp:
             served_track, backend = choice
             request.track = served_track
             outstanding[backend] = outstanding.get(backend, 0) + 1
-            gauge = self.metrics.backend_gauge(served_track, backend)
-            gauge.inc()
+            self.metrics.backend_started(served_track, backend)
             try:
                 host, port = self._address(backend)
                 try:
@@ -403,7 +434,7 @@ class RouterApp:
                 return
             finally:
                 outstanding[backend] -= 1
-                gauge.dec()
+                self.metrics.backend_finished(served_track, backend)
         raise UpstreamUnreachable(f"Backends {', '.join(exclude)} refused the connection.")
 
     async def _relay(self, response: UpstreamResponse, send: Send, request: _Request, track: str,

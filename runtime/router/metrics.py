@@ -7,10 +7,79 @@ ready: the scale-from-zero signal); the canary controller compares
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# The `le` label values exactly as prometheus_client writes them ("1.0", "+Inf").
+_BOUNDS = (*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf")
+
+
+class _Histogram:
+    """One label set's histogram: per-bucket (not cumulative) counts plus the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # `le` buckets: a value equal to a bound belongs to that bound's bucket, as bisect_left gives.
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, count in zip(_BOUNDS, self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class _HotPath:
+    """The per-request series, kept as plain integers and turned into metric families at scrape time.
+
+    prometheus-client's Counter/Histogram/Gauge take a lock and walk their buckets on every call;
+    the router runs on one event loop thread, so the request path only bumps dict entries here
+    (about a tenth of the cost), and `collect()` builds the same series names, labels and buckets.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.duration: dict[str, _Histogram] = {}
+        self.ttfb: dict[str, _Histogram] = {}
+        self.in_flight: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "pixtral_router_requests", "Requests answered, by tenant, track and HTTP status code.",
+            labels=["tenant", "track", "code"],
+        )
+        for labels, value in list(self.requests.items()):
+            requests.add_metric(labels, value)
+        yield requests
+        for name, doc, series in (
+            ("pixtral_router_request_duration_seconds", "Time from request to the end of the response, by track.",
+             self.duration),
+            ("pixtral_router_time_to_first_byte_seconds",
+             "Time from request to the first response byte from the backend, by track.", self.ttfb),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=["track"])
+            for track, histogram in list(series.items()):
+                family.add_metric([track], histogram.buckets(), histogram.total)
+            yield family
+        in_flight = GaugeMetricFamily(
+            "pixtral_router_backend_in_flight", "Requests outstanding at each backend.", labels=["track", "backend"]
+        )
+        for labels, value in list(self.in_flight.items()):
+            in_flight.add_metric(labels, value)
+        yield in_flight
 
 
 class RouterMetrics:
@@ -20,22 +89,8 @@ class RouterMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.deployment = deployment
         r = self.registry
-        self.requests = Counter(
-            "pixtral_router_requests", "Requests answered, by tenant, track and HTTP status code.",
-            ["tenant", "track", "code"], registry=r,
-        )
-        self.duration = Histogram(
-            "pixtral_router_request_duration_seconds", "Time from request to the end of the response, by track.",
-            ["track"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.ttfb = Histogram(
-            "pixtral_router_time_to_first_byte_seconds",
-            "Time from request to the first response byte from the backend, by track.",
-            ["track"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.in_flight = Gauge(
-            "pixtral_router_backend_in_flight", "Requests outstanding at each backend.", ["track", "backend"], registry=r
-        )
+        self._hot = _HotPath()
+        r.register(self._hot)
         self.pending = Gauge(
             "pixtral_router_pending_requests",
             "Requests held because no backend of any track is ready (the scale-from-zero signal).",
@@ -56,7 +111,7 @@ class RouterMetrics:
         )
         self.pending_gauge = self.pending.labels(deployment)
         self.pending_gauge.set(0)
-        # labels() takes a lock and builds a tuple; the hot path reuses the children it made before.
+        # labels() takes a lock and builds a tuple; the paths below reuse the children they made before.
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels):
@@ -66,16 +121,30 @@ class RouterMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    # ---- the request path: plain dict updates (see _HotPath) ----
     def observe_request(self, tenant: str, track: str, code: int, seconds: float | None) -> None:
-        self._child(self.requests, tenant, track, str(code)).inc()
+        requests = self._hot.requests
+        key = (tenant, track, str(code))
+        requests[key] = requests.get(key, 0) + 1
         if seconds is not None and track != "-":
-            self._child(self.duration, track).observe(seconds)
+            histogram = self._hot.duration.get(track)
+            if histogram is None:
+                histogram = self._hot.duration[track] = _Histogram()
+            histogram.observe(seconds)
 
     def observe_ttfb(self, track: str, seconds: float) -> None:
-        self._child(self.ttfb, track).observe(seconds)
+        histogram = self._hot.ttfb.get(track)
+        if histogram is None:
+            histogram = self._hot.ttfb[track] = _Histogram()
+        histogram.observe(seconds)
 
-    def backend_gauge(self, track: str, backend: str):
-        return self._child(self.in_flight, track, backend)
+    def backend_started(self, track: str, backend: str) -> None:
+        in_flight = self._hot.in_flight
+        key = (track, backend)
+        in_flight[key] = in_flight.get(key, 0) + 1
+
+    def backend_finished(self, track: str, backend: str) -> None:
+        self._hot.in_flight[(track, backend)] -= 1
 
     def reject(self, reason: str) -> None:
         self._child(self.rejections, reason).inc()
