@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pixtral_runtime.router.metrics import LATENCY_BUCKETS, RouterMetrics
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from pixtral_runtime.router.metrics import LATENCY_BUCKETS, RouterMetrics
 
 
 def samples(metrics: RouterMetrics) -> dict[tuple[str, tuple], float]:
