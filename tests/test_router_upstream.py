@@ -6,7 +6,7 @@ import asyncio
 from contextlib import asynccontextmanager
 
 import pytest
-from pixtral_runtime.router.upstream import UpstreamConnectError, UpstreamError, UpstreamPool
+from pixtral_runtime.router.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, authority
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -64,6 +64,34 @@ async def test_keep_alive_reuses_one_connection() -> None:
             r.release()
         assert stats["connections"] == 1
         pool.close()
+
+
+async def test_request_head_carries_host_length_and_forwarded_headers() -> None:
+    seen: list[bytes] = []
+
+    async def recording_handler(reader, writer):
+        seen.append(await read_request(reader))
+        writer.write(response(b"{}"))
+        await writer.drain()
+
+    async with raw_server(recording_handler) as (port, _):
+        pool = UpstreamPool()
+        r = await pool.request("127.0.0.1", port, b"POST", b"/v1/completions?x=1",
+                               [(b"content-type", b"application/json")], b'{"a": 1}')
+        await r.read()
+        r.release()
+        pool.close()
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/completions?x=1 HTTP/1.1"
+    assert set(lines[1:]) == {f"host: 127.0.0.1:{port}".encode(), b"content-type: application/json",
+                              b"content-length: 8"}
+    assert body == b'{"a": 1}'
+
+
+def test_host_header_brackets_ipv6_literals() -> None:
+    assert authority("10.1.2.3", 8000) == b"10.1.2.3:8000"
+    assert authority("fd00::12", 8000) == b"[fd00::12]:8000"
 
 
 async def test_chunked_body_is_decoded_and_streamed() -> None:

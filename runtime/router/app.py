@@ -52,6 +52,7 @@ _DROP_RESPONSE_HEADERS = frozenset(
 # Whole-body relay (one write, with Content-Length) below this size; larger or unsized answers stream.
 _BUFFER_LIMIT = 1 << 20
 CLIENT_CLOSED_REQUEST = 499
+_TRACK_HEADER_VALUES = {"stable": b"stable", "canary": b"canary"}
 # A request still running after this long gets a task watching for its client to leave.
 _WATCH_AFTER_SECONDS = 0.05
 # Bodies from this size on (in practice: with images) are admitted in a worker thread.
@@ -81,24 +82,35 @@ async def _send_simple(send: Send, status: int, body: bytes, content_type: bytes
 
 
 class _Guard:
-    """The request's timeout and, once it has run a while, a watch for the client leaving."""
+    """The request's timeout and, once it has run a while, a watch for the client leaving.
 
-    __slots__ = ("task", "request", "receive", "cancelling", "expired", "watcher")
+    One timer per request: it fires after `_WATCH_AFTER_SECONDS` (or at the deadline, if that is
+    sooner), starts the watcher task and re-arms itself for the deadline. Most requests end before
+    it fires, and a cancelled timer costs far less than a task and `asyncio.timeout()`.
+    """
 
-    def __init__(self, task: asyncio.Task, request: _Request, receive: Receive) -> None:
+    __slots__ = ("task", "request", "receive", "cancelling", "expired", "watcher", "deadline", "timer")
+
+    def __init__(self, task: asyncio.Task, request: _Request, receive: Receive, timeout: float) -> None:
         self.task = task
         self.request = request
         self.receive = receive
         self.cancelling = task.cancelling()
         self.expired = False
         self.watcher: asyncio.Task | None = None
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + timeout
+        self.timer = loop.call_at(min(self.deadline, loop.time() + _WATCH_AFTER_SECONDS), self._fire)
 
-    def expire(self) -> None:
-        self.expired = True
-        self.task.cancel()
-
-    def watch(self) -> None:
-        self.watcher = asyncio.ensure_future(self._watch())
+    def _fire(self) -> None:
+        if self.watcher is None:
+            self.watcher = asyncio.ensure_future(self._watch())
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadline:
+            self.timer = loop.call_at(self.deadline, self._fire)
+        else:
+            self.expired = True
+            self.task.cancel()
 
     async def _watch(self) -> None:
         while True:
@@ -110,6 +122,7 @@ class _Guard:
                 return
 
     def stop(self) -> None:
+        self.timer.cancel()
         if self.watcher is not None:
             self.watcher.cancel()
 
@@ -144,6 +157,7 @@ class RouterApp:
         self.metrics = self.state.metrics
         self.upstream: UpstreamPool | None = None
         self._addresses: dict[str, tuple[str, int]] = {}
+        self._backend_values: dict[str, bytes] = {}
         self._discovery_factory = discovery_factory
         self._discovery: Any = None
         self._created = int(time.time())
@@ -349,6 +363,12 @@ class RouterApp:
         finally:
             gauge.dec()
 
+    def _backend_header_value(self, backend: str) -> bytes:
+        value = self._backend_values.get(backend)
+        if value is None:
+            value = self._backend_values[backend] = backend.encode()
+        return value
+
     def _address(self, backend: str) -> tuple[str, int]:
         address = self._addresses.get(backend)
         if address is None:
@@ -358,18 +378,11 @@ class RouterApp:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request: _Request, body: bytes,
                        track: str, started: float) -> None:
-        """Forward under the request timeout, cancelling the upstream call if the client leaves.
-
-        Both guards are timers rather than `asyncio.timeout()` and a watcher task per request: most
-        requests end before either could matter, and a cancelled timer costs far less than a task.
-        """
+        """Forward under the request timeout, cancelling the upstream call if the client leaves (`_Guard`)."""
         config = self._config()
         task = asyncio.current_task()
         assert task is not None
-        guard = _Guard(task, request, receive)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(config.request_timeout_seconds, guard.expire)
-        watch = loop.call_later(_WATCH_AFTER_SECONDS, guard.watch)
+        guard = _Guard(task, request, receive, config.request_timeout_seconds)
         try:
             await self._forward_with_retry(scope, send, request, body, track, started)
         except asyncio.CancelledError:
@@ -384,8 +397,6 @@ class RouterApp:
                 f"The backend did not answer within {config.request_timeout_seconds:g}s."
             ) from None
         finally:
-            timer.cancel()
-            watch.cancel()
             guard.stop()
 
     async def _forward_with_retry(self, scope: Scope, send: Send, request: _Request, body: bytes,
@@ -440,8 +451,8 @@ class RouterApp:
     async def _relay(self, response: UpstreamResponse, send: Send, request: _Request, track: str,
                      backend: str, started: float) -> None:
         headers = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE_HEADERS]
-        headers.append((b"x-pixtral-track", track.encode()))
-        headers.append((b"x-pixtral-backend", backend.encode()))
+        headers.append((b"x-pixtral-track", _TRACK_HEADER_VALUES.get(track) or track.encode()))
+        headers.append((b"x-pixtral-backend", self._backend_header_value(backend)))
         length = response.content_length
         metrics = self.metrics
         try:

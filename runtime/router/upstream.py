@@ -198,6 +198,11 @@ class UpstreamResponse:
             conn.close()
 
 
+def authority(host: str, port: int) -> bytes:
+    """The Host header value: IPv6 literals go in brackets (RFC 9110 4.2.1)."""
+    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+
+
 class UpstreamPool:
     """Keep-alive connections per (host, port); idle ones older than `keepalive_seconds` are closed."""
 
@@ -207,6 +212,7 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_idle_per_backend = max_idle_per_backend
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._host_lines: dict[tuple[str, int], bytes] = {}
         self._closed = False
 
     def _put(self, key: tuple[str, int], conn: _Connection) -> None:
@@ -244,7 +250,10 @@ class UpstreamPool:
         """Send a request and wait for the response headers."""
         key = (host, port)
         conn = await self._acquire(key)
-        head = [method, b" ", target, b" HTTP/1.1\r\nhost: ", f"{host}:{port}".encode(), b"\r\n"]
+        host_line = self._host_lines.get(key)
+        if host_line is None:
+            host_line = self._host_lines[key] = b" HTTP/1.1\r\nhost: " + authority(host, port) + b"\r\n"
+        head = [method, b" ", target, host_line]
         for name, value in headers:
             head += (name, b": ", value, b"\r\n")
         if body or method not in (b"GET", b"HEAD"):
