@@ -8,125 +8,61 @@ parallel (~2 GB each, 20-60 s). Tests run in file order; the last one kills the 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
-from pixtral_e2e import free_port
+from pixtral_e2e import PIXTRAL_RUNTIME, LocalProcess, free_port, start_local_process, start_local_runtime
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
-BIN = Path(sys.executable).with_name("pixtral-runtime")
 SERVED_NAME = "tiny-pixtral"
 IMAGE_LIMIT = 2
 CANARY_WEIGHT = 20
 KEY = "sk-e2e-router"
 AUTH = {"authorization": f"Bearer {KEY}"}
-# Generous: on a busy 2-core machine two engines starting side by side can take minutes.
-START_TIMEOUT_SECONDS = 600
 
 
-@dataclass
-class Proc:
-    process: subprocess.Popen
-    log: Path
-    url: str
-    health_url: str = ""
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def child_pids(self) -> list[int]:
-        with contextlib.suppress(OSError):
-            return [int(p) for p in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()]
-        return []
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """By PID: the process, then the process groups of its children (vLLM) if they outlive it."""
-        children = self.child_pids()
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-
-
-def start_runtime(tmp: Path, model: Path, name: str, core: int) -> Proc:
-    port, health = free_port(), free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CACHE_ROOT": str(tmp / "cache" / "vllm"),
-        "TORCHINDUCTOR_CACHE_DIR": str(tmp / "cache" / "inductor"),
-        "PIXTRAL_MODEL": str(model),
+def start_runtime(tmp: Path, model: Path, name: str, core: int) -> LocalProcess:
+    return start_local_runtime(tmp, model, name, {
         "PIXTRAL_SERVED_MODEL_NAME": SERVED_NAME,
         "PIXTRAL_IMAGES_PER_PROMPT": str(IMAGE_LIMIT),
-        "PIXTRAL_MAX_MODEL_LEN": "4096",
         "PIXTRAL_MAX_NUM_SEQS": "8",
         # A 128 MiB KV cache keeps each engine near 1.7 GB.
         "PIXTRAL_EXTRA_ARGS": json.dumps(["--dtype", "bfloat16", "--enforce-eager",
                                           "--kv-cache-memory-bytes", str(128 * 1024 * 1024)]),
-        "PIXTRAL_HOST": "127.0.0.1",
-        "PIXTRAL_VLLM_PORT": str(port),
-        "PIXTRAL_HEALTH_PORT": str(health),
         "PIXTRAL_DRAIN_TIMEOUT_SECONDS": "5",
         # One core per engine: automatic binding would put both engines' threads on the same core.
         "VLLM_CPU_OMP_THREADS_BIND": str(core % (os.cpu_count() or 1)),
-    }
-    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
-    log = tmp / f"runtime-{name}.log"
-    with open(log, "wb") as f:
-        process = subprocess.Popen([str(BIN), "serve"], env=env, stdout=f, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    return Proc(process, log, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{health}")
-
-
-def wait_ready(proc: Proc, path: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.process.poll() is not None:
-            pytest.fail(f"{proc.log.name} exited with {proc.process.returncode}:\n{proc.tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(path, timeout=2).status_code == 200:
-                return
-        time.sleep(1)
-    pytest.fail(f"{path} not ready after {timeout:.0f}s:\n{proc.tail()}")
+    })
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("tiny-pixtral")
-    subprocess.run([str(BIN), "tiny-model", str(target)], check=True, timeout=120)
+    subprocess.run([str(PIXTRAL_RUNTIME), "tiny-model", str(target)], check=True, timeout=120)
     return target
 
 
 @pytest.fixture(scope="module")
 def runtimes(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("router-runtimes")
-    started: dict[str, Proc] = {}
+    started: dict[str, LocalProcess] = {}
     try:
         # Both engines start at once: the slow part (imports, model load) overlaps.
         for core, name in enumerate(("stable", "canary")):
             started[name] = start_runtime(tmp, tiny_model, name, core)
         for proc in started.values():
-            wait_ready(proc, proc.health_url + "/readyz")
+            proc.wait_ready(proc.health_url + "/readyz")
         yield started
     finally:
         for proc in started.values():
@@ -148,15 +84,10 @@ def router(runtimes, tmp_path_factory):
     }
     (tmp / "router.json").write_text(json.dumps(config))
     port = free_port()
-    log = tmp / "router.log"
-    with open(log, "wb") as f:
-        process = subprocess.Popen(
-            [str(BIN), "router", "--config", str(tmp / "router.json"), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    proc = Proc(process, log, f"http://127.0.0.1:{port}")
+    proc = start_local_process(["router", "--config", str(tmp / "router.json"), "--host", "127.0.0.1",
+                                "--port", str(port)], tmp / "router.log", f"http://127.0.0.1:{port}")
     try:
-        wait_ready(proc, proc.url + "/readyz", timeout=60)
+        proc.wait_ready(proc.url + "/readyz", timeout=60)
         yield proc
     finally:
         proc.stop()

@@ -9,22 +9,18 @@ that serves an image and is then crashed on purpose. Tests run in file order.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
-from pixtral_e2e import free_port
+from pixtral_e2e import LocalProcess, start_local_runtime
 from pixtral_runtime.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.engine
@@ -32,84 +28,25 @@ pytestmark = pytest.mark.engine
 SERVED_NAME = "tiny-pixtral"
 IMAGE_LIMIT = 2
 MAX_NUM_SEQS = 2
-START_TIMEOUT_SECONDS = 600
-PIXTRAL_RUNTIME = str(Path(sys.executable).with_name("pixtral-runtime"))
 
 
-@dataclass
-class Supervisor:
-    process: subprocess.Popen
-    log_path: Path
-    vllm_url: str
-    health_url: str
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def vllm_pid(self) -> int | None:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        with contextlib.suppress(OSError):
-            pids = children.read_text().split()
-            return int(pids[0]) if pids else None
-        return None
-
-
-def start_supervisor(tmp: Path, model_dir: Path, tensor_parallel_size: int, extra_env: dict[str, str]) -> Supervisor:
-    vllm_port, health_port = free_port(), free_port()
-    cache = tmp / "cache"
-    cache.mkdir(exist_ok=True)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CACHE_ROOT": str(cache / "vllm"),
-        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+def start_supervisor(tmp: Path, model_dir: Path, tensor_parallel_size: int, extra_env: dict[str, str]) -> LocalProcess:
+    return start_local_runtime(tmp, model_dir, f"tp{tensor_parallel_size}", {
         # CPU KV cache in GiB; without it vLLM sizes the cache from a fraction of host memory.
         "VLLM_CPU_KVCACHE_SPACE": "1",
-        "PIXTRAL_MODEL": str(model_dir),
         "PIXTRAL_SERVED_MODEL_NAME": SERVED_NAME,
         "PIXTRAL_TENSOR_PARALLEL_SIZE": str(tensor_parallel_size),
         "PIXTRAL_IMAGES_PER_PROMPT": str(IMAGE_LIMIT),
-        "PIXTRAL_MAX_MODEL_LEN": "4096",
         "PIXTRAL_MAX_NUM_SEQS": str(MAX_NUM_SEQS),
         "PIXTRAL_EXTRA_ARGS": json.dumps(["--dtype", "bfloat16", "--enforce-eager"]),
-        "PIXTRAL_HOST": "127.0.0.1",
-        "PIXTRAL_VLLM_PORT": str(vllm_port),
-        "PIXTRAL_HEALTH_PORT": str(health_port),
         "PIXTRAL_DRAIN_TIMEOUT_SECONDS": "240",
         **extra_env,
-    }
-    log_path = tmp / f"supervisor-tp{tensor_parallel_size}.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([PIXTRAL_RUNTIME, "serve"], env=env, stdout=log_file,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return Supervisor(process, log_path, f"http://127.0.0.1:{vllm_port}", f"http://127.0.0.1:{health_port}")
+    })
 
 
-def wait_ready(supervisor: Supervisor) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if supervisor.process.poll() is not None:
-            pytest.fail(f"supervisor exited with {supervisor.process.returncode}:\n{supervisor.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{supervisor.health_url}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(1)
-    pytest.fail(f"/readyz not 200 after {START_TIMEOUT_SECONDS}s:\n{supervisor.log_tail()}")
-
-
-def stop_supervisor(supervisor: Supervisor) -> None:
-    """Teardown by PID: the supervisor, then vLLM's process group if it outlived it."""
-    vllm_pid = supervisor.vllm_pid()
-    if supervisor.process.poll() is None:
-        supervisor.process.send_signal(signal.SIGTERM)
-        try:
-            supervisor.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            supervisor.process.kill()
-            supervisor.process.wait(timeout=10)
-    if vllm_pid is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(vllm_pid, signal.SIGKILL)
+def vllm_pid(supervisor: LocalProcess) -> int | None:
+    pids = supervisor.child_pids()
+    return pids[0] if pids else None
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +58,10 @@ def tiny_model(tmp_path_factory) -> Path:
 def server(tiny_model, tmp_path_factory):
     supervisor = start_supervisor(tmp_path_factory.mktemp("tp1"), tiny_model, 1, {})
     try:
-        wait_ready(supervisor)
+        supervisor.wait_ready(supervisor.health_url + "/readyz")
         yield supervisor
     finally:
-        stop_supervisor(supervisor)
+        supervisor.stop()
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +71,10 @@ def server_tp2(tiny_model, tmp_path_factory):
     supervisor = start_supervisor(tmp_path_factory.mktemp("tp2"), tiny_model, 2,
                                   {"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
     try:
-        wait_ready(supervisor)
+        supervisor.wait_ready(supervisor.health_url + "/readyz")
         yield supervisor
     finally:
-        stop_supervisor(supervisor)
+        supervisor.stop()
 
 
 def png_data_url(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> str:
@@ -167,7 +104,7 @@ def test_readiness_turns_200_and_health_is_200(server):
 
 @pytest.mark.timeout(120)
 def test_text_chat_completion(server):
-    response = chat(server.vllm_url, [{"role": "user", "content": "Hello there"}])
+    response = chat(server.url, [{"role": "user", "content": "Hello there"}])
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == SERVED_NAME
@@ -177,8 +114,8 @@ def test_text_chat_completion(server):
 
 @pytest.mark.timeout(120)
 def test_chat_completion_with_one_image(server):
-    text_only = chat(server.vllm_url, image_message(0)).json()["usage"]["prompt_tokens"]
-    response = chat(server.vllm_url, image_message(1))
+    text_only = chat(server.url, image_message(0)).json()["usage"]["prompt_tokens"]
+    response = chat(server.url, image_message(1))
     assert response.status_code == 200, response.text
     # A 64x48 image is 4x3 patches of 16 px, plus a break per row: the prompt grew by them.
     assert response.json()["usage"]["prompt_tokens"] >= text_only + 12
@@ -188,7 +125,7 @@ def test_chat_completion_with_one_image(server):
 def test_streaming_chat_completion(server):
     body = {"model": SERVED_NAME, "messages": image_message(1), "max_tokens": 6, "stream": True}
     events = []
-    with httpx.stream("POST", f"{server.vllm_url}/v1/chat/completions", json=body, timeout=120) as response:
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
@@ -203,7 +140,7 @@ def test_streaming_chat_completion(server):
 
 @pytest.mark.timeout(60)
 def test_more_images_than_the_limit_get_400_naming_the_limit(server):
-    response = chat(server.vllm_url, image_message(IMAGE_LIMIT + 1))
+    response = chat(server.url, image_message(IMAGE_LIMIT + 1))
     assert response.status_code == 400
     message = response.json()["error"]["message"]
     assert f"At most {IMAGE_LIMIT} image(s)" in message
@@ -211,7 +148,7 @@ def test_more_images_than_the_limit_get_400_naming_the_limit(server):
 
 @pytest.mark.timeout(60)
 def test_metrics_expose_the_queue_gauges(server):
-    text = httpx.get(f"{server.vllm_url}/metrics", timeout=10).text
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert f'vllm:num_requests_waiting{{engine="0",model_name="{SERVED_NAME}"}}' in text
     assert f'vllm:num_requests_running{{engine="0",model_name="{SERVED_NAME}"}}' in text
 
@@ -233,12 +170,12 @@ def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
     tokens, concurrency = 1024, MAX_NUM_SEQS + 4
     long_request = dict(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, timeout=500)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(chat, server.vllm_url, [{"role": "user", "content": f"Count to {i}"}], **long_request)
+        futures = [pool.submit(chat, server.url, [{"role": "user", "content": f"Count to {i}"}], **long_request)
                    for i in range(concurrency)]
         deadline = time.monotonic() + 120
         running = waiting = 0.0
         while time.monotonic() < deadline and not (running >= 1 and waiting >= 1):
-            running, waiting = queue_depth(server.vllm_url)
+            running, waiting = queue_depth(server.url)
             time.sleep(0.2)
         assert running >= 1 and waiting >= 1, "the requests never queued up"
 
@@ -264,7 +201,7 @@ def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
 @pytest.mark.timeout(600)
 def test_tensor_parallel_2_serves_an_image_request(server_tp2):
     # The first request compiles CPU kernels for the two ranks and takes ~15 s.
-    response = chat(server_tp2.vllm_url, image_message(1), timeout=300)
+    response = chat(server_tp2.url, image_message(1), timeout=300)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] >= 1
     assert "tensor_parallel_size=2" in server_tp2.log_path.read_text(errors="replace")
@@ -273,10 +210,10 @@ def test_tensor_parallel_2_serves_an_image_request(server_tp2):
 @pytest.mark.timeout(120)
 def test_supervisor_exits_non_zero_when_vllm_dies(server_tp2):
     """The last test on `server_tp2`: it kills its vLLM."""
-    vllm_pid = server_tp2.vllm_pid()
-    assert vllm_pid is not None
+    pid = vllm_pid(server_tp2)
+    assert pid is not None
     killed_at = time.monotonic()
-    os.kill(vllm_pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
     code = server_tp2.process.wait(timeout=60)
     exit_seconds = time.monotonic() - killed_at
     assert code != 0

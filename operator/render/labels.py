@@ -55,6 +55,11 @@ def router_selector(name: str) -> dict[str, str]:
     return {DEPLOYMENT_LABEL: name, COMPONENT_LABEL: "router"}
 
 
+def scrape_annotations(port: int) -> dict[str, str]:
+    """Pod annotations asking Prometheus (kubernetes_sd `pod` role, or the local cluster's agent) to scrape /metrics."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def selector_string(selector: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 

@@ -161,11 +161,7 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
             "template": {
                 "metadata": {
                     "labels": labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(L.ROUTER_HTTP_PORT),
-                        "prometheus.io/path": "/metrics",
-                    },
+                    "annotations": L.scrape_annotations(L.ROUTER_HTTP_PORT),
                 },
                 "spec": {
                     "serviceAccountName": name,

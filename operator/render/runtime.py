@@ -151,11 +151,7 @@ def track_deployment(spec: PixtralSpec, track: TrackSpec, settings: OperatorSett
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(L.RUNTIME_HTTP_PORT),
-                        "prometheus.io/path": "/metrics",
-                    },
+                    "annotations": L.scrape_annotations(L.RUNTIME_HTTP_PORT),
                 },
                 "spec": pod_spec,
             },
