@@ -262,6 +262,8 @@ def write_docs(results: dict, command: str) -> None:
     targets = results["targets"]
     ok = lambda flag: "met" if flag else "**missed**"  # noqa: E731
     n = results["connections"]
+    little_ms = (n / r["requests_per_second"] - n / d["requests_per_second"]) * 1e3
+    needed_rps = n / (n / d["requests_per_second"] + 1e-3)
     text = f"""{SECTION_START}
 ## Router
 
@@ -282,9 +284,12 @@ each connection sends its next request as soon as the previous answer arrives), 
 | added by the router | | {r['p50_ms'] - d['p50_ms']:+.2f} ms | {r['p99_ms'] - d['p99_ms']:+.2f} ms | |
 
 Router CPU per proxied request: {results['router_cpu_us_per_request']:.0f} us, i.e. up to
-{results['router_capacity_rps_one_core']:.0f} requests/s on one dedicated core. In a closed loop the router is the
-slowest stage, so every connection queues behind it: the added latency at saturation is queueing
-(about {n} / throughput), not the cost of one request.
+{results['router_capacity_rps_one_core']:.0f} requests/s on one dedicated core. In a closed loop each of the {n}
+connections waits for its previous answer, so the latency is {n} / throughput (Little's law):
+{n} / {r['requests_per_second']:.0f} - {n} / {d['requests_per_second']:.0f} = {little_ms:+.2f} ms predicted, {r['p50_ms'] - d['p50_ms']:+.2f} ms measured. That
+is queueing behind the slower stage, not the cost of one request (see the table below for that):
++1 ms at saturation would need a router within 1 ms of the upstream's own {n}-connection latency,
+i.e. at least {needed_rps:.0f} requests/s through one Python process proxying to a Python upstream.
 
 **Latency below saturation** (each offered rate spread over {n} keep-alive connections, open
 loop, latency from each request's scheduled time; an asyncio load generator on the router's own lean
