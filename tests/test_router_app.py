@@ -196,6 +196,18 @@ async def test_all_backends_refusing_is_502() -> None:
         assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
 
 
+async def assert_one_client_closed_request(client: httpx.AsyncClient) -> None:
+    """Exactly one 499 is recorded (the router notes it right after the cancel) and nothing is left in flight."""
+    m = ""
+    for _ in range(100):  # bounded: 5 s
+        m = (await client.get("/metrics")).text
+        if metric(m, "pixtral_router_requests_total", code="499"):
+            break
+        await asyncio.sleep(0.05)
+    assert metric(m, "pixtral_router_requests_total", code="499") == 1
+    assert metric(m, "pixtral_router_backend_in_flight") == 0
+
+
 async def test_streaming_is_passed_through_chunk_by_chunk() -> None:
     up = Upstream("a")
     async with serve(up.app) as up_url, router(config({"stable": [up_url]})) as client:
@@ -218,14 +230,7 @@ async def test_client_disconnect_cancels_the_upstream_request() -> None:
             await asyncio.wait_for(r.aiter_raw().__anext__(), 5)
         # Leaving the block closed the connection mid-stream.
         await asyncio.wait_for(up.stream_cancelled.wait(), 10)
-        m = ""
-        for _ in range(100):  # bounded: the router records the 499 right after the cancel
-            m = (await client.get("/metrics")).text
-            if metric(m, "pixtral_router_requests_total", code="499"):
-                break
-            await asyncio.sleep(0.05)
-        assert metric(m, "pixtral_router_requests_total", code="499") == 1
-        assert metric(m, "pixtral_router_backend_in_flight") == 0
+        await assert_one_client_closed_request(client)
 
 
 async def test_client_leaving_a_slow_non_streaming_request_is_recorded_as_499() -> None:
@@ -233,14 +238,7 @@ async def test_client_leaving_a_slow_non_streaming_request_is_recorded_as_499() 
     async with serve(up.app) as up_url, router(config({"stable": [up_url]})) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.post("/v1/chat/completions", json=chat_body(mode="slow"), headers=AUTH, timeout=0.3)
-        m = ""
-        for _ in range(100):  # bounded: the watcher starts 50 ms into the request
-            m = (await client.get("/metrics")).text
-            if metric(m, "pixtral_router_requests_total", code="499"):
-                break
-            await asyncio.sleep(0.05)
-        assert metric(m, "pixtral_router_requests_total", code="499") == 1
-        assert metric(m, "pixtral_router_backend_in_flight") == 0
+        await assert_one_client_closed_request(client)  # the watch starts 50 ms into the request
 
 
 async def test_a_stream_running_past_the_request_timeout_is_cut_and_counted_as_504() -> None:
