@@ -228,6 +228,16 @@ def router_pending(router: str, timeout: float = 5) -> float:
     return sum(float(value) for _, value in samples)
 
 
+def router_gauge(router: str, metric: str, track: str, timeout: float = 5) -> float:
+    """One track's sample of a router gauge (pending or fallback requests), read from its /metrics."""
+    text = httpx.get(f"{router}/metrics", timeout=timeout).text
+    pattern = re.compile(rf'^{re.escape(metric)}\{{[^}}]*track="{re.escape(track)}"[^}}]*\}}\s+(\S+)', re.MULTILINE)
+    values = pattern.findall(text)
+    if not values:
+        raise AssertionError(f"{router}/metrics has no {metric} sample for track {track}")
+    return sum(float(v) for v in values)
+
+
 def prometheus_value(prometheus_url: str, promql: str, timeout: float = 5) -> float | None:
     """An instant query's single value (None when the answer is empty)."""
     response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": promql}, timeout=timeout)

@@ -7,7 +7,10 @@ real router and a real Prometheus scraping them every second:
   status and Events show both decisions;
 - scale from zero and back: min 0, no traffic -> no runtime pod and Ready=True/ScaledToZero; one
   request is held by the router (its pending gauge), the autoscaler starts a pod, the request
-  completes with 200, and the track returns to zero after the window.
+  completes with 200, and the track returns to zero after the window;
+- a canary at zero woken by its share: stable serving, canary at 0; requests routed to the canary
+  are served by stable meanwhile (the router's fallback gauge for the canary), the autoscaler
+  starts a canary pod, and once it is ready the same requests land on the canary.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from autoscale_support import (
     ReplicaRecorder,
     direction_changes,
     events_with_reason,
+    router_gauge,
     router_pending,
 )
 from localcluster import wait_for
@@ -72,8 +76,8 @@ def autoscaled_spec(model, *, replicas: int, min_replicas: int, max_replicas: in
     )
 
 
-def autoscaler_status(cluster, namespace: str, name: str) -> dict:
-    return ((get_pxd(cluster, namespace, name) or {}).get("status") or {}).get("autoscaler", {}).get("stable") or {}
+def autoscaler_status(cluster, namespace: str, name: str, track: str = "stable") -> dict:
+    return ((get_pxd(cluster, namespace, name) or {}).get("status") or {}).get("autoscaler", {}).get(track) or {}
 
 
 def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, operator, tiny_model):
@@ -216,3 +220,69 @@ def test_scales_from_zero_for_a_held_request_and_back(cluster, namespace, operat
     assert downs[-1]["message"].endswith("scaling 1 -> 0"), downs
     wait_for(lambda: pods(cluster, namespace, selector) == [], 120, "the runtime pod to be gone")
     wait_condition(cluster, namespace, name, "Ready", "True", 60, reason="ScaledToZero")
+
+
+def test_a_canary_at_zero_is_woken_by_its_share_served_on_stable(cluster, namespace, operator, tiny_model):
+    name = "wake"
+    # A long window: stable must keep serving (idle but up) for the whole test.
+    spec = autoscaled_spec(tiny_model, replicas=1, min_replicas=0, max_replicas=1, max_num_seqs=2, window=1800,
+                           router={"requestTimeoutSeconds": 300})
+    spec["canary"] = {"weight": 50, "replicas": 0}
+    apply(cluster, namespace, pxd_manifest(name, spec))
+    wait_condition(cluster, namespace, name, "Ready", "True", STARTUP)
+    canary_selector = f"serving.pixtral.dev/deployment={name},serving.pixtral.dev/track=canary"
+    canary_path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}-canary"
+    assert cluster.rest.get(canary_path)["spec"]["replicas"] == 0
+    url = router_url(cluster, namespace, name)
+    # The canary's wake signal is visible at 0 (the router exports both tracks from the start).
+    idle = wait_for(lambda: (s := autoscaler_status(cluster, namespace, name, "canary")).get("load") == 0
+                    and s.get("reason") in ("AtMin", "Steady") and s, 60,
+                    "status.autoscaler.canary with load 0 read from the router's gauges")
+    assert idle["desired"] == 0, idle
+    assert router_gauge(url, "pixtral_router_fallback_requests", "canary") == 0
+
+    replies: list[httpx.Response | BaseException] = []
+    stop = threading.Event()
+    body = chat_body(max_tokens=256, min_tokens=256, ignore_eos=True)
+
+    def canary_requests() -> None:
+        for _ in range(400):  # bounded; stopped by the test once a reply comes from the canary
+            if stop.is_set():
+                return
+            try:
+                reply = chat(url, body, key=None, headers={"x-pixtral-track": "canary"}, timeout=300)
+            except BaseException as error:  # noqa: BLE001 - reported by the assertions below
+                replies.append(error)
+                return
+            replies.append(reply)
+            if reply.headers.get("x-pixtral-track") == "canary":
+                return
+
+    recorder = ReplicaRecorder(cluster, namespace, f"{name}-canary").start()
+    client = threading.Thread(target=canary_requests, name="canary-requests", daemon=True)
+    started = time.monotonic()
+    client.start()
+    try:
+        wait_for(lambda: router_gauge(url, "pixtral_router_fallback_requests", "canary") >= 1, 30,
+                 "the router to count a canary request served by stable")
+        woken = wait_for(lambda: recorder.first(lambda c: c.replicas == 1, after=started), REACTION_BOUND_SECONDS,
+                         f"the canary Deployment scaled 0 -> 1 within {REACTION_BOUND_SECONDS:g}s")
+        print(f"first canary request -> canary replicas 1 patched: {woken.at - started:.2f}s")
+        client.join(STARTUP + 300)
+        assert not client.is_alive(), "no request reached the canary after it was started"
+    finally:
+        stop.set()
+        recorder.stop()
+        client.join(5)
+    errors = [r for r in replies if not isinstance(r, httpx.Response)]
+    assert not errors, errors
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies if r.status_code != 200]
+    tracks = [r.headers["x-pixtral-track"] for r in replies]
+    # Served by stable while the canary had no pod, then by the canary.
+    assert tracks[0] == "stable" and tracks[-1] == "canary", tracks
+    print(f"canary-pinned requests: {len(tracks)}, served by stable first: {tracks.count('stable')}")
+    assert len(ready_pods(cluster, namespace, canary_selector)) == 1
+    assert router_gauge(url, "pixtral_router_fallback_requests", "canary") == 0
+    wakes = wait_for(lambda: events_with_reason(cluster, namespace, name, "ScaleFromZero"), 30,
+                     "a ScaleFromZero Event")
+    assert any(e["message"].startswith("canary: load ") for e in wakes), wakes

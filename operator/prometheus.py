@@ -9,9 +9,11 @@ it down):
 * engine coverage: how many pods report (``count(count by (pod) (...))``) and how old the oldest
   of their samples is (``min(timestamp(...))``), compared by :func:`assess` with the track's ready
   replicas and a freshness bound;
-* router pending: ``sum(pixtral_router_pending_requests{...})``, requests the router holds while
-  no backend is ready. Router pods carry no track label, so their unlabelled series count for the
-  stable track; a series that the router itself labels ``track="canary"`` counts for the canary.
+* router demand: ``sum({__name__=~"pixtral_router_pending_requests|pixtral_router_fallback_requests",...})``,
+  requests routed to the track that found no ready backend of it: held while no backend of any
+  track is ready, or served by the other track meanwhile. The router labels both by the track the
+  request was routed to (router pods themselves carry no track label); an unlabelled series, as
+  older routers export, counts for the stable track.
 
 ``spec.autoscaling.prometheusQuery`` replaces all three with one expression that must return one
 sample: the track's whole load.
@@ -34,6 +36,7 @@ from pixtral_operator.autoscaler import Signal
 ENGINE_WAITING_METRIC = "vllm:num_requests_waiting"
 ENGINE_RUNNING_METRIC = "vllm:num_requests_running"
 ROUTER_PENDING_METRIC = "pixtral_router_pending_requests"
+ROUTER_FALLBACK_METRIC = "pixtral_router_fallback_requests"
 
 TRACKS = ("stable", "canary")
 PLACEHOLDERS = ("namespace", "deployment", "track")
@@ -74,15 +77,18 @@ class TrackQueries:
 def default_queries(namespace: str, deployment: str, track: str) -> TrackQueries:
     _check_target(namespace, deployment, track)
     engine = label_selector({"namespace": namespace, "deployment": deployment, "track": track})
-    # The router's series have no track label (router pods are shared by both tracks); the empty
-    # alternative of the regex matches an absent label, so those count for stable.
+    # The router labels its series with the track a request was routed to; the empty alternative
+    # of the regex matches an absent label (older routers), so those count for stable.
     router_track = "stable|" if track == "stable" else track
-    router = label_selector({"namespace": namespace, "deployment": deployment}, {"track": router_track})
+    router = label_selector(
+        {"namespace": namespace, "deployment": deployment},
+        {"__name__": f"{ROUTER_PENDING_METRIC}|{ROUTER_FALLBACK_METRIC}", "track": router_track},
+    )
     return TrackQueries(
         engine_load=f"sum({ENGINE_WAITING_METRIC}{engine}) + sum({ENGINE_RUNNING_METRIC}{engine})",
         engine_pods=f"count(count by (pod) ({ENGINE_RUNNING_METRIC}{engine}))",
         engine_oldest_sample=f"min(timestamp({ENGINE_RUNNING_METRIC}{engine}))",
-        router_pending=f"sum({ROUTER_PENDING_METRIC}{router})",
+        router_pending=f"sum({router})",
     )
 
 

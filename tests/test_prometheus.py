@@ -49,9 +49,10 @@ def test_default_queries_select_the_track_and_keep_parts_separate():
     )
     assert queries.engine_pods == f"count(count by (pod) (vllm:num_requests_running{engine}))"
     assert queries.engine_oldest_sample == f"min(timestamp(vllm:num_requests_running{engine}))"
-    # Router series carry no track label: the empty alternative counts them for stable.
+    # Held and fallback requests routed to the track; an unlabelled series (older routers) counts for stable.
     assert queries.router_pending == (
-        'sum(pixtral_router_pending_requests{namespace="team-a",deployment="demo",track=~"stable|"})'
+        'sum({namespace="team-a",deployment="demo",'
+        '__name__=~"pixtral_router_pending_requests|pixtral_router_fallback_requests",track=~"stable|"})'
     )
     assert "or vector(0)" not in queries.engine_load  # absence must stay visible
     assert not queries.override
@@ -394,11 +395,14 @@ OTHER_DEPLOYMENT = (
     "pixtral_router_pending_requests 100\n"
 )
 # The router's own series (runtime/router/metrics.py: labelled with its deployment, which
-# Prometheus keeps as exported_deployment beside the target's label, and no track: counts for
-# stable), and one as a router that labels pending requests by track would export for the canary.
+# Prometheus keeps as exported_deployment beside the target's label, and with the track a request
+# was routed to), plus an unlabelled one as older routers export it (counts for stable).
 ROUTER = (
     'pixtral_router_pending_requests{deployment="demo"} 2\n'
+    'pixtral_router_pending_requests{deployment="demo",track="stable"} 0\n'
     'pixtral_router_pending_requests{deployment="demo",track="canary"} 1\n'
+    'pixtral_router_fallback_requests{deployment="demo",track="stable"} 0\n'
+    'pixtral_router_fallback_requests{deployment="demo",track="canary"} 3\n'
 )
 
 
@@ -546,8 +550,9 @@ async def test_live_default_queries_read_each_track(live_prometheus):
     assert len(unlabelled) == 1 and unlabelled[0]["exported_deployment"] == "demo"
 
     canary_readings, canary = await live_signal(url, "canary", ready_replicas=1)
-    assert canary_readings.engine_load.value == 1 and canary_readings.router_pending.value == 1
-    assert canary == Signal(load=2, complete=True, wake_visible=True, problem="")
+    # 1 held + 3 served by stable meanwhile.
+    assert canary_readings.engine_load.value == 1 and canary_readings.router_pending.value == 4
+    assert canary == Signal(load=5, complete=True, wake_visible=True, problem="")
 
 
 async def test_live_override_query(live_prometheus):

@@ -307,13 +307,41 @@ async def test_requests_are_held_while_no_backend_is_ready_then_served() -> None
             if metric(m, "pixtral_router_pending_requests", deployment="t") == 1:
                 break
             await asyncio.sleep(0.02)
-        assert metric(m, "pixtral_router_pending_requests", deployment="t") == 1
+        # Counted for the track it was routed to; the other track's series is there, at 0.
+        assert metric(m, "pixtral_router_pending_requests", deployment="t", track="stable") == 1
+        assert metric(m, "pixtral_router_pending_requests", deployment="t", track="canary") == 0
+        assert 'pixtral_router_pending_requests{deployment="t",track="canary"} 0.0' in m
         assert (await client.get("/readyz")).status_code == 200  # ready with no backend: it holds requests
         client.app.state.set_backends("stable", [up_url])  # what discovery does when a pod turns ready
         r = await asyncio.wait_for(pending, 10)
         assert r.status_code == 200 and r.json()["served_by"] == "late"
         m = (await client.get("/metrics")).text
         assert metric(m, "pixtral_router_pending_requests", deployment="t") == 0
+
+
+async def test_requests_for_a_track_without_backends_count_as_its_fallback_while_served() -> None:
+    """A canary at zero replicas: its requests go to stable and show as the canary's wake-up signal."""
+    up = Upstream("stable")
+    async with serve(up.app) as up_url, router(config({"stable": [up_url], "canary": []})) as client:
+        async with client.stream("POST", "/v1/chat/completions", json=chat_body(mode="gated-stream"),
+                                 headers={**AUTH, "x-pixtral-track": "canary"}) as r:
+            assert r.headers["x-pixtral-track"] == "stable"  # served by the track that has a backend
+            chunks = r.aiter_raw()
+            await asyncio.wait_for(chunks.__anext__(), 5)
+            m = (await client.get("/metrics")).text
+            assert metric(m, "pixtral_router_fallback_requests", deployment="t", track="canary") == 1
+            assert metric(m, "pixtral_router_fallback_requests", deployment="t", track="stable") == 0
+            assert metric(m, "pixtral_router_pending_requests", deployment="t") == 0
+            up.release_stream.set()
+            async for _ in chunks:
+                pass
+        m = (await client.get("/metrics")).text
+        assert metric(m, "pixtral_router_fallback_requests", deployment="t", track="canary") == 0
+        # A request routed to stable and served there is no fallback.
+        r = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+        assert r.status_code == 200 and r.headers["x-pixtral-track"] == "stable"
+        m = (await client.get("/metrics")).text
+        assert metric(m, "pixtral_router_fallback_requests", deployment="t") == 0
 
 
 async def test_held_requests_time_out_with_503() -> None:

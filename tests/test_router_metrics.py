@@ -67,5 +67,7 @@ def test_slow_path_series_are_exported_too() -> None:
     got = samples(m)
     assert got[("pixtral_router_admission_rejections_total", (("reason", "too_many_images"),))] == 1
     assert got[("pixtral_router_upstream_retries_total", (("track", "stable"),))] == 1
-    assert got[("pixtral_router_pending_requests", (("deployment", "d"),))] == 0
+    for track in ("stable", "canary"):  # present at 0 from the start: the autoscaler's wake signals
+        assert got[("pixtral_router_pending_requests", (("deployment", "d"), ("track", track)))] == 0
+        assert got[("pixtral_router_fallback_requests", (("deployment", "d"), ("track", track)))] == 0
     assert b"# TYPE pixtral_router_request_duration_seconds histogram" in generate_latest(m.registry)

@@ -346,7 +346,7 @@ class RouterApp:
         config = self._config()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + config.pending_timeout_seconds
-        gauge = self.metrics.pending_gauge
+        gauge = self.metrics.pending_by_track[track]
         gauge.inc()
         try:
             while True:
@@ -423,6 +423,9 @@ class RouterApp:
             request.track = served_track
             outstanding[backend] = outstanding.get(backend, 0) + 1
             self.metrics.backend_started(served_track, backend)
+            fallback = self.metrics.fallback_by_track[track] if served_track != track else None
+            if fallback is not None:
+                fallback.inc()
             try:
                 host, port = self._address(backend)
                 try:
@@ -446,6 +449,8 @@ class RouterApp:
             finally:
                 outstanding[backend] -= 1
                 self.metrics.backend_finished(served_track, backend)
+                if fallback is not None:
+                    fallback.dec()
         raise UpstreamUnreachable(f"Backends {', '.join(exclude)} refused the connection.")
 
     async def _relay(self, response: UpstreamResponse, send: Send, request: _Request, track: str,

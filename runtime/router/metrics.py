@@ -1,7 +1,9 @@
 """Prometheus metrics of one router app (its own registry, so apps in one process never collide).
 
 The autoscaler reads `pixtral_router_pending_requests` (requests held because no backend is
-ready: the scale-from-zero signal); the canary controller compares
+ready: the scale-from-zero signal) and `pixtral_router_fallback_requests` (requests served by the
+other track because theirs has no ready backend: what wakes a track at zero while the other one
+serves), both by the track the request was routed to; the canary controller compares
 `pixtral_router_requests_total` and `pixtral_router_request_duration_seconds` by track.
 """
 
@@ -15,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
+TRACKS = ("stable", "canary")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # The `le` label values exactly as prometheus_client writes them ("1.0", "+Inf").
 _BOUNDS = (*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf")
@@ -93,8 +96,15 @@ class RouterMetrics:
         r.register(self._hot)
         self.pending = Gauge(
             "pixtral_router_pending_requests",
-            "Requests held because no backend of any track is ready (the scale-from-zero signal).",
-            ["deployment"], registry=r,
+            "Requests held because no backend of any track is ready, by the track they were routed to "
+            "(the scale-from-zero signal).",
+            ["deployment", "track"], registry=r,
+        )
+        self.fallback = Gauge(
+            "pixtral_router_fallback_requests",
+            "Requests in flight on the other track because the track they were routed to has no ready "
+            "backend (the wake-up signal for a track at zero while the other serves).",
+            ["deployment", "track"], registry=r,
         )
         self.rejections = Counter(
             "pixtral_router_admission_rejections", "Requests refused by admission, by reason.", ["reason"], registry=r
@@ -109,8 +119,12 @@ class RouterMetrics:
         self.config_loaded = Gauge(
             "pixtral_router_config_loaded", "1 once a valid configuration is loaded.", registry=r
         )
-        self.pending_gauge = self.pending.labels(deployment)
-        self.pending_gauge.set(0)
+        # Both tracks exported from the start: a reading of 0 is what tells the autoscaler that a track
+        # scaled to zero can still be woken (an absent series would hold it at 1).
+        self.pending_by_track = {track: self.pending.labels(deployment, track) for track in TRACKS}
+        self.fallback_by_track = {track: self.fallback.labels(deployment, track) for track in TRACKS}
+        for gauge in (*self.pending_by_track.values(), *self.fallback_by_track.values()):
+            gauge.set(0)
         # labels() takes a lock and builds a tuple; the paths below reuse the children they made before.
         self._children: dict[tuple, object] = {}
 
