@@ -151,7 +151,7 @@ def test_router_follows_configmap_secret_and_endpointslices(cluster, namespace, 
         held: dict = {}
         waiter = threading.Thread(target=lambda: held.setdefault("r", ask()))
         waiter.start()
-        until(lambda: 'pixtral_router_pending_requests{deployment="demo"} 1.0' in client.get("/metrics").text, 30,
+        until(lambda: 'pixtral_router_pending_requests{deployment="demo",track="stable"} 1.0' in client.get("/metrics").text, 30,
               "the request to be held")
         rest.merge_patch(f"{slices}/demo-stable-manual",
                          {"endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]})
