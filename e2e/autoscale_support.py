@@ -216,26 +216,19 @@ def events_with_reason(cluster: Cluster, namespace: str, name: str, reason: str)
     return [e for e in pxd_events(cluster, namespace, name) if e.get("reason") == reason]
 
 
-_SAMPLE = re.compile(rf"^{ROUTER_PENDING_METRIC}(\{{[^}}]*\}})?\s+(\S+)", re.MULTILINE)
+def router_gauge(router: str, metric: str, track: str | None = None, timeout: float = 5) -> float:
+    """A router gauge read from its /metrics: the sum of its series, or of one track's."""
+    text = httpx.get(f"{router}/metrics", timeout=timeout).text
+    labels = rf'\{{[^}}]*track="{re.escape(track)}"[^}}]*\}}' if track else r"(?:\{[^}]*\})?"
+    values = re.findall(rf"^{re.escape(metric)}{labels}\s+(\S+)", text, re.MULTILINE)
+    if not values:
+        raise AssertionError(f"{router}/metrics has no {metric} sample" + (f" for track {track}" if track else ""))
+    return sum(float(v) for v in values)
 
 
 def router_pending(router: str, timeout: float = 5) -> float:
-    """The router's own pending-requests gauge (summed over its series), read from its /metrics."""
-    text = httpx.get(f"{router}/metrics", timeout=timeout).text
-    samples = _SAMPLE.findall(text)
-    if not samples:
-        raise AssertionError(f"{router}/metrics has no {ROUTER_PENDING_METRIC} sample")
-    return sum(float(value) for _, value in samples)
-
-
-def router_gauge(router: str, metric: str, track: str, timeout: float = 5) -> float:
-    """One track's sample of a router gauge (pending or fallback requests), read from its /metrics."""
-    text = httpx.get(f"{router}/metrics", timeout=timeout).text
-    pattern = re.compile(rf'^{re.escape(metric)}\{{[^}}]*track="{re.escape(track)}"[^}}]*\}}\s+(\S+)', re.MULTILINE)
-    values = pattern.findall(text)
-    if not values:
-        raise AssertionError(f"{router}/metrics has no {metric} sample for track {track}")
-    return sum(float(v) for v in values)
+    """The router's pending-requests gauge, summed over its series."""
+    return router_gauge(router, ROUTER_PENDING_METRIC, timeout=timeout)
 
 
 def prometheus_value(prometheus_url: str, promql: str, timeout: float = 5) -> float | None:

@@ -130,7 +130,8 @@ def install_crds(cluster: Cluster) -> None:
 
 def make_tiny_model(directory: Path) -> Path:
     if not (directory / "consolidated.safetensors").exists():
-        subprocess.run([str(VENV_BIN / "pixtral-runtime"), "tiny-model", str(directory)], check=True, capture_output=True)
+        subprocess.run([str(PIXTRAL_RUNTIME), "tiny-model", str(directory)], check=True, capture_output=True,
+                       timeout=120)
     return directory
 
 

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from pixtral_e2e import PIXTRAL_RUNTIME, LocalProcess, free_port, start_local_process, start_local_runtime
+from pixtral_e2e import LocalProcess, free_port, make_tiny_model, start_local_process, start_local_runtime
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
@@ -48,9 +47,7 @@ def start_runtime(tmp: Path, model: Path, name: str, core: int) -> LocalProcess:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("tiny-pixtral")
-    subprocess.run([str(PIXTRAL_RUNTIME), "tiny-model", str(target)], check=True, timeout=120)
-    return target
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-pixtral"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import admission
 from .choice import choose_backend, choose_track, parse_override
-from .config import RouterConfig, load_config_file
+from .config import TRACKS, RouterConfig, load_config_file
 from .errors import (
     AdmissionError,
     MethodNotAllowed,
@@ -52,7 +52,7 @@ _DROP_RESPONSE_HEADERS = frozenset(
 # Whole-body relay (one write, with Content-Length) below this size; larger or unsized answers stream.
 _BUFFER_LIMIT = 1 << 20
 CLIENT_CLOSED_REQUEST = 499
-_TRACK_HEADER_VALUES = {"stable": b"stable", "canary": b"canary"}
+_TRACK_HEADER_VALUES = {track: track.encode() for track in TRACKS}
 # A request still running after this long gets a task watching for its client to leave.
 _WATCH_AFTER_SECONDS = 0.05
 # Bodies from this size on (in practice: with images) are admitted in a worker thread.
@@ -99,8 +99,9 @@ class _Guard:
         self.expired = False
         self.watcher: asyncio.Task | None = None
         loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + timeout
-        self.timer = loop.call_at(min(self.deadline, loop.time() + _WATCH_AFTER_SECONDS), self._fire)
+        now = loop.time()
+        self.deadline = now + timeout
+        self.timer = loop.call_at(min(self.deadline, now + _WATCH_AFTER_SECONDS), self._fire)
 
     def _fire(self) -> None:
         if self.watcher is None:
@@ -156,8 +157,8 @@ class RouterApp:
         self.state = state or RouterState(RouterMetrics(deployment))
         self.metrics = self.state.metrics
         self.upstream: UpstreamPool | None = None
-        self._addresses: dict[str, tuple[str, int]] = {}
-        self._backend_values: dict[str, bytes] = {}
+        # backend URL -> (host, port, the URL as the x-pixtral-backend header value)
+        self._backends: dict[str, tuple[str, int, bytes]] = {}
         self._discovery_factory = discovery_factory
         self._discovery: Any = None
         self._created = int(time.time())
@@ -363,18 +364,12 @@ class RouterApp:
         finally:
             gauge.dec()
 
-    def _backend_header_value(self, backend: str) -> bytes:
-        value = self._backend_values.get(backend)
-        if value is None:
-            value = self._backend_values[backend] = backend.encode()
-        return value
-
-    def _address(self, backend: str) -> tuple[str, int]:
-        address = self._addresses.get(backend)
-        if address is None:
+    def _backend(self, backend: str) -> tuple[str, int, bytes]:
+        parsed = self._backends.get(backend)
+        if parsed is None:
             host, _, port = backend.split("://", 1)[1].rstrip("/").rpartition(":")
-            address = self._addresses[backend] = (host.strip("[]"), int(port))
-        return address
+            parsed = self._backends[backend] = (host.strip("[]"), int(port), backend.encode())
+        return parsed
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request: _Request, body: bytes,
                        track: str, started: float) -> None:
@@ -427,7 +422,7 @@ class RouterApp:
             if fallback is not None:
                 fallback.inc()
             try:
-                host, port = self._address(backend)
+                host, port, _ = self._backend(backend)
                 try:
                     response = await pool.request(host, port, method, target, headers, body)
                 except UpstreamConnectError as exc:
@@ -457,7 +452,7 @@ class RouterApp:
                      backend: str, started: float) -> None:
         headers = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE_HEADERS]
         headers.append((b"x-pixtral-track", _TRACK_HEADER_VALUES.get(track) or track.encode()))
-        headers.append((b"x-pixtral-backend", self._backend_header_value(backend)))
+        headers.append((b"x-pixtral-backend", self._backend(backend)[2]))
         length = response.content_length
         metrics = self.metrics
         try:

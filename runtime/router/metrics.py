@@ -17,7 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
-TRACKS = ("stable", "canary")
+from .config import TRACKS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # The `le` label values exactly as prometheus_client writes them ("1.0", "+Inf").
 _BOUNDS = (*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf")
