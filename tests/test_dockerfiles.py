@@ -45,7 +45,7 @@ def console_scripts() -> dict[str, str]:
     return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 
 
-@pytest.mark.parametrize("path", ["operator/Dockerfile", "runtime/Dockerfile"])
+@pytest.mark.parametrize("path", ["operator/Dockerfile", "runtime/Dockerfile", "runtime/router.Dockerfile"])
 def test_base_images_are_pinned(path):
     for base in values(instructions(REPO_ROOT / path), "FROM"):
         image = base.split()[0]
@@ -88,6 +88,54 @@ def test_runtime_image_adds_what_vllm_lacks():
     runs = " ".join(values(instructions(REPO_ROOT / "runtime" / "Dockerfile"), "RUN"))
     missing = [name for name in sorted(needed - shipped_with_vllm) if f'"{name}' not in runs]
     assert missing == []
+
+
+# What the router's modules import that is not the standard library, and the distribution providing it.
+ROUTER_IMPORT_SOURCES = {"uvicorn": "uvicorn", "httptools": "uvicorn", "uvloop": "uvicorn", "kubernetes": "kubernetes",
+                         "orjson": "orjson", "PIL": "pillow", "prometheus_client": "prometheus-client", "yaml": "pyyaml"}
+
+
+def router_imports() -> set[str]:
+    """Top-level modules imported by `pixtral-runtime router` (runtime/cli.py and runtime/router/)."""
+    import ast
+    import sys
+
+    sources = [REPO_ROOT / "runtime" / "__init__.py", REPO_ROOT / "runtime" / "cli.py",
+               *sorted((REPO_ROOT / "runtime" / "router").glob("*.py"))]
+    modules = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return modules - set(sys.stdlib_module_names) - {"pixtral_runtime", "__future__"}
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ]", requirement)[0].lower()
+
+
+def test_router_image():
+    """The slim router image: no vLLM or torch, every module the router imports, pyproject's bounds."""
+    pairs = instructions(REPO_ROOT / "runtime" / "router.Dockerfile")
+    stage = final_stage(pairs)
+    assert values(stage, "FROM")[0].startswith("python:3.11-slim")
+    users = values(stage, "USER")
+    assert users and users[-1].split(":")[0].isdigit() and int(users[-1].split(":")[0]) != 0
+    assert json.loads(values(stage, "ENTRYPOINT")[-1]) == ["pixtral-runtime"]
+    assert json.loads(values(stage, "CMD")[-1]) == ["router"]
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    declared = set(project["dependencies"]) | set(project["optional-dependencies"]["runtime"])
+    runs = " ".join(values(pairs, "RUN"))
+    installed = set(re.findall(r'"([^"]+)"', runs))
+    assert installed <= declared, f"not as pyproject.toml writes them: {sorted(installed - declared)}"
+    names = {requirement_name(r) for r in installed | set(project["dependencies"])}
+    assert not names & {"vllm", "torch", "mistral-common", "safetensors"}
+    unknown = router_imports() - set(ROUTER_IMPORT_SOURCES)
+    assert not unknown, f"the router imports {sorted(unknown)}: add it to ROUTER_IMPORT_SOURCES and the Dockerfile"
+    missing = {ROUTER_IMPORT_SOURCES[m] for m in router_imports()} - names
+    assert not missing, f"runtime/router.Dockerfile does not install {sorted(missing)}"
 
 
 def test_parser_joins_continuations(tmp_path):
