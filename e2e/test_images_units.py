@@ -207,10 +207,16 @@ def test_image_list_parsing_and_superseded_tags() -> None:
         "localhost/pixtral-router:bbb application/vnd.oci.image.manifest.v1+json sha256:22 180.2 MiB linux/amd64 -\n"
         "localhost/pixtral-router-x:ccc application/vnd.oci.image.manifest.v1+json sha256:33 1 KiB linux/amd64 -\n"
         "localhost:5000/pause:v1 application/vnd.oci.image.manifest.v1+json sha256:44 1 KiB linux/amd64 -\n"
+        "sha256:c1 application/vnd.oci.image.manifest.v1+json sha256:11 180.2 MiB linux/amd64 io.cri-containerd.image=managed\n"
+        "sha256:c2 application/vnd.oci.image.manifest.v1+json sha256:22 180.2 MiB linux/amd64 io.cri-containerd.image=managed\n"
     )
     present = images.parse_image_list(listing)
-    assert present["localhost/pixtral-router:bbb"] == "sha256:22" and len(present) == 4
-    assert images.superseded(present, "localhost/pixtral-router:bbb") == ["localhost/pixtral-router:aaa"]
+    assert present["localhost/pixtral-router:bbb"] == "sha256:22" and len(present) == 6
+    # The old tag goes, and with it the image-id name the CRI plugin gave the same manifest.
+    assert images.superseded(present, "localhost/pixtral-router:bbb") == ["localhost/pixtral-router:aaa", "sha256:c1"]
+    # An id whose manifest another kept name still uses stays.
+    assert images.superseded({**present, "other/name:x": "sha256:11"}, "localhost/pixtral-router:bbb") == [
+        "localhost/pixtral-router:aaa"]
     assert images.repository_of("localhost:5000/pause") == "localhost:5000/pause"
     assert images.repository_of("localhost:5000/pause:v1") == "localhost:5000/pause"
 

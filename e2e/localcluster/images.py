@@ -28,6 +28,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -358,10 +359,16 @@ def repository_of(ref: str) -> str:
     return name if name and "/" not in tag else ref
 
 
-def superseded(refs: Iterable[str], keep: str) -> list[str]:
-    """The other tags of keep's repository: older builds, whose content would otherwise fill the disk."""
+def superseded(present: Mapping[str, str], keep: str) -> list[str]:
+    """The other tags of keep's repository (older builds, whose content would otherwise fill the
+    disk), with the `sha256:<image id>` names the CRI plugin adds for each imported image: an old
+    build's content is collected only when no name refers to it any more."""
     repository = repository_of(keep)
-    return sorted(ref for ref in refs if ref != keep and repository_of(ref) == repository)
+    old = {ref for ref in present if ref != keep and not ref.startswith("sha256:") and repository_of(ref) == repository}
+    kept_digests = {digest for ref, digest in present.items() if ref not in old and not ref.startswith("sha256:")}
+    old_digests = {present[ref] for ref in old} - kept_digests
+    ids = {ref for ref, digest in present.items() if ref.startswith("sha256:") and digest in old_digests}
+    return sorted(old | ids)
 
 
 def needs_import(present: Mapping[str, str], image: Image) -> bool:
@@ -866,17 +873,24 @@ def import_image(socket: str, image: Image, *, say: Callable[[str], None] = prin
 
 
 def _import(socket: str, image: Image, skip: Iterable[str]) -> int:
-    process = subprocess.Popen(ctr(socket, "images", "import", "-"), stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    counter = _Writer(process.stdin, hashing=False)  # type: ignore[arg-type]
-    try:
-        write_layout(image, counter, skip)  # type: ignore[arg-type]
-        process.stdin.close()  # type: ignore[union-attr]
-    except BrokenPipeError:
-        pass
-    stdout, stderr = process.communicate()
-    if process.returncode != 0:
-        raise ImageError(f"ctr images import {image.ref} failed: {stderr.decode().strip()}")
+    # ctr's output goes to files, not pipes: a full pipe would stall it while we are still writing.
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(ctr(socket, "images", "import", "-"), stdin=subprocess.PIPE,
+                                   stdout=output, stderr=subprocess.STDOUT)
+        counter = _Writer(process.stdin, hashing=False)  # type: ignore[arg-type]
+        try:
+            write_layout(image, counter, skip)  # type: ignore[arg-type]
+        except BrokenPipeError:
+            pass  # ctr gave up; its exit status and output say why
+        finally:
+            try:
+                process.stdin.close()  # type: ignore[union-attr]
+            except BrokenPipeError:
+                pass
+        process.wait()
+        if process.returncode != 0:
+            output.seek(0)
+            raise ImageError(f"ctr images import {image.ref} failed: {output.read().decode().strip()[-2000:]}")
     return counter.count
 
 
