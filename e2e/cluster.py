@@ -16,7 +16,6 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the cluster (returns at once if it runs already)")
     defaults = localcluster.NodePool.from_env()
-    up.add_argument("--nodes", type=int, default=defaults.count, help="simulated GPU nodes (env PIXTRAL_CLUSTER_NODES)")
     up.add_argument("--gpus-per-node", type=int, default=defaults.gpus_per_node,
                     help="nvidia.com/gpu per node (env PIXTRAL_CLUSTER_GPUS)")
     up.add_argument("--gpu-product", default=defaults.gpu_product,
@@ -26,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            pool = localcluster.NodePool(args.nodes, args.gpus_per_node, args.gpu_product,
-                                         pod_ip_octets=defaults.pod_ip_octets)
+            pool = localcluster.NodePool(args.gpus_per_node, args.gpu_product)
             info = localcluster.up(nodes=pool)
             print(localcluster.usage(info))
         elif args.command == "down":

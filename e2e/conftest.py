@@ -22,7 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import localcluster  # noqa: E402
 from localcluster import ApiError, Cluster, wait_for  # noqa: E402
 
-__all__ = ["wait_for"]
+# The PixtralDeployment fixtures, visible to every e2e module (pixtral_e2e.py holds them).
+from pixtral_e2e import crds, local_images, operator, tiny_model, tiny_model_dir  # noqa: E402
+
+__all__ = ["crds", "local_images", "operator", "tiny_model", "tiny_model_dir", "wait_for"]
 
 
 @pytest.fixture(scope="session")
@@ -48,13 +51,16 @@ def kubectl(cluster: Cluster) -> Callable[..., object]:
     return cluster.kubectl
 
 
-@pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace with its default ServiceAccount; deleted afterwards, waiting until its pods
-    (and so their processes) are gone."""
+# Tenant namespaces are locked down as on a real multi-tenant cluster: every pod the operator or a
+# test creates there must pass the `restricted` Pod Security Standard.
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+def _fresh_namespace(cluster: Cluster, request: pytest.FixtureRequest, labels: dict[str, str]) -> Iterator[str]:
     base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
     name = f"{base}-{uuid.uuid4().hex[:6]}"
-    cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                               "metadata": {"name": name, "labels": labels}})
     wait_for(lambda: cluster.rest.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
              f"the default ServiceAccount of namespace {name}")
     try:
@@ -65,7 +71,21 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
         except ApiError as error:
             if error.status != 404:
                 raise
-        # The pods' processes are stopped once the pods are gone; the namespace object itself
-        # lingers a few seconds more in the namespace controller, which nothing needs to wait for.
-        wait_for(lambda: not cluster.rest.get(f"/api/v1/namespaces/{name}/pods")["items"], 120,
-                 f"the pods of namespace {name} to be gone (their processes stopped)")
+        # The kubelet stops the containers before the pods disappear from the API; the namespace
+        # object itself lingers a few seconds more in the namespace controller, which nothing needs.
+        wait_for(lambda: not cluster.rest.get(f"/api/v1/namespaces/{name}/pods")["items"], 180,
+                 f"the pods of namespace {name} to be gone (their containers stopped)")
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh tenant namespace enforcing PSA `restricted`, with its default ServiceAccount; deleted
+    afterwards, waiting until its pods are gone."""
+    yield from _fresh_namespace(cluster, request, RESTRICTED)
+
+
+@pytest.fixture
+def open_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace without Pod Security enforcement, for tests of the node itself (hostPath
+    volumes, root users)."""
+    yield from _fresh_namespace(cluster, request, {})

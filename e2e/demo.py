@@ -1,11 +1,12 @@
 """`make demo`: the whole product on the local cluster, as a platform team and a tenant use it.
 
-1. start the local cluster (built from Go modules on first use),
-2. install the operator with Helm (its pod runs under its own ServiceAccount),
-3. create a tenant namespace, an API-key Secret and a PixtralDeployment serving a tiny
-   random-weight Pixtral with the real vLLM CPU engine,
-4. wait for Ready, send a chat request with an image through the router with the tenant's key,
-   print the answer, `kubectl get pxd` and where to look next.
+1. start the local cluster (built from Go modules on first use) and build the project's images
+   (operator, slim router, CPU runtime) into the node's containerd,
+2. install the operator with Helm (its pod runs from the local image under the chart's ServiceAccount),
+3. create a tenant namespace enforcing PSA `restricted`, an API-key Secret, the tiny random-weight
+   Pixtral on a PersistentVolumeClaim, and a PixtralDeployment serving it with the real vLLM CPU engine,
+4. wait for Ready, send a chat request with an image from a client pod to the router's Service by
+   its DNS name with the tenant's key, print the answer, `kubectl get pxd` and where to look next.
 
 Re-running it reuses everything that is already there.
 """
@@ -23,14 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import localcluster  # noqa: E402
 from pixtral_e2e import (  # noqa: E402
     ROOT,
-    chat,
     chat_body,
+    client_pod_request,
     condition,
+    create_model_claim,
     get_pxd,
     install_crds,
     make_tiny_model,
     pxd_manifest,
     ready_pods,
+    split_reference,
     tiny_spec,
 )
 
@@ -64,12 +67,15 @@ def wait(what: str, check, timeout: float, progress=None, interval: float = 2.0)
         time.sleep(interval)
 
 
-def install_operator(cluster: localcluster.Cluster) -> None:
-    say(f"helm upgrade --install {RELEASE} charts/pixtral-operator -n {OPERATOR_NAMESPACE}")
+def install_operator(cluster: localcluster.Cluster, images: dict[str, str]) -> None:
+    say(f"helm upgrade --install {RELEASE} charts/pixtral-operator -n {OPERATOR_NAMESPACE} (image {images['operator']})")
+    repository, tag = split_reference(images["operator"])
     cluster.helm(
         "upgrade", "--install", RELEASE, str(ROOT / "charts" / "pixtral-operator"),
         "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
         "--set", f"prometheusUrl={cluster.prometheus_url}",
+        "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+        "--set", f"runtimeImage={images['runtime']}", "--set", f"routerImage={images['router']}",
         "--wait", "--timeout", "5m",
         timeout=360,
     )
@@ -78,14 +84,21 @@ def install_operator(cluster: localcluster.Cluster) -> None:
 
 
 def create_tenant(cluster: localcluster.Cluster, model_dir: Path) -> None:
-    cluster.kubectl("create", "namespace", TENANT_NAMESPACE, check=False)
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TENANT_NAMESPACE, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(namespace))
+    say(f"namespace {TENANT_NAMESPACE} enforces Pod Security `restricted`")
     secret = {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "api-keys"},
         "stringData": {"team-a": DEMO_KEY},
     }
     cluster.kubectl("apply", "-n", TENANT_NAMESPACE, "-f", "-", input=json.dumps(secret))
-    spec = tiny_spec(model_dir, router={"apiKeysSecretRef": {"name": "api-keys"}, "requestTimeoutSeconds": 120})
-    say(f"kubectl apply PixtralDeployment {TENANT_NAMESPACE}/{NAME} (tiny Pixtral from {model_dir})")
+    claim = "tiny-pixtral-weights"
+    if cluster.rest.get_or_none(f"/api/v1/namespaces/{TENANT_NAMESPACE}/persistentvolumeclaims/{claim}") is None:
+        create_model_claim(cluster, TENANT_NAMESPACE, model_dir, claim)
+    say(f"PersistentVolumeClaim {TENANT_NAMESPACE}/{claim} bound to a volume holding the tiny Pixtral ({model_dir})")
+    spec = tiny_spec(claim, router={"apiKeysSecretRef": {"name": "api-keys"}, "requestTimeoutSeconds": 120})
+    say(f"kubectl apply PixtralDeployment {TENANT_NAMESPACE}/{NAME}")
     cluster.kubectl("apply", "-n", TENANT_NAMESPACE, "-f", "-", input=json.dumps(pxd_manifest(NAME, spec)))
 
 
@@ -109,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     say("starting the local cluster (a first run builds Kubernetes from source: 20-40 minutes on 2 cores)")
     info = localcluster.up(paths, owner="demo", say=lambda line: say(f"cluster: {line}"))
     cluster = localcluster.Cluster(info)
+    say("building the project's images into the node (cached; a first build takes a few minutes)")
+    images = cluster.project_images(say=lambda line: say(f"images: {line}"))
     install_crds(cluster)
-    install_operator(cluster)
-    model_dir = make_tiny_model(paths.state_dir / "models" / "tiny-pixtral")
+    install_operator(cluster, images)
+    model_dir = make_tiny_model(paths.volumes / "tiny-pixtral")
     create_tenant(cluster, model_dir)
 
     def is_ready():
@@ -120,21 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         return obj if c and c["status"] == "True" else None
 
     wait(f"PixtralDeployment {NAME} to be Ready (vLLM loads the model)", is_ready, 900, ready_progress(cluster), interval=3)
-    selector = f"serving.pixtral.dev/deployment={NAME},app.kubernetes.io/component=router"
-    router = ready_pods(cluster, TENANT_NAMESPACE, selector)[0]["status"]["podIP"]
-    url = f"http://{router}:8080"
-    say(f"POST {url}/v1/chat/completions with a 64x48 PNG as a data URL, tenant key of team-a")
-    started = time.monotonic()
-    response = chat(url, chat_body(images=1, text="What is in this image?", max_tokens=24), key=DEMO_KEY)
-    elapsed = time.monotonic() - started
-    if response.status_code != 200:
-        say(f"request failed: HTTP {response.status_code}: {response.text}")
+    endpoint = get_pxd(cluster, TENANT_NAMESPACE, NAME)["status"]["endpoint"]
+    say(f"from a client pod: POST {endpoint}/v1/chat/completions with a 64x48 PNG as a data URL, key of team-a")
+    result = client_pod_request(cluster, TENANT_NAMESPACE, images["router"], endpoint,
+                                chat_body(images=1, text="What is in this image?", max_tokens=24), DEMO_KEY,
+                                pod_name="demo-client")
+    if result["status"] != 200:
+        say(f"request failed: HTTP {result['status']}: {result['body']}")
         return 1
-    body = response.json()
+    body = json.loads(result["body"])
     answer = body["choices"][0]["message"]["content"]
     print()
-    print(f"HTTP 200 in {elapsed * 1000:.0f} ms from track {response.headers.get('x-pixtral-track')} "
-          f"(pod {response.headers.get('x-pixtral-backend')}), usage {body.get('usage')}")
+    print(f"HTTP 200 in {result['elapsed_ms']:.0f} ms from track {result['headers'].get('x-pixtral-track')} "
+          f"(pod {result['headers'].get('x-pixtral-backend')}), usage {body.get('usage')}")
     print(f"answer (random weights, so random tokens): {answer!r}")
     print()
     print(cluster.kubectl("get", "pxd", "-n", TENANT_NAMESPACE, "-o", "wide").stdout)
@@ -144,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
   export PATH={cluster.kubectl_path.parent}:{cluster.helm_path.parent}:$PATH
   kubectl describe pxd {NAME} -n {TENANT_NAMESPACE}          # conditions and Events
   kubectl explain pxd.spec.canary                           # the CRD is documented
-  ls {paths.state_dir}/logs/pods/                                # every container's log
-  curl -s {url}/metrics | grep pixtral_router               # router metrics
+  kubectl logs -n {TENANT_NAMESPACE} deploy/{NAME}-router              # a container's log
+  {cluster.info.crictl} --runtime-endpoint unix://{cluster.info.containerd_socket} ps   # containers on the node
   open {cluster.prometheus_url}/graph?g0.expr=vllm:num_requests_running
-  curl -s {url}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' \\
+  curl -s {endpoint}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' \\
        -H 'content-type: application/json' \\
        -d '{{"model":"tiny-pixtral","messages":[{{"role":"user","content":"hi"}}],"max_tokens":8}}'
   make cluster-down                                         # stop everything""")

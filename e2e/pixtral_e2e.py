@@ -135,59 +135,104 @@ def make_tiny_model(directory: Path) -> Path:
     return directory
 
 
-class OperatorProcess:
-    """`pixtral-operator` as a local process with the admin kubeconfig, watching chosen namespaces."""
+# A PersistentVolume of this class is a host directory holding a model; each test namespace gets
+# its own claim, bound by the PV controller through a label selector.
+MODEL_STORAGE_CLASS = "pixtral-local-models"
+MODEL_CLAIM = "tiny-pixtral-weights"
 
-    def __init__(self, cluster: Cluster, namespaces: list[str], log_path: Path):
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """'localhost/pixtral-operator:abc' -> ('localhost/pixtral-operator', 'abc')."""
+    repository, _, tag = reference.rpartition(":")
+    return repository, tag
+
+
+def create_model_claim(cluster: Cluster, namespace: str, model_dir: Path, claim: str = MODEL_CLAIM) -> str:
+    """A PersistentVolume backed by the host directory `model_dir` and a claim in `namespace` that the
+    real PV controller binds to it; pods only name the claim, as PSA `restricted` requires."""
+    volume = f"{namespace}-{claim}"[:63]
+    selector = {"serving.pixtral.dev/model-volume": volume}
+    cluster.rest.create("/api/v1/persistentvolumes", {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume, "labels": selector},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": MODEL_STORAGE_CLASS,
+                 "hostPath": {"path": str(model_dir), "type": "Directory"}},
+    })
+    cluster.rest.create(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": MODEL_STORAGE_CLASS,
+                 "resources": {"requests": {"storage": "1Gi"}}, "selector": {"matchLabels": selector}},
+    })
+    wait_for(lambda: (cluster.rest.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+                      .get("status", {}).get("phase") == "Bound"), 60, f"claim {namespace}/{claim} Bound")
+    return claim
+
+
+def delete_model_volumes(cluster: Cluster, namespace: str) -> None:
+    for volume in cluster.rest.get("/api/v1/persistentvolumes")["items"]:
+        if volume["metadata"]["name"].startswith(f"{namespace}-"):
+            cluster.rest.delete(f"/api/v1/persistentvolumes/{volume['metadata']['name']}")
+
+
+class InClusterOperator:
+    """The chart installed into the test's namespace as a Helm release watching only that namespace:
+    the operator runs as a pod of the locally built image under the chart's ServiceAccount and Role,
+    so a missing RBAC rule fails the test."""
+
+    RELEASE = "pxop"
+
+    def __init__(self, cluster: Cluster, namespace: str, images: Mapping[str, str]):
         self.cluster = cluster
-        self.namespaces = namespaces
-        self.log_path = log_path
-        self.health_port = free_port()
-        self.proc: subprocess.Popen | None = None
+        self.namespace = namespace
+        self.images = images
 
-    def start(self) -> OperatorProcess:
-        env = dict(os.environ)
-        env.update(
-            KUBECONFIG=str(self.cluster.kubeconfig),
-            PIXTRAL_PROMETHEUS_URL=self.cluster.prometheus_url,
-            POD_IP="127.0.0.1",
-            PIXTRAL_HEALTH_PORT=str(self.health_port),
-            PIXTRAL_METRICS_PORT=str(free_port()),
-            PIXTRAL_RESYNC_SECONDS="2",
-            PIXTRAL_AUTOSCALE_SECONDS="2",
-        )
-        args = [str(VENV_BIN / "pixtral-operator")]
-        for ns in self.namespaces:
-            args += ["--namespace", ns]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        wait_for(self._healthy, 60, f"pixtral-operator /healthz on 127.0.0.1:{self.health_port} (log: {self.log_path})")
+    @property
+    def selector(self) -> str:
+        return f"app.kubernetes.io/instance={self.RELEASE},app.kubernetes.io/name=pixtral-operator"
+
+    def values(self) -> list[str]:
+        repository, tag = split_reference(self.images["operator"])
+        return [
+            "--set", f"watchNamespaces={{{self.namespace}}}",
+            "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+            "--set", f"runtimeImage={self.images['runtime']}", "--set", f"routerImage={self.images['router']}",
+            "--set", f"prometheusUrl={self.cluster.prometheus_url}",
+            "--set", "logLevel=DEBUG",
+        ]
+
+    def start(self) -> InClusterOperator:
+        self.cluster.helm("upgrade", "--install", self.RELEASE, str(ROOT / "charts" / "pixtral-operator"),
+                          "-n", self.namespace, "--skip-crds", *self.values(), "--wait", "--timeout", "3m",
+                          timeout=240)
+        return self.wait_ready()
+
+    def pods(self) -> list[dict[str, Any]]:
+        return pods(self.cluster, self.namespace, self.selector)
+
+    def wait_ready(self, excluding: set[str] = frozenset()) -> InClusterOperator:
+        wait_for(lambda: [p for p in ready_pods(self.cluster, self.namespace, self.selector)
+                          if p["metadata"]["uid"] not in excluding], 180,
+                 f"an operator pod Ready in {self.namespace}")
         return self
 
-    def _healthy(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError(f"pixtral-operator exited early; log:\n{self.log_path.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+    def kill(self) -> set[str]:
+        """Deletes the operator pod with no grace period (SIGKILL): nothing gets to finish. Its
+        Deployment starts a new one; returns the killed pods' uids."""
+        killed = {p["metadata"]["uid"] for p in self.pods()}
+        self.cluster.kubectl("delete", "pod", "-n", self.namespace, "-l", self.selector, "--grace-period=0",
+                             "--force", "--wait=false")
+        return killed
 
-    def kill(self) -> None:
-        """SIGKILL: no chance to finish anything (the restart test)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+    def restart(self) -> InClusterOperator:
+        return self.wait_ready(excluding=self.kill())
+
+    def log(self) -> str:
+        return self.cluster.kubectl("logs", "-n", self.namespace, "-l", self.selector, "--tail=200",
+                                    check=False).stdout
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        self.cluster.helm("uninstall", self.RELEASE, "-n", self.namespace, "--wait", "--timeout", "2m",
+                          check=False, timeout=150)
 
 
 @pytest.fixture(scope="session")
@@ -196,24 +241,42 @@ def crds(cluster: Cluster) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(cluster: Cluster) -> Path:
-    return make_tiny_model(cluster.kubeconfig.parent / "models" / "tiny-pixtral")
+def local_images(cluster: Cluster) -> dict[str, str]:
+    """The project's images (operator, router, CPU runtime), built here and imported into the node."""
+    return cluster.project_images()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(cluster: Cluster) -> Path:
+    return make_tiny_model(cluster.info.paths.volumes / "tiny-pixtral")
 
 
 @pytest.fixture
-def operator(cluster: Cluster, crds: None, namespace: str) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, [namespace], cluster.kubeconfig.parent / "logs" / f"operator-{namespace}.log").start()
+def tiny_model(cluster: Cluster, namespace: str, tiny_model_dir: Path) -> Iterator[str]:
+    """The tiny Pixtral on a PersistentVolumeClaim in the test's namespace (its name)."""
+    claim = create_model_claim(cluster, namespace, tiny_model_dir)
+    try:
+        yield claim
+    finally:
+        delete_model_volumes(cluster, namespace)
+
+
+@pytest.fixture
+def operator(cluster: Cluster, crds: None, namespace: str, local_images: dict[str, str]) -> Iterator[InClusterOperator]:
+    op = InClusterOperator(cluster, namespace, local_images).start()
     try:
         yield op
     finally:
+        print(op.log()[-4000:])
         op.stop()
 
 
-def tiny_spec(model_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """A PixtralDeployment spec that the local cluster runs with real vLLM (CPU build)."""
+def tiny_spec(claim: str, **overrides: Any) -> dict[str, Any]:
+    """A PixtralDeployment spec that the local cluster runs with real vLLM (CPU build), its model
+    on the PersistentVolumeClaim `claim`."""
     spec: dict[str, Any] = {
         "replicas": 1,
-        "model": {"servedModelName": "tiny-pixtral", "source": {"hostPath": {"path": str(model_dir)}}},
+        "model": {"servedModelName": "tiny-pixtral", "source": {"pvc": {"claimName": claim}}},
         "engine": {
             "maxModelLen": 4096,
             "imagesPerPrompt": 2,
@@ -287,7 +350,8 @@ def ready_pods(cluster: Cluster, namespace: str, selector: str) -> list[dict[str
 
 
 def router_url(cluster: Cluster, namespace: str, name: str, timeout: float = 120) -> str:
-    """The router pod's address: the local cluster has no kube-proxy, so clients use pod IPs."""
+    """A ready router pod's address (the host reaches pod IPs over the node's bridge); tenants in
+    pods use the Service instead (see client_pod_request)."""
     selector = f"serving.pixtral.dev/deployment={name},app.kubernetes.io/component=router"
     ready = wait_for(lambda: ready_pods(cluster, namespace, selector), timeout, f"a ready router pod of {name}")
     return f"http://{ready[0]['status']['podIP']}:8080"
@@ -322,19 +386,48 @@ def create_api_keys(cluster: Cluster, namespace: str, name: str = "api-keys") ->
     return name
 
 
-def processes_with_env(marker: str) -> list[int]:
-    """PIDs of local processes whose environment contains `marker` (pods of one namespace carry
-    their namespace in their env), to prove that deletion leaves no process behind."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
+CLIENT_SCRIPT = """
+import json, os, time, httpx
+started = time.monotonic()
+response = httpx.post(os.environ["URL"], content=os.environ["BODY"], timeout=float(os.environ["TIMEOUT"]),
+                      headers={"content-type": "application/json", "authorization": "Bearer " + os.environ["KEY"]})
+print("RESULT " + json.dumps({"status": response.status_code, "body": response.text,
+                              "headers": dict(response.headers), "elapsed_ms": (time.monotonic() - started) * 1000}))
+"""
+
+
+def client_pod_request(cluster: Cluster, namespace: str, image: str, url: str, body: Mapping[str, Any], key: str,
+                       pod_name: str = "client", timeout: float = 180) -> dict[str, Any]:
+    """POSTs a chat request from a pod in `namespace` (a tenant's client, as PSA `restricted` admits
+    it) to `url` + /chat/completions, e.g. status.endpoint; returns status, body, headers, elapsed_ms."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name}, "spec": {
+        "restartPolicy": "Never", "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "client", "image": image, "command": ["python3", "-c", CLIENT_SCRIPT],
+            "env": [{"name": "URL", "value": url.rstrip("/") + "/chat/completions"},
+                    {"name": "BODY", "value": json.dumps(body)}, {"name": "KEY", "value": key},
+                    {"name": "TIMEOUT", "value": str(timeout - 10)}],
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                "readOnlyRootFilesystem": True},
+        }]}}
+    path = f"/api/v1/namespaces/{namespace}/pods"
+    if cluster.rest.get_or_none(f"{path}/{pod_name}") is not None:
+        cluster.rest.delete(f"{path}/{pod_name}", {"gracePeriodSeconds": 0})
+        wait_gone(cluster, f"{path}/{pod_name}", 60, f"the previous pod {pod_name}")
+    cluster.rest.create(path, pod)
+    wait_for(lambda: (cluster.rest.get(f"{path}/{pod_name}").get("status", {}).get("phase")
+                      in ("Succeeded", "Failed")), timeout, f"client pod {pod_name} to finish")
+    log = cluster.pod_log(namespace, pod_name, "client")
+    lines = [line for line in log.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"client pod {pod_name} printed no result:\n{log[-3000:]}"
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def pod_sandboxes(cluster: Cluster, namespace: str, deployment: str) -> list[dict[str, Any]]:
+    """The node's pod sandboxes of a PixtralDeployment, as containerd knows them (not the API's
+    view): proof that deletion left no container behind."""
+    return cluster.sandboxes(namespace, {"serving.pixtral.dev/deployment": deployment})
 
 
 def wait_gone(cluster: Cluster, path: str, timeout: float, what: str) -> None:

@@ -1,6 +1,6 @@
 """The life of a PixtralDeployment as a user walks it, on the local cluster with real vLLM:
 create -> Ready -> image and text requests through the router -> canary 20 -> 50 -> removed ->
-image limit changed (pods roll, new limit holds) -> kubectl scale -> delete (children and processes gone)."""
+image limit changed (pods roll, new limit holds) -> kubectl scale -> delete (children and containers gone)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pixtral_e2e import (  # noqa: F401  (fixtures)
     get_pxd,
     operator,
     pods,
-    processes_with_env,
+    pod_sandboxes,
     pxd_manifest,
     ready_pods,
     router_url,
@@ -155,4 +155,4 @@ def test_lifecycle(cluster, namespace, operator, tiny_model):
     ):
         wait_gone(cluster, path, 120, f"{path} to be garbage-collected")
     wait_for(lambda: not pods(cluster, namespace, f"serving.pixtral.dev/deployment={NAME}"), 180, "every pod to be gone")
-    wait_for(lambda: not processes_with_env(f"agent/pods/{namespace}_"), 60, "every pod process to be gone")
+    wait_for(lambda: not pod_sandboxes(cluster, namespace, NAME), 60, "every pod sandbox gone from the node")

@@ -1,92 +1,131 @@
-"""Pure parts of the local cluster (no cluster needed): path mapping, env, phases, Prometheus config."""
+"""Pure parts of the local cluster (no cluster needed): the node's network and configuration, the
+host-state difference that `down` undoes, the one-cluster-per-machine rule, add-ons, Prometheus."""
 
 from __future__ import annotations
 
-import pytest
-from localcluster import podsd, podspec
-from localcluster.podspec import PathMapping, SpecError
+import ipaddress
+from pathlib import Path
+
+import yaml
+from localcluster import addons, cluster, hoststate, network, node, podsd
 from localcluster.prometheus import ScrapeSettings, meta_label, render_config
 
 
-@pytest.mark.parametrize("image, repository", [
-    ("python:3.11-slim", "python"),
-    ("registry.local:5000/team/pixtral-runtime:v1", "registry.local:5000/team/pixtral-runtime"),
-    ("ghcr.io/x/pixtral-operator@sha256:abc", "ghcr.io/x/pixtral-operator"),
-    ("busybox", "busybox"),
-])
-def test_image_repository_drops_tag_and_digest(image: str, repository: str) -> None:
-    assert podspec.image_repository(image) == repository
+def test_pod_network_has_no_route_outside_the_machine() -> None:
+    conflist = network.cni_conflist("/state/ipam")
+    bridge = conflist["plugins"][0]
+    assert bridge["ipMasq"] is False and bridge["isDefaultGateway"] is False and bridge["hairpinMode"] is True
+    destinations = [ipaddress.ip_network(r["dst"]) for r in bridge["ipam"]["routes"]]
+    assert ipaddress.ip_network("0.0.0.0/0") not in destinations
+    assert destinations == [ipaddress.ip_network(network.SERVICE_CIDR)]
+    assert bridge["ipam"]["dataDir"] == "/state/ipam"
+    assert ipaddress.ip_address(network.BRIDGE_IP) in ipaddress.ip_network(network.POD_CIDR)
+    assert ipaddress.ip_address(network.DNS_SERVICE_IP) in ipaddress.ip_network(network.SERVICE_CIDR)
 
 
-@pytest.mark.parametrize("image, runnable", [
-    ("ghcr.io/acme/pixtral-runtime:0.1.0", True), ("python:3.12", True), ("docker.io/library/busybox:1.36", True),
-    ("vllm/vllm-openai:v0.6.0", False), ("nginx", False), ("mypython:1", False),
-])
-def test_default_runnable_rule(image: str, runnable: bool) -> None:
-    assert podspec.image_runnable(image, podspec.DEFAULT_RUNNABLE_IMAGES) is runnable
+def test_isolation_drops_pod_traffic_leaving_the_pod_subnet() -> None:
+    rules = network.isolation_rules()
+    assert rules[0] == ["-s", network.POD_CIDR, "-d", network.POD_CIDR, "-j", "RETURN"]
+    assert rules[-1] == ["-s", network.POD_CIDR, "-j", "DROP"]
 
 
-def test_rewrite_paths_only_whole_mount_prefixes() -> None:
-    mappings = podspec.path_mappings("/state/pod/rootfs/c", {"volumeMounts": [
-        {"name": "m", "mountPath": "/models/pixtral"}, {"name": "sa", "mountPath": "/models"}]})
-    assert mappings[0] == PathMapping("/models/pixtral", "/state/pod/rootfs/c/models/pixtral")
-    rewrite = lambda text: podspec.rewrite_paths(text, mappings)  # noqa: E731
-    assert rewrite("/models/pixtral") == "/state/pod/rootfs/c/models/pixtral"
-    assert rewrite("--model=/models/pixtral/x.json") == "--model=/state/pod/rootfs/c/models/pixtral/x.json"
-    assert rewrite("/models/other") == "/state/pod/rootfs/c/models/other"
-    assert rewrite("/models2/a") == "/models2/a"
-    assert rewrite("a/models/pixtral") == "a/models/pixtral"
-    assert rewrite("echo hi > /models/out; cat /models") == (
-        "echo hi > /state/pod/rootfs/c/models/out; cat /state/pod/rootfs/c/models")
+def test_containerd_config_fits_this_machine(tmp_path: Path) -> None:
+    paths = node.NodePaths(tmp_path)
+    text = node.containerd_config(paths, "localhost/pause:v1", tmp_path / "images")
+    assert 'restrict_oom_score_adj = true' in text
+    assert 'sandbox_image = "localhost/pause:v1"' in text
+    assert f'address = "{paths.containerd_socket}"' in text
+    assert f'root = "{tmp_path / "images"}"' in text
+    assert 'SystemdCgroup = false' in text and 'snapshotter = "overlayfs"' in text
 
 
-def test_expand_references_follows_kubernetes_rules() -> None:
-    env = {"A": "1", "B": "two"}
-    assert podspec.expand_references("$(A)-$(B)-$(C)-$$(A)", env) == "1-two-$(C)-$(A)"
+def test_kubelet_config_fields_that_matter_here(tmp_path: Path) -> None:
+    paths = node.NodePaths(tmp_path)
+    config = node.kubelet_config(paths, node.KubeletPorts(10250, 10248), Path("/ca"), Path("/c"), Path("/k"))
+    assert config["failCgroupV1"] is False and config["oomScoreAdj"] == 0 and config["cgroupDriver"] == "cgroupfs"
+    assert config["clusterDNS"] == [network.DNS_SERVICE_IP]
+    assert config["authentication"]["anonymous"]["enabled"] is False
+    assert config["authorization"]["mode"] == "Webhook"
+    assert config["address"] == network.BRIDGE_IP and config["readOnlyPort"] == 0
+    assert config["imageGCHighThresholdPercent"] == 100
+    for key in ("staticPodPath", "podLogsDir", "volumePluginDir", "resolvConf"):
+        assert config[key].startswith(str(tmp_path)), key
+    yaml.safe_dump(config)
 
 
-def test_container_env_resolves_every_source() -> None:
-    pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"}}, "spec": {"nodeName": "n1"}}
-    container = {
-        "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}, {"secretRef": {"name": "gone", "optional": True}}],
-        "env": [
-            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-            {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
-            {"name": "URL", "value": "http://$(IP):8000"},
-            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
-        ],
-        "resources": {"limits": {"memory": "2Gi"}},
+def test_kubelet_runs_with_stand_in_sysctls(tmp_path: Path) -> None:
+    paths = node.NodePaths(tmp_path)
+    argv = node.confined_command(paths, ["kubelet", "--v=1"])
+    assert argv[:4] == ["unshare", "--mount", "--propagation", "unchanged"]
+    script = argv[-1]
+    assert script.index("mount --make-rprivate /proc") < script.index("mount --bind")
+    for name in node.KUBELET_SYSCTLS:
+        assert f"/proc/sys/{name}" in script
+    assert script.endswith("exec kubelet --v=1")
+
+
+def test_gpu_capacity_is_a_json_patch_of_node_status() -> None:
+    assert node.gpu_capacity_patch(4) == [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": "4"}]
+    labels = node.node_labels(4, "NVIDIA-A100-SXM4-80GB")
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB" and labels["nvidia.com/gpu.count"] == "4"
+
+
+def test_kube_proxy_leaves_host_sysctls_alone(tmp_path: Path) -> None:
+    argv = node.kube_proxy_command(Path("/bin/kube-proxy"), node.NodePaths(tmp_path), "n", 1, 2)
+    for flag in ("--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+                 "--conntrack-tcp-timeout-close-wait=0", "--iptables-localhost-nodeports=false"):
+        assert flag in argv
+
+
+def test_iptables_save_is_parsed_per_table() -> None:
+    text = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n*nat\n:OUTPUT ACCEPT\nCOMMIT\n"
+    parsed = hoststate.parse_iptables_save(text)
+    assert parsed["filter"] == {"chains": ["INPUT", "KUBE-FIREWALL"], "rules": ["-A INPUT -j KUBE-FIREWALL"]}
+    assert parsed["nat"] == {"chains": ["OUTPUT"], "rules": []}
+
+
+def test_leftovers_name_what_the_cluster_added_and_nothing_else() -> None:
+    before = hoststate.HostState(sysctls={"net/ipv4/ip_forward": "0"},
+                                 iptables={"iptables-save:filter": {"chains": ["INPUT"], "rules": ["-A INPUT -j X"]}},
+                                 links=["lo", "eth0"], mounts=["/"], paths=["/etc/cni"])
+    assert hoststate.leftovers(before, before) == {}
+    now = hoststate.HostState(sysctls={"net/ipv4/ip_forward": "1"},
+                              iptables={"iptables-save:filter": {"chains": ["INPUT", "KUBE-FIREWALL"],
+                                                                 "rules": ["-A INPUT -j X", "-A INPUT -j KUBE-FIREWALL"]}},
+                              links=["lo", "cni0"], mounts=["/", "/x/kubelet"], netns=["cni-1"],
+                              paths=["/etc/cni", "/run/containerd"])
+    diff = hoststate.leftovers(before, now)
+    assert diff == {
+        "sysctls": ["net/ipv4/ip_forward: 0 -> 1"],
+        "iptables chains": ["iptables-save:filter KUBE-FIREWALL"],
+        "iptables rules": ["iptables-save:filter -A INPUT -j KUBE-FIREWALL"],
+        "links": ["cni0"], "mounts": ["/x/kubelet"], "netns": ["cni-1"], "paths": ["/run/containerd"],
     }
-    configmaps = {"cm": {"x": "1"}}
-    secrets = {"s": {"k": b"secret"}}
-    env = podspec.container_env(container, pod, "127.0.10.2", "127.0.0.1", configmaps.get, secrets.get)
-    assert env == {"CM_x": "1", "IP": "127.0.10.2", "NAME": "p", "APP": "web", "KEY": "secret",
-                   "URL": "http://127.0.10.2:8000", "MEM": "2048"}
+    assert hoststate.HostState.from_json(now.to_json()) == now
 
 
-def test_missing_secret_is_a_clear_error() -> None:
-    container = {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]}
-    with pytest.raises(SpecError, match='secret "nope" not found'):
-        podspec.container_env(container, {"metadata": {}}, "ip", "host", {}.get, {}.get)
+def test_a_second_cluster_on_the_machine_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    running = tmp_path / "a" / ".cluster"
+    running.mkdir(parents=True)
+    message = cluster.claim_conflict(f"{running}\n", tmp_path / "b" / ".cluster", bridge_exists=True)
+    assert str(running) in message and "make cluster-down" in message
+    assert cluster.claim_conflict(f"{running}\n", running, bridge_exists=True) is None
+    # A claim whose state dir is gone is stale: the machine is free.
+    assert cluster.claim_conflict(str(tmp_path / "gone"), running, bridge_exists=False) is None
+    assert "cni0" in cluster.claim_conflict(None, running, bridge_exists=True)
+    assert cluster.claim_conflict(None, running, bridge_exists=False) is None
 
 
-@pytest.mark.parametrize("policy, init_pending, states, phase", [
-    ("Always", True, ["waiting"], "Pending"),
-    ("Always", False, ["running", "restarting"], "Running"),
-    ("Always", False, ["restarting"], "Running"),
-    ("Never", False, [0, 0], "Succeeded"),
-    ("Never", False, [0, 1], "Failed"),
-    ("OnFailure", False, [0], "Succeeded"),
-    ("Always", False, ["waiting", "running"], "Pending"),
-])
-def test_pod_phase(policy: str, init_pending: bool, states: list, phase: str) -> None:
-    assert podspec.pod_phase(policy, init_pending, False, states) == phase
-
-
-def test_restart_delay_doubles_up_to_the_cap() -> None:
-    assert [podspec.restart_delay(n, 1.0, 5.0) for n in range(1, 7)] == [0.0, 1.0, 2.0, 4.0, 5.0, 5.0]
+def test_coredns_answers_cluster_names_only() -> None:
+    corefile = addons.corefile()
+    assert f"kubernetes {network.CLUSTER_DOMAIN}" in corefile and "forward" not in corefile
+    manifests = {m["kind"]: m for m in addons.coredns_manifests("localhost/coredns:v1")}
+    service = manifests["Service"]
+    assert service["spec"]["clusterIP"] == network.DNS_SERVICE_IP
+    assert {p["port"] for p in service["spec"]["ports"]} == {53}
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
 def test_prometheus_config_keeps_deployment_and_track() -> None:
@@ -107,24 +146,13 @@ def test_pod_discovery_matches_kubernetes_sd_role_pod() -> None:
            "spec": {"nodeName": "n", "containers": [
                {"name": "a", "ports": [{"name": "http", "containerPort": 8000}, {"containerPort": 8081}]},
                {"name": "b"}]},
-           "status": {"podIP": "127.0.10.2", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+           "status": {"podIP": "10.88.0.7", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
     unscheduled = {"metadata": {"name": "q", "namespace": "ns"}, "spec": {"containers": [{"name": "a"}]}, "status": {}}
     groups = podsd.target_groups([pod, unscheduled])
-    assert [g["targets"] for g in groups] == [["127.0.10.2:8000"], ["127.0.10.2:8081"], ["127.0.10.2"]]
+    assert [g["targets"] for g in groups] == [["10.88.0.7:8000"], ["10.88.0.7:8081"], ["10.88.0.7"]]
     labels = groups[0]["labels"]
     assert labels["__meta_kubernetes_pod_label_serving_pixtral_dev_track"] == "canary"
     assert labels["__meta_kubernetes_pod_annotation_prometheus_io_port"] == "8000"
     assert labels["__meta_kubernetes_pod_ready"] == "true" and labels["__meta_kubernetes_pod_phase"] == "Running"
     assert labels["__meta_kubernetes_pod_controller_kind"] == "ReplicaSet"
     assert labels["__meta_kubernetes_pod_container_port_name"] == "http"
-
-
-def test_log_requests_follow_the_kubelet_api() -> None:
-    assert podspec.parse_log_request("/containerLogs/ns/p/c", {"tailLines": ["2"], "follow": ["true"]}) == (
-        "ns", "p", "c", 2, True, None)
-    with pytest.raises(ValueError, match="tailLines"):
-        podspec.parse_log_request("/containerLogs/ns/p/c", {"tailLines": ["-1"]})
-    with pytest.raises(ValueError, match="not a container log path"):
-        podspec.parse_log_request("/exec/ns/p/c", {})
-    assert podspec.tail(b"a\nb\nc\n", 2, None) == b"b\nc\n"
-    assert podspec.tail(b"a\nb\nc\n", None, 3) == b"a\nb"

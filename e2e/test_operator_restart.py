@@ -8,12 +8,14 @@ import time
 import pytest
 from localcluster import wait_for
 from pixtral_e2e import (
-    OperatorProcess,
+    InClusterOperator,
     apply,
     crds,
     get_pxd,
+    local_images,
     pxd_manifest,
     tiny_model,
+    tiny_model_dir,
     tiny_spec,
     wait_condition,
 )
@@ -38,17 +40,20 @@ def path(namespace: str, api: str, plural: str, name: str = "") -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
 
 
-def test_kill_mid_reconcile_and_restart(cluster, crds, namespace, tiny_model):
-    log = cluster.kubeconfig.parent / "logs" / f"operator-{namespace}.log"
-    op = OperatorProcess(cluster, [namespace], log).start()
+# What the chart runs the operator with (operator/settings.py's default).
+RESYNC_SECONDS = 5
+
+
+def test_kill_mid_reconcile_and_restart(cluster, crds, namespace, tiny_model, local_images):
+    op = InClusterOperator(cluster, namespace, local_images).start()
     try:
         apply(cluster, namespace, pxd_manifest("r", tiny_spec(tiny_model, replicas=0)))
         # Kill as soon as the first child exists: the reconcile is half done.
         wait_for(lambda: cluster.rest.get_or_none(path(namespace, "v1", "services", "r-stable")), 60, "the first child")
-        op.kill()
+        killed = op.kill()
         partial = [c for c in CHILDREN if cluster.rest.get_or_none(path(namespace, *c))]
 
-        op = OperatorProcess(cluster, [namespace], log).start()
+        op.wait_ready(excluding=killed)
         obj = wait_condition(cluster, namespace, "r", "Progressing", "False", 120)
         for child in CHILDREN:
             assert cluster.rest.get_or_none(path(namespace, *child)) is not None, child
@@ -66,10 +71,9 @@ def test_kill_mid_reconcile_and_restart(cluster, crds, namespace, tiny_model):
         versions = {c: cluster.rest.get(path(namespace, *c))["metadata"]["resourceVersion"] for c in CHILDREN}
 
         # A second restart with nothing changed: status kept, no child rewritten.
-        op.kill()
-        op = OperatorProcess(cluster, [namespace], log).start()
-        # Observe three resync periods (2 s each) of the restarted operator: nothing may change.
-        deadline = time.monotonic() + 6
+        op.restart()
+        # Observe three resync periods of the restarted operator: nothing may change.
+        deadline = time.monotonic() + 3 * RESYNC_SECONDS
         while time.monotonic() < deadline:
             for child in CHILDREN:
                 assert cluster.rest.get(path(namespace, *child))["metadata"]["resourceVersion"] == versions[child], child

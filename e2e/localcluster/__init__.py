@@ -1,6 +1,7 @@
-"""The local cluster: a real Kubernetes control plane on 127.0.0.1 with simulated GPU nodes whose
-pods run as local processes, plus Prometheus. `e2e/cluster.py` is its command line; tests,
-the demo and the benchmarks import it from here."""
+"""The local cluster: a real Kubernetes control plane and one real node (containerd, kubelet,
+kube-proxy, NetworkPolicy enforcement, CoreDNS) built from Go modules and Debian packages, images
+built here, plus Prometheus. `e2e/cluster.py` is its command line; tests, the demo and the
+benchmarks import it from here."""
 
 from .cluster import (
     Binaries,

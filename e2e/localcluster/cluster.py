@@ -1,5 +1,7 @@
-"""Bringing the local cluster up and down: etcd, API server, controller-manager, scheduler,
-the node agent and Prometheus, each a background process recorded in .cluster/state.json."""
+"""Bringing the local cluster up and down: etcd, API server, controller-manager, scheduler, one real
+node (containerd, kubelet, kube-proxy, kube-router's NetworkPolicy controller), CoreDNS as a pod,
+and Prometheus, each host process recorded in .cluster/state.json. One cluster per machine: the
+node's bridge, pod subnet and iptables rules are the machine's."""
 
 from __future__ import annotations
 
@@ -21,16 +23,20 @@ from pathlib import Path
 import httpx
 import yaml
 
+from . import addons, hoststate, images, network, node, procs
 from . import pki as pki_module
-from . import procs
-from .agent import kill_recorded_processes
-from .kube import Credentials, KubeClient, ready
+from .kube import ApiError, Credentials, KubeClient, ready
 from .prometheus import ScrapeSettings, render_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "e2e" / "tools" / "build-binaries.sh"
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
-COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodeagent", "prometheus")
+CACHE_ROOT = Path(os.environ.get("PIXTRAL_CACHE", Path.home() / ".cache" / "pixtral-operator"))
+SERVICE_CLUSTER_IP_RANGE = network.SERVICE_CIDR
+COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
+                   "kube-proxy", "kube-router", "podsd", "prometheus")
+# The claim of this machine's one cluster: which state dir runs it. Outside any checkout, so a second
+# checkout sees it.
+MACHINE_CLAIM = Path(tempfile.gettempdir()) / "pixtral-localcluster.claim"
 
 
 class ClusterError(RuntimeError):
@@ -54,12 +60,16 @@ class ClusterPaths:
         return self.state_dir / "state.json"
 
     @property
+    def host_before(self) -> Path:
+        return self.state_dir / "host-before.json"
+
+    @property
     def logs(self) -> Path:
         return self.state_dir / "logs"
 
     @property
     def pod_logs(self) -> Path:
-        return self.logs / "pods"
+        return self.node.pod_logs
 
     @property
     def pki(self) -> Path:
@@ -70,8 +80,13 @@ class ClusterPaths:
         return self.state_dir / "prometheus-url"
 
     @property
-    def agent_dir(self) -> Path:
-        return self.state_dir / "agent"
+    def node(self) -> node.NodePaths:
+        return node.NodePaths(self.state_dir / "node")
+
+    @property
+    def volumes(self) -> Path:
+        """Host directories behind the cluster's PersistentVolumes."""
+        return self.state_dir / "volumes"
 
     @property
     def lock_file(self) -> Path:
@@ -84,6 +99,9 @@ class Binaries:
     kube: Path
     etcd: Path
     helm: Path
+    coredns: Path
+    kube_router: Path
+    crictl: Path
 
     @property
     def kubectl(self) -> Path:
@@ -94,46 +112,52 @@ class Binaries:
         """The binaries built by e2e/tools/build-binaries.sh (its `paths` command names them)."""
         result = subprocess.run(["bash", str(BUILD_SCRIPT), "paths"], capture_output=True, text=True, check=True)
         found = dict(line.split("=", 1) for line in result.stdout.split())
-        binaries = cls(Path(found["KUBE_BIN"]), Path(found["ETCD_BIN"]), Path(found["HELM_BIN"]))
-        missing = [str(d) for d in (binaries.kube, binaries.etcd, binaries.helm) if not (d / ".complete").exists()]
+        binaries = cls(*(Path(found[k]) for k in ("KUBE_BIN", "ETCD_BIN", "HELM_BIN", "COREDNS_BIN",
+                                                  "KUBE_ROUTER_BIN", "CRICTL_BIN")))
+        dirs = (binaries.kube, binaries.etcd, binaries.helm, binaries.coredns, binaries.kube_router, binaries.crictl)
+        missing = [str(d) for d in dirs if not (d / ".complete").exists()]
         if missing:
             raise ClusterError(f"cluster binaries are not built yet ({', '.join(missing)}): run `make binaries`")
         return binaries
 
+    def to_dict(self) -> dict[str, str]:
+        return {"kube": str(self.kube), "etcd": str(self.etcd), "helm": str(self.helm), "coredns": str(self.coredns),
+                "kube_router": str(self.kube_router), "crictl": str(self.crictl)}
+
+
+# Debian packages the node needs; `make system-deps` installs them.
+NODE_PACKAGES = {"containerd": "containerd", "runc": "runc", "iptables": "iptables", "ipset": "ipset",
+                 "conntrack": "conntrack", "unshare": "util-linux", "mmdebstrap": "mmdebstrap"}
+
+
+def missing_packages() -> list[str]:
+    missing = [pkg for cmd, pkg in NODE_PACKAGES.items() if shutil.which(cmd) is None]
+    if not Path("/usr/lib/cni/bridge").exists():
+        missing.append("containernetworking-plugins")
+    return missing
+
 
 @dataclass(frozen=True)
 class NodePool:
-    count: int = 2
+    """The node's GPUs. One node: each kubelet needs a containerd of its own, and containerd 1.6 keeps
+    runc state and shim sockets at the fixed /run/containerd (docs/local-cluster.md)."""
     gpus_per_node: int = 4
     gpu_product: str = "NVIDIA-A100-SXM4-80GB"
-    name_prefix: str = "gpu-node"
-    # Pod IPs are 127.0.<x>.<2..254> for x in this range; a second cluster on the machine (e.g. a
-    # benchmark's) takes a range of its own so no two pods share an address.
-    pod_ip_octets: tuple[int, int] = (10, 199)
+    count: int = 1
 
     @classmethod
     def from_env(cls) -> NodePool:
-        octets = os.environ.get("PIXTRAL_CLUSTER_POD_IP_OCTETS", "10-199")
-        low, _, high = octets.partition("-")
-        if not (low.isdigit() and high.isdigit()):
-            raise ClusterError(f"PIXTRAL_CLUSTER_POD_IP_OCTETS must look like 10-199, got {octets!r}")
-        return cls(int(os.environ.get("PIXTRAL_CLUSTER_NODES", 2)), int(os.environ.get("PIXTRAL_CLUSTER_GPUS", 4)),
-                   os.environ.get("PIXTRAL_CLUSTER_GPU_PRODUCT", "NVIDIA-A100-SXM4-80GB"),
-                   pod_ip_octets=(int(low), int(high)))
+        return cls(int(os.environ.get("PIXTRAL_CLUSTER_GPUS", 4)),
+                   os.environ.get("PIXTRAL_CLUSTER_GPU_PRODUCT", "NVIDIA-A100-SXM4-80GB"))
 
     def validate(self) -> None:
-        if not 1 <= self.count <= 64:
-            raise ClusterError(f"node count must be 1..64, got {self.count}")
         if not 0 <= self.gpus_per_node <= 64:
             raise ClusterError(f"GPUs per node must be 0..64, got {self.gpus_per_node}")
-        low, high = self.pod_ip_octets
-        if not 1 <= low <= high <= 254:
-            raise ClusterError(f"pod IP octet range must lie within 1..254, got {self.pod_ip_octets}")
         if not self.gpu_product or any(c.isspace() for c in self.gpu_product):
             raise ClusterError(f"GPU product must be a label value without spaces, got {self.gpu_product!r}")
 
     def names(self) -> list[str]:
-        return [f"{self.name_prefix}-{i}" for i in range(self.count)]
+        return [node.NODE_NAME]
 
 
 @dataclass
@@ -163,8 +187,20 @@ class ClusterInfo:
         return Path(self.state["binaries"]["helm"]) / "helm"
 
     @property
+    def crictl(self) -> Path:
+        return Path(self.state["binaries"]["crictl"]) / "crictl"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.paths.node.containerd_socket
+
+    @property
     def nodes(self) -> dict:
         return self.state["nodes"]
+
+    @property
+    def images(self) -> dict[str, str]:
+        return self.state.get("images", {})
 
     def credentials(self) -> Credentials:
         return Credentials(self.api_server, str(self.paths.pki / "ca.crt"), str(self.paths.pki / "admin.crt"),
@@ -177,9 +213,9 @@ class ClusterInfo:
         return [procs.ProcessRecord.from_dict(r) for r in self.state.get("processes", [])]
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -205,6 +241,36 @@ def cluster_lock(paths: ClusterPaths) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def claim_conflict(claim_text: str | None, state_dir: Path, bridge_exists: bool) -> str | None:
+    """Why this state dir may not start a cluster on this machine, or None (pure)."""
+    if claim_text:
+        other = claim_text.strip()
+        if other and other != str(state_dir) and Path(other).exists():
+            return (f"a local cluster already runs on this machine from {other}; one cluster per machine "
+                    f"(the node's bridge {network.BRIDGE}, pod subnet {network.POD_CIDR} and iptables rules "
+                    f"are shared). Stop it first: `make cluster-down` in {Path(other).parent}, or "
+                    f"`PIXTRAL_CLUSTER_DIR={other} python e2e/cluster.py down`")
+    elif bridge_exists:
+        return (f"the network interface {network.BRIDGE} already exists but no local cluster claims this machine "
+                f"({MACHINE_CLAIM} is missing): something else uses it; remove it with "
+                f"`ip link delete {network.BRIDGE}` if it is a leftover")
+    return None
+
+
+def _claim_machine(paths: ClusterPaths) -> None:
+    claim = MACHINE_CLAIM.read_text() if MACHINE_CLAIM.exists() else None
+    conflict = claim_conflict(claim, paths.state_dir, network.bridge_exists() and claim is None)
+    if conflict:
+        raise ClusterError(conflict)
+    MACHINE_CLAIM.write_text(f"{paths.state_dir}\n")
+
+
+def _release_machine(paths: ClusterPaths) -> None:
+    with contextlib.suppress(OSError):
+        if MACHINE_CLAIM.read_text().strip() == str(paths.state_dir):
+            MACHINE_CLAIM.unlink()
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, logs: list[Path] = ()) -> None:
@@ -234,13 +300,9 @@ def running_info(paths: ClusterPaths) -> ClusterInfo | None:
         return None
     client = info.client()
     try:
-        return info if _api_ready(client) else None
+        return info if ready(client) else None
     finally:
         client.close()
-
-
-def _api_ready(client: KubeClient) -> bool:
-    return ready(client)
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> None:
@@ -254,13 +316,14 @@ def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, u
     path.chmod(0o600)
 
 
-def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict, nodes: NodePool,
+def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict,
                         pki: pki_module.Pki) -> dict[str, list[str]]:
     state_dir = paths.state_dir
-    api_server = f"https://127.0.0.1:{ports['apiserver']}"
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
     kcm_config = state_dir / "kube-controller-manager.kubeconfig"
     scheduler_config = state_dir / "kube-scheduler.kubeconfig"
+    node_paths = paths.node
+    api_server = f"https://{network.BRIDGE_IP}:{ports['apiserver']}"
     return {
         "etcd": [
             str(binaries.etcd / "etcd"), "--name=local", f"--data-dir={state_dir / 'etcd'}",
@@ -271,18 +334,19 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict, no
             "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=2147483648",
             "--auto-compaction-mode=periodic", "--auto-compaction-retention=5m",
         ],
+        # On the bridge address: pods reach it through the `kubernetes` Service, host tools directly.
         "kube-apiserver": [
             str(binaries.kube / "kube-apiserver"), f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['apiserver']}", "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",
+            f"--bind-address={network.BRIDGE_IP}", f"--secure-port={ports['apiserver']}",
+            f"--advertise-address={network.BRIDGE_IP}",
             f"--tls-cert-file={pki.cert('apiserver')}", f"--tls-private-key-file={pki.key('apiserver')}",
             f"--client-ca-file={pki.ca_cert}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
             "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
             "--allow-privileged=true", "--enable-priority-and-fairness=false", "--profiling=false",
             f"--cert-dir={state_dir / 'apiserver-certs'}", "--event-ttl=1h", "--v=1",
-            # `kubectl logs` goes through the API server to the node agent's kubelet endpoint.
             f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
             f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
             f"--kubelet-certificate-authority={pki.ca_cert}", "--kubelet-preferred-address-types=InternalIP",
@@ -294,8 +358,8 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict, no
             "--use-service-account-credentials=true", f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca_cert}", f"--cluster-signing-cert-file={pki.ca_cert}",
             f"--cluster-signing-key-file={pki.ca_key}", "--leader-elect=false",
-            # The agent keeps nodes Ready; the node lifecycle controller would taint and evict when
-            # a busy 2-core machine delays a heartbeat.
+            # A heartbeat delayed on a busy 2-core machine (vLLM engines take both cores) must not
+            # taint the only node and evict every pod.
             "--controllers=*,-node-lifecycle-controller",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}", "--v=1",
         ],
@@ -305,16 +369,17 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict, no
             "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}",
             f"--cert-dir={state_dir / 'scheduler-certs'}", "--leader-elect=false", "--v=1",
         ],
-        "nodeagent": [
-            sys.executable, str(REPO_ROOT / "e2e" / "nodeagent.py"),
-            f"--server={api_server}", f"--ca={pki.ca_cert}", f"--cert={pki.cert('admin')}",
-            f"--key={pki.key('admin')}", f"--state-dir={paths.agent_dir}", f"--pod-logs={paths.pod_logs}",
-            f"--nodes={nodes.count}", f"--gpus-per-node={nodes.gpus_per_node}",
-            f"--gpu-product={nodes.gpu_product}", f"--node-prefix={nodes.name_prefix}",
-            f"--pod-ip-octets={nodes.pod_ip_octets[0]}-{nodes.pod_ip_octets[1]}",
-            f"--pod-sd-port={ports['pod_sd']}", f"--kubelet-port={ports['kubelet']}",
-            f"--kubelet-cert={pki.cert('kubelet')}", f"--kubelet-key={pki.key('kubelet')}",
-            f"--kubelet-version={_kube_version(binaries)}",
+        "containerd": ["containerd", f"--config={node_paths.containerd_config}"],
+        "kubelet": node.confined_command(node_paths, node.kubelet_command(
+            binaries.kube / "kubelet", node_paths, node.NODE_NAME, ports["node_labels"])),
+        "kube-proxy": node.kube_proxy_command(binaries.kube / "kube-proxy", node_paths, node.NODE_NAME,
+                                              ports["kube_proxy_healthz"], ports["kube_proxy_metrics"]),
+        "kube-router": addons.kube_router_command(str(binaries.kube_router / "kube-router"),
+                                                  str(state_dir / "kube-router.kubeconfig"), node.NODE_NAME,
+                                                  ports["kube_router_health"], ports["kube_router_metrics"]),
+        "podsd": [
+            sys.executable, str(REPO_ROOT / "e2e" / "podsd.py"), f"--server={api_server}", f"--ca={pki.ca_cert}",
+            f"--cert={pki.cert('admin')}", f"--key={pki.key('admin')}", f"--port={ports['pod_sd']}",
         ],
         "prometheus": [
             shutil.which("prometheus") or "/usr/bin/prometheus",
@@ -326,17 +391,14 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict, no
     }
 
 
-def _kube_version(binaries: Binaries) -> str:
-    name = binaries.kube.name  # kubernetes-v1.37.2
-    return name.split("-", 1)[1] if "-" in name else "v0.0.0"
-
-
 def up(paths: ClusterPaths | None = None, nodes: NodePool | None = None, owner: str = "cli",
        say: Callable[[str], None] = print, timeout: float = 120.0) -> ClusterInfo:
     """Starts the cluster, or returns the running one. Idempotent."""
     paths = paths or ClusterPaths.default()
     nodes = nodes or NodePool.from_env()
     nodes.validate()
+    if os.geteuid() != 0:
+        raise ClusterError("the local cluster runs a real kubelet and containerd: run it as root")
     paths.state_dir.parent.mkdir(parents=True, exist_ok=True)
     with cluster_lock(paths):
         info = running_info(paths)
@@ -346,33 +408,89 @@ def up(paths: ClusterPaths | None = None, nodes: NodePool | None = None, owner: 
         if paths.state_dir.exists():
             say("found a stopped or broken local cluster: cleaning it up first")
             _down_locked(paths, say)
-        binaries = Binaries.locate()
+        missing = missing_packages()
+        if missing:
+            raise ClusterError(f"Debian packages missing: {' '.join(missing)}: run `make system-deps`")
         if shutil.which("prometheus") is None and not Path("/usr/bin/prometheus").exists():
             raise ClusterError("prometheus is not installed: run `make system-deps` (apt-get install prometheus)")
+        binaries = Binaries.locate()
+        _claim_machine(paths)
         started = time.monotonic()
         try:
             info = _start(paths, binaries, nodes, owner, say, timeout)
         except BaseException:
-            state = load_state(paths) or {}
-            for record in reversed([procs.ProcessRecord.from_dict(r) for r in state.get("processes", [])]):
-                procs.stop(record, grace_seconds=5)
-            kill_recorded_processes(paths.agent_dir / "processes")
-            paths.state_file.unlink(missing_ok=True)
             say(f"cluster start failed; component logs kept in {paths.logs}")
+            _stop_everything(paths, say, keep_logs=True)
             raise
         say(f"local cluster up in {time.monotonic() - started:.1f}s")
         return info
+
+
+def _apply(client: KubeClient, manifests: list[dict]) -> None:
+    """Creates each object, or replaces it when it exists (server-side apply with force)."""
+    for obj in manifests:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        namespace = obj["metadata"].get("namespace")
+        group_version = obj["apiVersion"]
+        base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        plural = {"ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
+                  "ClusterRoleBinding": "clusterrolebindings", "ConfigMap": "configmaps",
+                  "Deployment": "deployments", "Service": "services", "Namespace": "namespaces"}[kind]
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        client.request("PATCH", f"{base}{scope}/{plural}/{name}", obj,
+                       params={"fieldManager": "pixtral-localcluster", "force": "true"},
+                       content_type="application/apply-patch+yaml")
+
+
+def _write_node_files(paths: ClusterPaths, pki: pki_module.Pki, ports: dict, api_server: str,
+                      sandbox_image: str) -> None:
+    node_paths = paths.node
+    for directory in (node_paths.containerd_state, node_paths.cni_conf_dir, node_paths.cni_ipam_dir,
+                      node_paths.kubelet_root, node_paths.static_pods, node_paths.pod_logs,
+                      node_paths.volume_plugins, node_paths.sysctl_standins, images.containerd_root()):
+        directory.mkdir(parents=True, exist_ok=True)
+    node_paths.containerd_config.write_text(
+        node.containerd_config(node_paths, sandbox_image, images.containerd_root()))
+    (node_paths.cni_conf_dir / "10-pixtral-local.conflist").write_text(
+        json.dumps(network.cni_conflist(str(node_paths.cni_ipam_dir)), indent=2))
+    node_paths.resolv_conf.write_text("")
+    kubelet_ports = node.KubeletPorts(ports["kubelet"], ports["kubelet_healthz"])
+    node_paths.kubelet_config.write_text(yaml.safe_dump(node.kubelet_config(
+        node_paths, kubelet_ports, pki.ca_cert, pki.cert("kubelet"), pki.key("kubelet")), sort_keys=False))
+    write_kubeconfig(node_paths.kubelet_kubeconfig, api_server, pki.ca_cert, pki.cert("kubelet-client"),
+                     pki.key("kubelet-client"), "kubelet")
+    write_kubeconfig(node_paths.kube_proxy_kubeconfig, api_server, pki.ca_cert, pki.cert("kube-proxy"),
+                     pki.key("kube-proxy"), "kube-proxy")
+    write_kubeconfig(paths.state_dir / "kube-router.kubeconfig", api_server, pki.ca_cert, pki.cert("kube-router"),
+                     pki.key("kube-router"), "kube-router")
+
+
+def _share_kubelet_root(node_paths: node.NodePaths) -> None:
+    """The kubelet runs in a mount namespace of its own; its root dir is a shared mount so the volume
+    mounts it makes there reach containerd in the host namespace."""
+    root = str(node_paths.kubelet_root)
+    mounted = any(line.split()[4] == root for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    if not mounted:
+        subprocess.run(["mount", "--bind", root, root], check=True)
+    subprocess.run(["mount", "--make-shared", root], check=True)
 
 
 def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
            say: Callable[[str], None], timeout: float) -> ClusterInfo:
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     paths.logs.mkdir(parents=True, exist_ok=True)
-    paths.pod_logs.mkdir(parents=True, exist_ok=True)
+    paths.volumes.mkdir(parents=True, exist_ok=True)
+    paths.host_before.write_text(hoststate.read().to_json())
     pki = pki_module.create(paths.pki)
-    ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "prometheus",
-                                            "pod_sd", "kubelet")}
-    api_server = f"https://127.0.0.1:{ports['apiserver']}"
+    network.create_bridge()
+    network.install_isolation()
+    ports = {name: free_port() for name in ("etcd", "etcd_peer", "kcm", "scheduler", "prometheus", "pod_sd",
+                                            "kubelet_healthz", "kube_proxy_healthz", "kube_proxy_metrics",
+                                            "kube_router_health", "kube_router_metrics")}
+    ports["apiserver"] = free_port(network.BRIDGE_IP)
+    ports["kubelet"] = free_port(network.BRIDGE_IP)
+    ports["node_labels"] = node.node_labels(nodes.gpus_per_node, nodes.gpu_product)
+    api_server = f"https://{network.BRIDGE_IP}:{ports['apiserver']}"
     write_kubeconfig(paths.kubeconfig, api_server, pki.ca_cert, pki.cert("admin"), pki.key("admin"), "admin")
     for component in ("kube-controller-manager", "kube-scheduler"):
         write_kubeconfig(paths.state_dir / f"{component}.kubeconfig", api_server, pki.ca_cert, pki.cert(component),
@@ -380,19 +498,20 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
     prometheus_url = f"http://127.0.0.1:{ports['prometheus']}"
     settings = ScrapeSettings(pod_sd_url=f"http://127.0.0.1:{ports['pod_sd']}/targets")
     (paths.state_dir / "prometheus.yml").write_text(yaml.safe_dump(render_config(settings), sort_keys=False))
+    sandbox_image = images.pause_reference(binaries.kube)
+    _write_node_files(paths, pki, ports, api_server, sandbox_image)
     state = {
         "api_server": api_server, "prometheus_url": prometheus_url, "ports": ports, "owner": owner,
-        "starter_pid": os.getpid(),
-        "binaries": {"kube": str(binaries.kube), "etcd": str(binaries.etcd), "helm": str(binaries.helm)},
+        "starter_pid": os.getpid(), "binaries": binaries.to_dict(),
         "nodes": {"names": nodes.names(), "gpus_per_node": nodes.gpus_per_node, "gpu_product": nodes.gpu_product},
         "processes": [], "complete": False,
     }
     save_state(paths, state)
-    commands = _component_commands(paths, binaries, ports, nodes, pki)
+    commands = _component_commands(paths, binaries, ports, pki)
 
     def launch(name: str) -> None:
-        env = dict(os.environ)
-        record = procs.spawn(name, commands[name], paths.logs / f"{name}.log", env=env, cwd=paths.state_dir)
+        record = procs.spawn(name, commands[name], paths.logs / f"{name}.log", env=dict(os.environ),
+                             cwd=paths.state_dir)
         state["processes"].append(record.to_dict())
         save_state(paths, state)
 
@@ -400,24 +519,41 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
     launch("etcd")
     wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), 30, "etcd", [log_of["etcd"]])
     launch("kube-apiserver")
+    launch("containerd")
     client = KubeClient(Credentials(api_server, str(pki.ca_cert), str(pki.cert("admin")), str(pki.key("admin"))))
     try:
-        wait_until(lambda: _api_ready(client), timeout, "kube-apiserver /readyz", [log_of["kube-apiserver"]])
+        wait_until(lambda: ready(client), timeout, "kube-apiserver /readyz", [log_of["kube-apiserver"]])
         say(f"API server ready at {api_server}")
-        for name in ("kube-controller-manager", "kube-scheduler", "nodeagent", "prometheus"):
+        _apply(client, addons.kubelet_api_rbac(pki_module.CLIENTS["apiserver-kubelet-client"][0])
+               + addons.kube_router_rbac())
+        for name in ("kube-controller-manager", "kube-scheduler"):
             launch(name)
+        wait_until(lambda: paths.node.containerd_socket.exists(), 30, "containerd's socket", [log_of["containerd"]])
+        state["images"] = images.ensure_system_images(str(paths.node.containerd_socket), binaries, say=say)
+        save_state(paths, state)
+        _share_kubelet_root(paths.node)
+        for name in ("kubelet", "kube-proxy", "kube-router", "podsd", "prometheus"):
+            launch(name)
+        node_path = f"/api/v1/nodes/{node.NODE_NAME}"
+        wait_until(lambda: _exists(client, node_path), 60, f"node {node.NODE_NAME} to register", [log_of["kubelet"]])
+        client.request("PATCH", f"{node_path}/status", node.gpu_capacity_patch(nodes.gpus_per_node),
+                       content_type="application/json-patch+json")
         wait_until(lambda: _https_ok(f"https://127.0.0.1:{ports['kcm']}/healthz"), 60,
                    "kube-controller-manager /healthz", [log_of["kube-controller-manager"]])
         wait_until(lambda: _https_ok(f"https://127.0.0.1:{ports['scheduler']}/healthz"), 60,
                    "kube-scheduler /healthz", [log_of["kube-scheduler"]])
-        wait_until(lambda: _nodes_ready(client, nodes.names()), 60, f"nodes {nodes.names()} Ready",
-                   [log_of["nodeagent"]])
+        wait_until(lambda: _nodes_ready(client, nodes.names(), nodes.gpus_per_node), 90,
+                   f"node {node.NODE_NAME} Ready with {nodes.gpus_per_node} nvidia.com/gpu", [log_of["kubelet"]])
+        wait_until(lambda: _exists(client, "/api/v1/namespaces/kube-system/serviceaccounts/default"), 60,
+                   "the kube-system ServiceAccounts (controller-manager)", [log_of["kube-controller-manager"]])
+        _apply(client, addons.coredns_manifests(state["images"]["coredns"]))
+        wait_until(lambda: _deployment_available(client, addons.DNS_NAMESPACE, addons.DNS_NAME), 120,
+                   "CoreDNS Available", [log_of["kubelet"]])
         wait_until(lambda: _exists(client, "/api/v1/namespaces/default/serviceaccounts/default"), 60,
                    "the default ServiceAccount (controller-manager)", [log_of["kube-controller-manager"]])
         wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['pod_sd']}/healthz"), 30,
-                   "the node agent's pod discovery endpoint", [log_of["nodeagent"]])
-        wait_until(lambda: _http_ok(f"{prometheus_url}/-/ready"), 60, "prometheus /-/ready",
-                   [log_of["prometheus"]])
+                   "the pod discovery endpoint", [log_of["podsd"]])
+        wait_until(lambda: _http_ok(f"{prometheus_url}/-/ready"), 60, "prometheus /-/ready", [log_of["prometheus"]])
     finally:
         client.close()
     paths.prometheus_url_file.write_text(prometheus_url + "\n")
@@ -444,50 +580,119 @@ def _https_ok(url: str) -> bool:
 def _exists(client: KubeClient, path: str) -> bool:
     try:
         return client.get_or_none(path) is not None
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ApiError):
         return False
 
 
-def _nodes_ready(client: KubeClient, names: list[str]) -> bool:
+def _deployment_available(client: KubeClient, namespace: str, name: str) -> bool:
+    try:
+        deployment = client.get_or_none(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+    except (httpx.HTTPError, ApiError):
+        return False
+    return bool(deployment) and (deployment.get("status") or {}).get("availableReplicas", 0) >= 1
+
+
+def _nodes_ready(client: KubeClient, names: list[str], gpus: int) -> bool:
     for name in names:
         try:
-            node = client.get_or_none(f"/api/v1/nodes/{name}")
-        except httpx.HTTPError:
+            found = client.get_or_none(f"/api/v1/nodes/{name}")
+        except (httpx.HTTPError, ApiError):
             return False
-        if node is None:
+        if found is None:
             return False
-        conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
-        taints = node.get("spec", {}).get("taints") or []
-        if conditions.get("Ready") != "True" or any(t["key"].startswith("node.kubernetes.io/not-ready")
-                                                   for t in taints):
+        conditions = {c["type"]: c["status"] for c in found.get("status", {}).get("conditions", [])}
+        allocatable = found.get("status", {}).get("allocatable", {})
+        if conditions.get("Ready") != "True" or allocatable.get(node.GPU_RESOURCE, "0") != str(gpus):
             return False
     return True
 
 
 def down(paths: ClusterPaths | None = None, say: Callable[[str], None] = print) -> None:
-    """Stops exactly the processes `up` recorded and removes the cluster state."""
+    """Stops exactly the processes `up` recorded, removes every pod, puts the host back as it was
+    and removes the cluster state."""
     paths = paths or ClusterPaths.default()
     with cluster_lock(paths):
         _down_locked(paths, say)
 
 
 def _down_locked(paths: ClusterPaths, say: Callable[[str], None]) -> None:
+    leftovers = _stop_everything(paths, say, keep_logs=False)
+    if leftovers:
+        raise ClusterError(f"the host is not as it was before `up`: {leftovers}")
+
+
+def _remove_pods(paths: ClusterPaths, state: dict, say: Callable[[str], None]) -> None:
+    """Every pod sandbox (and its containers) through the CRI, so CNI releases addresses and
+    network namespaces; then the shims of this containerd, should any outlive it."""
+    crictl = Path(state.get("binaries", {}).get("crictl", "")) / "crictl"
+    socket_path = paths.node.containerd_socket
+    if crictl.exists() and socket_path.exists():
+        endpoint = f"unix://{socket_path}"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            result = subprocess.run([str(crictl), f"--runtime-endpoint={endpoint}", f"--image-endpoint={endpoint}",
+                                     "--timeout=60s", "rmp", "--all", "--force"], capture_output=True, text=True,
+                                    timeout=180)
+            if result.returncode != 0:
+                say(f"crictl rmp: {result.stderr.strip()[:300]}")
+
+
+def _shims_of(socket_path: Path) -> list[procs.ProcessRecord]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and str(socket_path).encode() in argv:
+                started = procs.start_time(int(proc.name))
+                if started is not None:
+                    found.append(procs.ProcessRecord("containerd-shim", int(proc.name), started))
+    return found
+
+
+def _stop_everything(paths: ClusterPaths, say: Callable[[str], None], keep_logs: bool) -> dict:
     state = load_state(paths) or {}
     records = {r["name"]: procs.ProcessRecord.from_dict(r) for r in state.get("processes", [])}
-    # Reverse start order: the agent stops its pods while the API server still answers.
-    for name in reversed(COMPONENT_ORDER):
+
+    def stop(name: str, grace: float = 10) -> None:
         record = records.get(name)
-        if record is None:
-            continue
-        if record.alive():
-            procs.stop(record, grace_seconds=20 if name == "nodeagent" else 10)
+        if record is not None and record.alive():
+            procs.stop(record, grace_seconds=grace)
             say(f"stopped {name} (pid {record.pid})")
-    leftovers = kill_recorded_processes(paths.agent_dir / "processes")
-    if leftovers:
-        say(f"stopped {leftovers} pod processes left behind by the node agent")
+
+    for name in ("prometheus", "podsd", "kubelet"):
+        stop(name)
+    _remove_pods(paths, state, say)
+    stop("containerd")
+    for shim in _shims_of(paths.node.containerd_socket):
+        procs.stop(shim, grace_seconds=5)
+    binaries = state.get("binaries", {})
+    for name in ("kube-router", "kube-proxy"):
+        stop(name)
+    # Each removes the iptables chains and ipsets it made; hoststate then catches anything else.
+    _cleanup_command([str(Path(binaries.get("kube", "")) / "kube-proxy"), "--cleanup"])
+    _cleanup_command([str(Path(binaries.get("kube_router", "")) / "kube-router"), "--cleanup-config"])
+    for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+        stop(name)
+    leftovers: dict = {}
+    if paths.host_before.exists():
+        leftovers = hoststate.restore(hoststate.HostState.from_json(paths.host_before.read_text()))
     if paths.state_dir.exists():
-        shutil.rmtree(paths.state_dir)
-        say(f"removed {paths.state_dir}")
+        if keep_logs:
+            for child in paths.state_dir.iterdir():
+                if child != paths.logs:
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        else:
+            shutil.rmtree(paths.state_dir, ignore_errors=True)
+            say(f"removed {paths.state_dir}")
+    _release_machine(paths)
+    return leftovers
+
+
+def _cleanup_command(argv: list[str]) -> None:
+    if Path(argv[0]).exists():
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            subprocess.run(argv, capture_output=True, timeout=60)
 
 
 def join_session(paths: ClusterPaths) -> Path:
@@ -546,10 +751,12 @@ def status(paths: ClusterPaths | None = None) -> tuple[bool, list[str]]:
             return False, lines
         finally:
             client.close()
-        for node in nodes:
-            ready = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}.get("Ready")
-            gpus = node["status"].get("allocatable", {}).get("nvidia.com/gpu", "0")
-            lines.append(f"  node {node['metadata']['name']:<19} Ready={ready} nvidia.com/gpu={gpus}")
+        for item in nodes:
+            node_ready = {c["type"]: c["status"] for c in item["status"].get("conditions", [])}.get("Ready")
+            gpus = item["status"].get("allocatable", {}).get(node.GPU_RESOURCE, "0")
+            runtime = item["status"].get("nodeInfo", {}).get("containerRuntimeVersion", "?")
+            lines.append(f"  node {item['metadata']['name']:<19} Ready={node_ready} {node.GPU_RESOURCE}={gpus} "
+                         f"runtime={runtime}")
         lines.append(f"  pods: {len(pods)}")
     return healthy, lines
 
@@ -563,6 +770,7 @@ def usage(info: ClusterInfo) -> str:
         "  kubectl get nodes",
         f"  Prometheus:       {info.prometheus_url}   (also in {info.paths.prometheus_url_file})",
         f"  component logs:   {info.paths.logs}/",
-        f"  pod logs:         {info.paths.pod_logs}/<namespace>_<pod>_<container>.log",
+        f"  pod logs:         kubectl logs -n <namespace> <pod>   (files: {info.paths.pod_logs}/)",
+        f"  containers:       {info.crictl} --runtime-endpoint unix://{info.containerd_socket} ps",
         "  stop it with:     make cluster-down",
     ])

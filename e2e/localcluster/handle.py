@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import images
 from .cluster import ClusterInfo
 from .kube import KubeClient
 
@@ -40,12 +42,28 @@ class Cluster:
     def node_names(self) -> list[str]:
         return list(self.info.nodes["names"])
 
-    @property
-    def pod_logs(self) -> Path:
-        return self.info.paths.pod_logs
+    def pod_log(self, namespace: str, pod: str, container: str, previous: bool = False) -> str:
+        """The container's log through the API server and the kubelet (`kubectl logs`)."""
+        args = ["logs", "-n", namespace, pod, "-c", container] + (["--previous"] if previous else [])
+        return self.kubectl(*args).stdout
 
-    def pod_log(self, namespace: str, pod: str, container: str) -> Path:
-        return self.pod_logs / f"{namespace}_{pod}_{container}.log"
+    def crictl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        endpoint = f"unix://{self.info.containerd_socket}"
+        return self._run([str(self.info.crictl), f"--runtime-endpoint={endpoint}", f"--image-endpoint={endpoint}",
+                          *args], True, None, timeout)
+
+    def sandboxes(self, namespace: str, labels: dict[str, str] | None = None) -> list[dict]:
+        """Pod sandboxes of a namespace on the node (optionally with these pod labels), from
+        containerd through the CRI."""
+        selectors = [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
+        listed = json.loads(self.crictl("pods", "--namespace", namespace, *selectors, "-o", "json").stdout or "{}")
+        return [item for item in listed.get("items", [])
+                if item.get("metadata", {}).get("namespace") == namespace]
+
+    def project_images(self, say=print) -> dict[str, str]:
+        """The operator, router and CPU runtime images, built from this checkout if needed and
+        imported into the node's containerd; name -> reference."""
+        return images.ensure_images(str(self.info.containerd_socket), say=say)
 
     def env(self) -> dict[str, str]:
         """Environment for tools run against the cluster: KUBECONFIG set, kubectl and helm on PATH."""

@@ -1,6 +1,6 @@
 """A small synchronous Kubernetes REST client (JSON in, JSON out) for the cluster tooling.
 
-The node agent and the cluster scripts need a handful of verbs, precise timeouts and
+The cluster scripts need a handful of verbs, precise timeouts and
 tolerance of API hiccups; a thin client over httpx keeps that visible. Tests may use the
 official `kubernetes` client instead (see conftest.py).
 """

@@ -10,8 +10,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import network
+from .addons import KUBE_ROUTER_USER
+from .node import NODE_NAME
+
 API_SERVER_SANS = (
-    "IP:127.0.0.1", "DNS:localhost", "IP:10.96.0.1", "DNS:kubernetes", "DNS:kubernetes.default",
+    "IP:127.0.0.1", "DNS:localhost", f"IP:{network.BRIDGE_IP}", f"IP:{network.KUBERNETES_SERVICE_IP}", "DNS:kubernetes", "DNS:kubernetes.default",
     "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
 )
 
@@ -20,8 +24,14 @@ CLIENTS = {
     "admin": ("pixtral-admin", "system:masters"),
     "kube-controller-manager": ("system:kube-controller-manager", ""),
     "kube-scheduler": ("system:kube-scheduler", ""),
-    # The API server's identity towards the node agent's kubelet endpoint (kubectl logs).
-    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
+    # The API server's identity towards the kubelet (kubectl logs/exec); the kubelet asks the API
+    # server whether it may (webhook authorization), and a ClusterRoleBinding says yes.
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ""),
+    # The node's identity: the Node authorizer and NodeRestriction admission key on this name.
+    "kubelet-client": (f"system:node:{NODE_NAME}", "system:nodes"),
+    # Bound to system:node-proxier by the bootstrap RBAC policy.
+    "kube-proxy": ("system:kube-proxy", ""),
+    "kube-router": (KUBE_ROUTER_USER, ""),
 }
 
 
@@ -87,9 +97,9 @@ def create(root: Path) -> Pki:
     _signed_cert(pki, "apiserver", "/CN=kube-apiserver",
                  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
                  f"extendedKeyUsage=serverAuth\nsubjectAltName={','.join(API_SERVER_SANS)}\n")
-    _signed_cert(pki, "kubelet", "/CN=local-process-agent",
+    _signed_cert(pki, "kubelet", f"/CN={NODE_NAME}",
                  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                 "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
+                 f"extendedKeyUsage=serverAuth\nsubjectAltName=IP:{network.BRIDGE_IP},DNS:{NODE_NAME}\n")
     for name, (common_name, organisation) in CLIENTS.items():
         subject = f"/O={organisation}/CN={common_name}" if organisation else f"/CN={common_name}"
         _signed_cert(pki, name, subject,

@@ -1,8 +1,8 @@
 """Kubernetes pod service discovery for Prometheus, served over http_sd (pure rendering).
 
-Debian's Prometheus 2.42 is built without kubernetes_sd_configs, so the node agent serves the
+Debian's Prometheus 2.42 is built without kubernetes_sd_configs, so e2e/podsd.py serves the
 same target groups that `kubernetes_sd_configs: [{role: pod}]` would produce, with the same
-`__meta_kubernetes_*` labels, from its pod watch; the relabeling rules stay the standard ones.
+`__meta_kubernetes_*` labels, from the API's pod list; the relabeling rules stay the standard ones.
 """
 
 from __future__ import annotations

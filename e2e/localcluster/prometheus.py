@@ -1,6 +1,6 @@
 """Prometheus configuration for the local cluster (pure rendering).
 
-Targets come from the node agent's http_sd endpoint, which serves what kubernetes_sd_configs
+Targets come from e2e/podsd.py's http_sd endpoint, which serves what kubernetes_sd_configs
 role pod would (see podsd.py): Debian's Prometheus is built without kubernetes_sd_configs.
 """
 
@@ -24,7 +24,7 @@ def meta_label(pod_label: str) -> str:
 
 @dataclass(frozen=True)
 class ScrapeSettings:
-    pod_sd_url: str          # the node agent's http_sd endpoint (Kubernetes pod discovery)
+    pod_sd_url: str          # e2e/podsd.py's http_sd endpoint (Kubernetes pod discovery)
     scrape_interval: str = "1s"
     scrape_timeout: str = "1s"
 

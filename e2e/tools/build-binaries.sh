@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries from Go modules into a cache outside the repository:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes)
+#   kubelet, kube-proxy and the pause program (k8s.io/kubernetes)
 #   etcd (go.etcd.io/etcd/server/v3), helm (helm.sh/helm/v3)
+#   coredns, kube-router (NetworkPolicy enforcement), crictl
 # Each set is built once per pinned version and reused; a finished set has a .complete marker.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
+CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
 CACHE_ROOT="${PIXTRAL_CACHE:-$HOME/.cache/pixtral-operator}"
 BIN_ROOT="$CACHE_ROOT/bin"
 WORK_ROOT="$CACHE_ROOT/build"
@@ -15,34 +20,10 @@ export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false}"
 
 log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# Kubernetes gets one change: endpoint addresses may be loopback. Upstream rejects 127.0.0.0/8 in
-# Endpoints and EndpointSlices ("may not be in the loopback range"), but the local cluster's pods
-# live on 127.x addresses and the EndpointSlice controller must publish them. The check is removed
-# from the extracted module source (Go refuses build overlays inside the module cache, and a
-# replaced copy of the module would recompile all of it); everything else is upstream.
-KUBERNETES_RECIPE="kubernetes-recipe-2 (kube-apiserver accepts loopback endpoint IPs)"
-
-allow_loopback_endpoints() {
-  local module_dir="$1"
-  local file="$module_dir/pkg/apis/core/validation/validation.go"
-  chmod u+w "$file" "$(dirname "$file")"
-  python3 - "$file" <<'PY'
-import sys
-path = sys.argv[1]
-text = open(path).read()
-marker = "// Loopback endpoints are allowed: the local cluster's pods have 127.x addresses."
-check = """	if ip.IsLoopback() {
-		allErrs = append(allErrs, field.Invalid(fldPath, ipAddress, "may not be in the loopback range (127.0.0.0/8, ::1/128)"))
-	}
-"""
-if marker in text:
-    sys.exit(0)
-if text.count(check) != 1:
-    sys.exit(f"cannot allow loopback endpoints: the check is not found exactly once in {path}")
-open(path, "w").write(text.replace(check, "\t" + marker + "\n"))
-PY
-  chmod a-w "$file" "$(dirname "$file")"
-}
+# Every Kubernetes binary is built from the upstream module, unmodified. The recipe names what a
+# finished set holds; a set built by an older recipe is rebuilt.
+KUBERNETES_RECIPE="kubernetes-recipe-3 (upstream source; kubelet and kube-proxy included)"
+KUBERNETES_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 build_kubernetes() {
   local out="$BIN_ROOT/kubernetes-$K8S_VERSION"
@@ -50,7 +31,7 @@ build_kubernetes() {
     log "kubernetes $K8S_VERSION: cached in $out"; return
   fi
   if [[ -f "$out/.complete" ]]; then
-    # Built by an earlier recipe: only kube-apiserver differs.
+    # Built by an earlier recipe, whose kube-apiserver carried a source change.
     rm -f "$out/.complete" "$out/kube-apiserver"
   fi
   local staging_version="v0.${K8S_VERSION#v1.}"
@@ -81,22 +62,49 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   (cd "$mod" && GOFLAGS="$GOFLAGS -mod=mod" go mod tidy -e >/dev/null 2>&1 || true)
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=dirty -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  local module_dir
-  module_dir="$(cd "$mod" && go list -mod=mod -m -f '{{.Dir}}' k8s.io/kubernetes)"
-  allow_loopback_endpoints "$module_dir"
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  for cmd in "${KUBERNETES_COMMANDS[@]}"; do
     if [[ -x "$out/$cmd" ]]; then continue; fi
     log "kubernetes $K8S_VERSION: building $cmd (a cold build takes many minutes on 2 cores)"
     (cd "$mod" && go build -mod=mod -trimpath -ldflags "$ldflags" -o "$out/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
     mv "$out/$cmd.tmp" "$out/$cmd"
   done
+  # The pause image's program ships in the module; a static build of it is the sandbox image.
+  if [[ ! -x "$out/pause" ]]; then
+    local module_dir
+    module_dir="$(cd "$mod" && go list -mod=mod -m -f '{{.Dir}}' k8s.io/kubernetes)"
+    gcc -Os -static -o "$out/pause.tmp" "$module_dir/build/pause/linux/pause.c"
+    mv "$out/pause.tmp" "$out/pause"
+  fi
   echo "$KUBERNETES_RECIPE" > "$out/.complete"
   log "kubernetes $K8S_VERSION: done"
+}
+
+# A Go command installed from its module at a pinned version (no replace directives in its go.mod).
+go_install_pinned() {
+  local name="$1" version="$2" package="$3" ldflags="${4:--s -w}"
+  local out="$BIN_ROOT/$name-$version"
+  if [[ -f "$out/.complete" ]]; then log "$name $version: cached in $out"; return; fi
+  mkdir -p "$out" "$WORK_ROOT"
+  log "$name $version: building"
+  (cd "$WORK_ROOT" && GOBIN="$out" go install -trimpath -ldflags "$ldflags" "$package@$version")
+  touch "$out/.complete"
+  log "$name $version: done"
+}
+
+# The node add-ons: cluster DNS, the NetworkPolicy enforcer, and the CRI debugging client.
+build_addons() {
+  go_install_pinned coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+  go_install_pinned kube-router "$KUBE_ROUTER_VERSION" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router \
+    "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
+  go_install_pinned crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
 }
 
 build_etcd() {
@@ -155,10 +163,14 @@ case "$what" in
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
-  all) build_etcd; build_helm; build_kubernetes ;;
+  addons) build_addons ;;
+  all) build_etcd; build_helm; build_kubernetes; build_addons ;;
   paths)
     echo "KUBE_BIN=$BIN_ROOT/kubernetes-$K8S_VERSION"
     echo "ETCD_BIN=$BIN_ROOT/etcd-$ETCD_VERSION"
-    echo "HELM_BIN=$BIN_ROOT/helm-$HELM_VERSION" ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|paths]" >&2; exit 2 ;;
+    echo "HELM_BIN=$BIN_ROOT/helm-$HELM_VERSION"
+    echo "COREDNS_BIN=$BIN_ROOT/coredns-$COREDNS_VERSION"
+    echo "KUBE_ROUTER_BIN=$BIN_ROOT/kube-router-$KUBE_ROUTER_VERSION"
+    echo "CRICTL_BIN=$BIN_ROOT/crictl-$CRICTL_VERSION" ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|addons|paths]" >&2; exit 2 ;;
 esac
