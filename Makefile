@@ -30,17 +30,25 @@ $(INSTALL_STAMP): pyproject.toml .ci/torch-override.txt
 	  -e ".[operator,runtime,test,lint]"
 	@touch $@
 
-system-deps: ## Debian packages the local cluster and benchmarks need (prometheus, openssl, wrk)
+# command -> Debian package: the node (containerd, runc, CNI plugins, iptables, ipset, conntrack),
+# image building (mmdebstrap), Prometheus, the PKI (openssl) and the benchmarks' load generator (wrk).
+SYSTEM_DEPS := containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins \
+  iptables:iptables ipset:ipset conntrack:conntrack mmdebstrap:mmdebstrap unshare:util-linux ip:iproute2 \
+  prometheus:prometheus openssl:openssl wrk:wrk
+
+system-deps: ## Debian packages the local cluster, image builds and benchmarks need (installed when missing)
 	@missing=""; \
-	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
-	  command -v openssl >/dev/null || missing="$$missing openssl"; \
-	  command -v wrk >/dev/null || missing="$$missing wrk"; \
+	  for pair in $(SYSTEM_DEPS); do \
+	    cmd="$${pair%%:*}"; pkg="$${pair#*:}"; \
+	    if [ "$${cmd#/}" != "$$cmd" ]; then test -e "$$cmd" || missing="$$missing $$pkg"; \
+	    else command -v "$$cmd" >/dev/null || missing="$$missing $$pkg"; fi; \
+	  done; \
 	  if [ -n "$$missing" ]; then \
 	    echo "[install] apt-get install$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi
 
-binaries: ## build kube-apiserver/controller-manager/scheduler/kubectl, etcd and helm from Go modules (cached)
+binaries: ## build the Kubernetes binaries (kubelet, kube-proxy too), etcd, helm, CoreDNS, kube-router, crictl from Go modules (cached)
 	bash e2e/tools/build-binaries.sh all
 
 test: install binaries ## install, build the cluster binaries, then unit and e2e tests (the README's test command; .ci/run calls it)
@@ -50,10 +58,10 @@ test: install binaries ## install, build the cluster binaries, then unit and e2e
 test-unit: ## fast tests, no cluster, no engine
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
-test-e2e: binaries ## tests against the local cluster and the real vLLM engine
+test-e2e: system-deps binaries ## tests against the local cluster and the real vLLM engine
 	$(PY) -m pytest e2e -q -p no:cacheprovider $(PYTEST_ARGS)
 
-cluster-up: install binaries ## start the local cluster (etcd, API server, controller-manager, scheduler, GPU node agent, Prometheus)
+cluster-up: install system-deps binaries ## start the local cluster (control plane, a real node with containerd, CoreDNS, Prometheus)
 	$(PY) e2e/cluster.py up
 
 cluster-down: ## stop everything cluster-up started and remove its state
@@ -62,7 +70,7 @@ cluster-down: ## stop everything cluster-up started and remove its state
 cluster-status: ## show what runs in the local cluster
 	$(PY) e2e/cluster.py status
 
-demo: install binaries ## the main job: local cluster, helm install, a PixtralDeployment, an image request through the router
+demo: install system-deps binaries ## the main job: local cluster, helm install, a PixtralDeployment, an image request through the router
 	$(PY) e2e/demo.py
 
 bench: install binaries ## benchmarks under bench/; results land in bench/results/ and docs/benchmarks.md

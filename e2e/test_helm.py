@@ -3,13 +3,12 @@
 One module-scoped Helm release (watching one namespace, so RBAC is the per-namespace Role path)
 carries a PixtralDeployment with a real tiny Pixtral through install, upgrade and uninstall; the
 plain-manifest install (cluster-wide ClusterRole path) then runs the same operator again.
-The operator runs as a local process under its ServiceAccount's token (the node agent writes the
-pod's kubeconfig from the projected token; the admin certificate never reaches it).
+The operator runs as a pod of the locally built image under its ServiceAccount's projected token
+(the admin certificate never reaches it); tenant namespaces enforce PSA `restricted`.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from localcluster import Cluster, wait_for
-from pixtral_e2e import make_tiny_model, processes_with_env, pxd_manifest, tiny_spec
+from pixtral_e2e import create_model_claim, delete_model_volumes, pxd_manifest, split_reference, tiny_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO_ROOT / "charts" / "pixtral-operator"
@@ -75,15 +74,27 @@ def tools(cluster) -> Tools:
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(cluster) -> Path:
-    # The same folder as the other e2e modules use (made once, reused).
-    return make_tiny_model(cluster.kubeconfig.parent / "models" / "tiny-pixtral")
+def image_values(local_images) -> list[str]:
+    """`helm --set` arguments that point the chart at the images built here."""
+    repository, tag = split_reference(local_images["operator"])
+    return ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+            "--set", f"runtimeImage={local_images['runtime']}", "--set", f"routerImage={local_images['router']}"]
 
 
-def pixtral_deployment(namespace: str, model_dir: Path, replicas: int) -> dict:
-    """A PixtralDeployment the local agent runs: the default runtime image (run from the venv)
-    serving a tiny random-weight Pixtral from a hostPath with the real vLLM CPU engine."""
-    manifest = pxd_manifest(PXD_NAME, tiny_spec(model_dir, replicas=replicas))
+RESTRICTED_LABELS = ("pod-security.kubernetes.io/enforce=restricted",)
+
+
+def create_tenant_namespace(tools: Tools, namespace: str, model_dir: Path) -> None:
+    """A tenant namespace enforcing PSA `restricted`, with the tiny Pixtral on a claim."""
+    tools.kubectl("create", "namespace", namespace)
+    tools.kubectl("label", "namespace", namespace, *RESTRICTED_LABELS)
+    create_model_claim(tools.cluster, namespace, model_dir)
+
+
+def pixtral_deployment(namespace: str, replicas: int) -> dict:
+    """A PixtralDeployment serving the tiny random-weight Pixtral from the namespace's claim with the
+    local CPU runtime image (the real vLLM CPU engine)."""
+    manifest = pxd_manifest(PXD_NAME, tiny_spec("tiny-pixtral-weights", replicas=replicas))
     manifest["metadata"]["namespace"] = namespace
     return manifest
 
@@ -142,26 +153,22 @@ def delete_namespace(tools: Tools, namespace: str) -> None:
             tools.kubectl("patch", "pxd", pxd["metadata"]["name"], "-n", namespace, "--type=merge",
                           "-p", '{"metadata":{"finalizers":null}}', check=False)
     tools.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false", check=False)
-    wait_for(lambda: tools.get("namespace", namespace) is None, 120, f"namespace {namespace} deleted")
+    wait_for(lambda: tools.get("namespace", namespace) is None, 180, f"namespace {namespace} deleted")
+    delete_model_volumes(tools.cluster, namespace)
 
 
-def process_identity(pod_name: str) -> str:
-    """Who the pod's local process talks to the API server as: the subject of the token in the
-    kubeconfig the node agent gave it (read from the process's own environment)."""
-    environments = []
-    for pid in processes_with_env(f"HOSTNAME={pod_name}\0"):
-        try:
-            raw = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        environments.append(dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item))
-    assert environments, f"no local process runs pod {pod_name}"
-    kubeconfig = yaml.safe_load(Path(environments[0]["KUBECONFIG"]).read_text())
-    user = kubeconfig["users"][0]["user"]
-    assert "client-certificate-data" not in user and "client-certificate" not in user, "must not use a certificate"
-    payload = user["token"].split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return claims["sub"]
+TOKEN_SUBJECT = (
+    "import base64, json; token = open('/var/run/secrets/kubernetes.io/serviceaccount/token').read();"
+    "payload = token.split('.')[1]; payload += '=' * (-len(payload) % 4);"
+    "print(json.loads(base64.urlsafe_b64decode(payload))['sub'])"
+)
+
+
+def process_identity(tools: Tools, namespace: str, pod_name: str) -> str:
+    """Who the operator inside the pod talks to the API server as: the subject of the projected
+    ServiceAccount token in its container (read there with kubectl exec)."""
+    result = tools.kubectl("exec", "-n", namespace, pod_name, "-c", "operator", "--", "python3", "-c", TOKEN_SUBJECT)
+    return result.stdout.strip()
 
 
 def rbac_wildcards(rules: list[dict]) -> list[str]:
@@ -207,7 +214,7 @@ def test_values_violating_the_schema_fail_naming_the_value(tools, bad_value, nam
 
 # ---------------------------------------------------------------- kubectl install
 
-def test_kubectl_apply_manifests_gives_the_same_working_operator(tools, tiny_model_dir):
+def test_kubectl_apply_manifests_gives_the_same_working_operator(tools, tiny_model_dir, local_images):
     """The plain install (cluster-wide): same operator, ClusterRole path. It runs before the Helm
     release exists and is removed afterwards, so two operators never reconcile the same object."""
     existing = tools.get("deployment", INSTALL_NAME, "-n", INSTALL_NAMESPACE)
@@ -219,16 +226,21 @@ def test_kubectl_apply_manifests_gives_the_same_working_operator(tools, tiny_mod
                     pytrace=False)
     try:
         tools.kubectl("apply", "-f", str(CRD_DIR), "-f", str(INSTALL_DIR))
-        pods = wait_for(operator_ready(tools, INSTALL_NAMESPACE, INSTALL_NAME), 120,
+        # The plain manifests name the published images; this cluster has the ones built here.
+        tools.kubectl("set", "image", "-n", INSTALL_NAMESPACE, f"deployment/{INSTALL_NAME}",
+                      f"operator={local_images['operator']}")
+        tools.kubectl("set", "env", "-n", INSTALL_NAMESPACE, f"deployment/{INSTALL_NAME}",
+                      f"PIXTRAL_RUNTIME_IMAGE={local_images['runtime']}", f"PIXTRAL_ROUTER_IMAGE={local_images['router']}")
+        pods = wait_for(operator_ready(tools, INSTALL_NAMESPACE, INSTALL_NAME), 180,
                         "the operator from manifests/install Ready")
         assert pods[0]["spec"]["serviceAccountName"] == INSTALL_NAME
-        assert process_identity(pods[0]["metadata"]["name"]) == \
+        assert process_identity(tools, INSTALL_NAMESPACE, pods[0]["metadata"]["name"]) == \
             f"system:serviceaccount:{INSTALL_NAMESPACE}:{INSTALL_NAME}"
         assert rbac_wildcards(tools.get("clusterrole", INSTALL_NAME)["rules"]) == []
 
-        tools.kubectl("create", "namespace", KUBECTL_TENANT_NAMESPACE)
+        create_tenant_namespace(tools, KUBECTL_TENANT_NAMESPACE, tiny_model_dir)
         # Zero replicas: the operator's whole reconcile (router, Services, config, status) without a second engine.
-        tools.apply(pixtral_deployment(KUBECTL_TENANT_NAMESPACE, tiny_model_dir, replicas=0))
+        tools.apply(pixtral_deployment(KUBECTL_TENANT_NAMESPACE, replicas=0))
         children = wait_for(reconciled(tools, KUBECTL_TENANT_NAMESPACE), 120,
                             "the PixtralDeployment reconciled by the kubectl-installed operator")
         assert children["runtime"]["spec"]["replicas"] == 0
@@ -243,12 +255,13 @@ def test_kubectl_apply_manifests_gives_the_same_working_operator(tools, tiny_mod
 # ---------------------------------------------------------------- helm install / upgrade / uninstall
 
 @pytest.fixture(scope="module")
-def helm_release(tools, tiny_model_dir):
+def helm_release(tools, tiny_model_dir, image_values):
     """The chart installed with watchNamespaces=[tenant namespace]; removed again in teardown."""
-    tools.kubectl("create", "namespace", WATCHED_NAMESPACE)
+    create_tenant_namespace(tools, WATCHED_NAMESPACE, tiny_model_dir)
     try:
         tools.helm("install", RELEASE, str(CHART_DIR), "-n", OPERATOR_NAMESPACE, "--create-namespace",
-                   "--set", f"watchNamespaces={{{WATCHED_NAMESPACE}}}", "--wait", "--timeout", "180s", timeout=240)
+                   "--set", f"watchNamespaces={{{WATCHED_NAMESPACE}}}", *image_values,
+                   "--wait", "--timeout", "180s", timeout=240)
         yield RELEASE
     finally:
         tools.helm("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False, timeout=120)
@@ -257,8 +270,8 @@ def helm_release(tools, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def reconciled_deployment(tools, helm_release, tiny_model_dir) -> dict:
-    tools.apply(pixtral_deployment(WATCHED_NAMESPACE, tiny_model_dir, replicas=1))
+def reconciled_deployment(tools, helm_release) -> dict:
+    tools.apply(pixtral_deployment(WATCHED_NAMESPACE, replicas=1))
     return wait_for(reconciled(tools, WATCHED_NAMESPACE), 120, "the PixtralDeployment reconciled by the Helm-installed operator")
 
 
@@ -270,7 +283,8 @@ def test_helm_install_gives_a_ready_operator_under_its_service_account(tools, he
     mounts = pod["spec"]["containers"][0].get("volumeMounts", [])
     assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount" for m in mounts)
     # ... and the running operator uses exactly that identity, so everything it does is bounded by the chart's RBAC.
-    assert process_identity(pod["metadata"]["name"]) == f"system:serviceaccount:{OPERATOR_NAMESPACE}:{FULLNAME}"
+    assert process_identity(tools, OPERATOR_NAMESPACE, pod["metadata"]["name"]) == \
+        f"system:serviceaccount:{OPERATOR_NAMESPACE}:{FULLNAME}"
     assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
     assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
@@ -349,13 +363,13 @@ def test_helm_uninstall_keeps_crds_and_custom_resources(tools, reconciled_deploy
 
 # ---------------------------------------------------------------- replicas with kopf peering
 
-def test_two_replicas_peer_and_one_reconciles(tools, tiny_model_dir):
+def test_two_replicas_peer_and_one_reconciles(tools, tiny_model_dir, image_values):
     release, fullname = f"ha-{SUFFIX}", f"ha-{SUFFIX}-pixtral-operator"
     operator_namespace, tenant_namespace = f"pixtral-ha-{SUFFIX}", f"pixtral-ha-tenant-{SUFFIX}"
-    tools.kubectl("create", "namespace", tenant_namespace)
+    create_tenant_namespace(tools, tenant_namespace, tiny_model_dir)
     try:
         tools.helm("install", release, str(CHART_DIR), "-n", operator_namespace, "--create-namespace",
-                   "--set", f"watchNamespaces={{{tenant_namespace}}}", "--set", "replicaCount=2",
+                   "--set", f"watchNamespaces={{{tenant_namespace}}}", "--set", "replicaCount=2", *image_values,
                    "--wait", "--timeout", "180s", timeout=240)
         pods = wait_for(operator_ready(tools, operator_namespace, fullname), 120, "two operator replicas Ready")
         assert len(pods) == 2
@@ -363,7 +377,7 @@ def test_two_replicas_peer_and_one_reconciles(tools, tiny_model_dir):
         peering = wait_for(lambda: (tools.get("kopfpeering", fullname, "-n", tenant_namespace) or {}).get("status"),
                            60, "both replicas registered in the KopfPeering")
         assert len(peering) == 2
-        tools.apply(pixtral_deployment(tenant_namespace, tiny_model_dir, replicas=0))
+        tools.apply(pixtral_deployment(tenant_namespace, replicas=0))
         wait_for(reconciled(tools, tenant_namespace), 30, "the PixtralDeployment reconciled by the active replica")
     finally:
         tools.helm("uninstall", release, "-n", operator_namespace, "--wait", check=False, timeout=120)

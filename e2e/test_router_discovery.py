@@ -2,8 +2,9 @@
 
 `pixtral-runtime router --namespace --configmap` (KUBECONFIG set, as in a pod of the local
 cluster) reads its ConfigMap, API-key Secret and the per-track EndpointSlices through watches
-and applies every change live. The backends are two small HTTP servers on 127.0.0.1 listed in
-hand-made EndpointSlices of selector-less Services (the EndpointSlice controller leaves those alone).
+and applies every change live. The backends are two small HTTP servers on the node's address (the
+cluster's bridge; the API server refuses loopback endpoint addresses) listed in hand-made
+EndpointSlices of selector-less Services (the EndpointSlice controller leaves those alone).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from localcluster import network
 
 pytestmark = pytest.mark.timeout(300)
 
 BIN = Path(sys.executable).with_name("pixtral-runtime")
 CONFIGMAP = "demo-router"
+BACKEND_HOST = network.BRIDGE_IP
 
 
 def free_port() -> int:
@@ -48,7 +51,7 @@ def start_backend(name: str) -> tuple[ThreadingHTTPServer, int]:
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((BACKEND_HOST, 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.server_address[1]
 
@@ -99,7 +102,7 @@ def endpoint_slice(service_name: str, port: int, ready: bool = True) -> dict:
                                 "endpointslice.kubernetes.io/managed-by": "e2e.pixtral.dev"}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": ready}}],
+        "endpoints": [{"addresses": [BACKEND_HOST], "conditions": {"ready": ready}}],
     }
 
 
@@ -137,7 +140,7 @@ def test_router_follows_configmap_secret_and_endpointslices(cluster, namespace, 
     try:
         until(lambda: client.get("/readyz").status_code == 200, 60, "router /readyz")
         r = until(lambda: (resp := ask()).status_code == 200 and resp, 30, "a first answer")
-        assert r.json()["served_by"] == "a" and r.headers["x-pixtral-backend"] == f"http://127.0.0.1:{backends['a']}"
+        assert r.json()["served_by"] == "a" and r.headers["x-pixtral-backend"] == f"http://{BACKEND_HOST}:{backends['a']}"
 
         # EndpointSlice: the pod "moves" to another address -> traffic follows.
         rest.merge_patch(f"{slices}/demo-stable-manual", {"ports": [{"name": "http", "port": backends["b"]}]})
@@ -145,7 +148,7 @@ def test_router_follows_configmap_secret_and_endpointslices(cluster, namespace, 
 
         # No ready endpoint: requests are held (pending gauge), then served when one turns ready.
         rest.merge_patch(f"{slices}/demo-stable-manual",
-                         {"endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": False}}]})
+                         {"endpoints": [{"addresses": [BACKEND_HOST], "conditions": {"ready": False}}]})
         until(lambda: 'pixtral_router_ready_backends{track="stable"} 0.0' in client.get("/metrics").text, 30,
               "the router to see no ready backend")
         held: dict = {}
@@ -154,7 +157,7 @@ def test_router_follows_configmap_secret_and_endpointslices(cluster, namespace, 
         until(lambda: 'pixtral_router_pending_requests{deployment="demo",track="stable"} 1.0' in client.get("/metrics").text, 30,
               "the request to be held")
         rest.merge_patch(f"{slices}/demo-stable-manual",
-                         {"endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]})
+                         {"endpoints": [{"addresses": [BACKEND_HOST], "conditions": {"ready": True}}]})
         waiter.join(30)
         assert held["r"].status_code == 200 and held["r"].json()["served_by"] == "b"
 

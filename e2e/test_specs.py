@@ -133,6 +133,9 @@ def test_operator_judged_specs_degrade_without_touching_others(cluster, namespac
          "GPUProductNotFound", "spec.resources.gpuProduct"),
         ("missing-secret", tiny_spec(tiny_model, replicas=0, router={"apiKeysSecretRef": {"name": "does-not-exist"}}),
          "SecretNotFound", "spec.router.apiKeysSecretRef.name"),
+        # The operator reads the claim under its own RBAC: a missing rule would be a 403, not this.
+        ("missing-claim", tiny_spec("no-such-claim", replicas=0), "PersistentVolumeClaimNotFound",
+         "spec.model.source.pvc.claimName"),
     ]
     for name, spec, _, _ in cases:
         apply(cluster, namespace, pxd_manifest(name, spec))
@@ -144,8 +147,9 @@ def test_operator_judged_specs_degrade_without_touching_others(cluster, namespac
         events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}").stdout
         assert reason in events
 
-    # The operator keeps running and the neighbour was not touched.
-    assert operator.proc.poll() is None
+    # The operator keeps running (never restarted) and the neighbour was not touched.
+    (operator_pod,) = operator.pods()
+    assert all(c["restartCount"] == 0 and c["ready"] for c in operator_pod["status"]["containerStatuses"]), operator_pod["status"]
     for dep, version in neighbour_deps.items():
         assert cluster.rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{dep}")["metadata"]["resourceVersion"] == version
     assert get_pxd(cluster, namespace, "neighbour")["status"]["conditions"] == neighbour_conditions
