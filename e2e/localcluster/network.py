@@ -25,7 +25,6 @@ ISOLATION_CHAIN = "PIXTRAL-POD-ISOLATION"
 
 def cni_conflist(ipam_data_dir: str) -> dict:
     """The CNI network containerd hands every pod sandbox."""
-    prefix = ipaddress.ip_network(POD_CIDR).prefixlen
     return {
         "cniVersion": "1.0.0",
         "name": CNI_NETWORK,
