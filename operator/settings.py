@@ -6,15 +6,28 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-DEFAULT_RUNTIME_IMAGE = "ghcr.io/pixtral-operator/pixtral-runtime:0.1.0"
+from pixtral_operator._version import __version__
+
+# The engine image (vLLM + the supervisor, about 10 GB) and the slim router image (the router alone:
+# no vLLM, no torch), both tagged with this release. Router pods never pull the engine image.
+DEFAULT_RUNTIME_IMAGE = f"ghcr.io/pixtral-operator/pixtral-runtime:{__version__}"
+DEFAULT_ROUTER_IMAGE = f"ghcr.io/pixtral-operator/pixtral-router:{__version__}"
+# Namespaces whose pods may scrape the runtime pods' /metrics through the NetworkPolicy
+# (docs/settings.md#networkpolicy); `PIXTRAL_METRICS_FROM_NAMESPACES` replaces the list.
+DEFAULT_METRICS_FROM_NAMESPACES = ("monitoring",)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 @dataclasses.dataclass(frozen=True)
 class OperatorSettings:
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
-    router_image: str = DEFAULT_RUNTIME_IMAGE
+    router_image: str = DEFAULT_ROUTER_IMAGE
     prometheus_url: str | None = None
     watch_namespaces: tuple[str, ...] = ()
+    metrics_from_namespaces: tuple[str, ...] = DEFAULT_METRICS_FROM_NAMESPACES
     peering: str | None = None
     health_host: str = "0.0.0.0"
     health_port: int = 8080
@@ -27,13 +40,14 @@ class OperatorSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if env is None else env
-        namespaces = tuple(n.strip() for n in env.get("PIXTRAL_WATCH_NAMESPACES", "").split(",") if n.strip())
-        runtime_image = env.get("PIXTRAL_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE
+        metrics_from = env.get("PIXTRAL_METRICS_FROM_NAMESPACES")
         return cls(
-            runtime_image=runtime_image,
-            router_image=env.get("PIXTRAL_ROUTER_IMAGE") or runtime_image,
+            runtime_image=env.get("PIXTRAL_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
+            router_image=env.get("PIXTRAL_ROUTER_IMAGE") or DEFAULT_ROUTER_IMAGE,
             prometheus_url=env.get("PIXTRAL_PROMETHEUS_URL") or None,
-            watch_namespaces=namespaces,
+            watch_namespaces=_names(env.get("PIXTRAL_WATCH_NAMESPACES", "")),
+            # Unset: the default list; set but empty: no namespace may scrape.
+            metrics_from_namespaces=DEFAULT_METRICS_FROM_NAMESPACES if metrics_from is None else _names(metrics_from),
             peering=env.get("PIXTRAL_PEERING") or None,
             health_host=env.get("POD_IP") or "0.0.0.0",
             health_port=int(env.get("PIXTRAL_HEALTH_PORT", "8080")),

@@ -6,22 +6,50 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+# kind -> resource, for recording the API request (and so the RBAC permission) each call is.
+RESOURCES = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "ConfigMap": "configmaps",
+    "ServiceAccount": "serviceaccounts",
+    "Secret": "secrets",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "NetworkPolicy": "networkpolicies",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "ServiceMonitor": "servicemonitors",
+    "PixtralDeployment": "pixtraldeployments",
+}
+
+
+def group_of(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
+
 
 class FakeKube:
     def __init__(self, nodes: list[dict[str, Any]] | None = None, kinds: set[tuple[str, str]] | None = None):
         self.objects: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
+        # (verb, apiGroup, resource) of every request KubeApi would send for these calls.
+        self.requests: set[tuple[str, str, str]] = set()
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
         self.nodes = nodes
         self.kinds = kinds or set()
         self._uid = 0
 
     # --- reads
+    def _request(self, verb: str, api_version: str, kind: str, subresource: str = "") -> None:
+        resource = RESOURCES[kind] + (f"/{subresource}" if subresource else "")
+        self.requests.add((verb, group_of(api_version), resource))
+
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self._request("get", api_version, kind)
         obj = self.objects.get((api_version, kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
     def list_nodes(self) -> list[dict[str, Any]] | None:
+        self.requests.add(("list", "", "nodes"))
         return copy.deepcopy(self.nodes)
 
     def kind_exists(self, api_version: str, kind: str) -> bool:
@@ -32,6 +60,16 @@ class FakeKube:
         meta = obj["metadata"]
         key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
         old = self.objects.get(key)
+        # Server-side apply is a PATCH; for an object that does not exist yet the API server also
+        # authorizes `create`.
+        self._request("patch", obj["apiVersion"], obj["kind"])
+        if old is None:
+            self._request("create", obj["apiVersion"], obj["kind"])
+        # An ownerReference with blockOwnerDeletion needs `update` on the owner's finalizers where the
+        # OwnerReferencesPermissionEnforcement admission plugin runs.
+        for ref in meta.get("ownerReferences") or ():
+            if ref.get("blockOwnerDeletion"):
+                self._request("update", ref["apiVersion"], ref["kind"], "finalizers")
         new = copy.deepcopy(dict(obj))
         if old is None:
             self._uid += 1
@@ -48,14 +86,17 @@ class FakeKube:
         return copy.deepcopy(new)
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        self._request("delete", api_version, kind)
         self.writes.append(("delete", kind, name))
         return self.objects.pop((api_version, kind, namespace, name), None) is not None
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self._request("patch", "serving.pixtral.dev/v1alpha1", "PixtralDeployment", "status")
         self.writes.append(("status", "PixtralDeployment", name))
         self.statuses[(namespace, name)] = copy.deepcopy(dict(status))
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        self._request("patch", "apps/v1", "Deployment", "scale")
         self.writes.append(("scale", "Deployment", name))
         self.objects[("apps/v1", "Deployment", namespace, name)]["spec"]["replicas"] = replicas
 

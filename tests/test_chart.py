@@ -31,34 +31,52 @@ def _load_generate_module():
 
 generate = _load_generate_module()
 
-# The operator's permissions, as the operator's code needs them (apiGroup, resource) -> verbs.
+# The operator's permissions, as the operator's code and kopf need them (apiGroup, resource) -> verbs.
 # The chart must grant exactly these: a missing rule breaks the operator, an extra one is privilege creep.
-CRUD = {"get", "list", "watch", "create", "patch", "update", "delete"}
+# tests/test_rbac.py derives the operator's share from the calls it makes against the fake API.
 READ = {"get", "list", "watch"}
+APPLY = {"get", "create", "patch"}  # read, then server-side apply (patch; create when new)
 NAMESPACED_PERMISSIONS = {
-    ("serving.pixtral.dev", "pixtraldeployments"): {"get", "list", "watch", "patch", "update"},
-    ("serving.pixtral.dev", "pixtraldeployments/status"): {"get", "patch", "update"},
-    ("apps", "deployments"): CRUD,
-    ("", "services"): CRUD,
-    ("", "configmaps"): CRUD,
-    ("", "serviceaccounts"): CRUD,
-    ("policy", "poddisruptionbudgets"): CRUD,
-    ("rbac.authorization.k8s.io", "roles"): CRUD,
-    ("rbac.authorization.k8s.io", "rolebindings"): CRUD,
+    ("serving.pixtral.dev", "pixtraldeployments"): {"list", "watch", "patch"},
+    ("serving.pixtral.dev", "pixtraldeployments/status"): {"patch"},
+    ("serving.pixtral.dev", "pixtraldeployments/finalizers"): {"update"},
+    ("apps", "deployments"): APPLY | {"delete"},
+    ("apps", "deployments/scale"): {"patch"},
+    ("", "services"): APPLY | {"delete"},
+    ("", "configmaps"): APPLY | READ,
+    ("", "serviceaccounts"): APPLY,
+    ("policy", "poddisruptionbudgets"): APPLY,
+    ("networking.k8s.io", "networkpolicies"): APPLY,
+    ("rbac.authorization.k8s.io", "roles"): APPLY,
+    ("rbac.authorization.k8s.io", "rolebindings"): APPLY,
     ("discovery.k8s.io", "endpointslices"): READ,
     ("", "secrets"): READ,
-    ("", "pods"): READ,
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("monitoring.coreos.com", "servicemonitors"): CRUD,
+    ("", "persistentvolumeclaims"): {"get"},
+    ("", "events"): {"create"},
+    ("monitoring.coreos.com", "servicemonitors"): APPLY,
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
 }
 CLUSTER_PERMISSIONS = {
-    ("", "nodes"): READ,
-    ("", "namespaces"): READ,
-    ("apiextensions.k8s.io", "customresourcedefinitions"): READ,
+    ("", "nodes"): {"list"},
+    ("", "namespaces"): {"list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
 }
+# What kopf itself does with the operator's identity (kopf/_cogs/clients: list+watch streams,
+# merge/JSON patches of the object and its status, POSTed core/v1 Events, peering, and the
+# namespace/CRD observers), beyond what the operator's own code calls.
+KOPF_PERMISSIONS = {
+    ("serving.pixtral.dev", "pixtraldeployments"): {"list", "watch", "patch"},
+    ("serving.pixtral.dev", "pixtraldeployments/status"): {"patch"},
+    ("", "events"): {"create"},
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+    ("", "namespaces"): {"list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+}
+# Children carry ownerReferences with blockOwnerDeletion: with the OwnerReferencesPermissionEnforcement
+# admission plugin (OpenShift, hardened clusters) that needs `update` on the owner's finalizers.
+OWNER_REFERENCE_PERMISSIONS = {("serving.pixtral.dev", "pixtraldeployments/finalizers"): {"update"}}
 # What the operator grants each router ServiceAccount; it must hold these itself to grant them.
 ROUTER_PERMISSIONS = {
     ("discovery.k8s.io", "endpointslices"): READ,
@@ -329,7 +347,8 @@ def test_default_render(render):
         "PIXTRAL_WATCH_NAMESPACES": "",
         "PIXTRAL_PROMETHEUS_URL": "",
         "PIXTRAL_RUNTIME_IMAGE": "ghcr.io/pixtral-operator/pixtral-runtime:0.1.0",
-        "PIXTRAL_ROUTER_IMAGE": "ghcr.io/pixtral-operator/pixtral-runtime:0.1.0",
+        "PIXTRAL_ROUTER_IMAGE": "ghcr.io/pixtral-operator/pixtral-router:0.1.0",
+        "PIXTRAL_METRICS_FROM_NAMESPACES": "monitoring",
         "PIXTRAL_PEERING": "",
         "PIXTRAL_LOG_LEVEL": "INFO",
         "PIXTRAL_HEALTH_PORT": "8080",
@@ -355,7 +374,10 @@ def test_default_render(render):
 
 def test_default_render_runs_unprivileged(render):
     pod_spec = one(render(), "Deployment")["spec"]["template"]["spec"]
+    # The operator talks to the API server with its ServiceAccount token: mounted on purpose.
+    assert pod_spec["automountServiceAccountToken"] is True
     container = pod_spec["containers"][0]["securityContext"]
+    assert container["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod_spec["securityContext"]["runAsNonRoot"] is True
     assert pod_spec["securityContext"]["runAsUser"] != 0
     assert pod_spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -381,6 +403,23 @@ def test_operator_holds_what_it_grants_to_routers():
     granted = NAMESPACED_PERMISSIONS
     for key, verbs in ROUTER_PERMISSIONS.items():
         assert verbs <= granted.get(key, set()), key
+
+
+def test_router_permissions_are_what_the_router_role_grants():
+    from pixtral_operator.render.router import router_role
+    from pixtral_operator.spec import parse
+
+    role = router_role(parse("demo", "team", {"router": {"apiKeysSecretRef": {"name": "keys"}}}))
+    assert permissions(role["rules"]) == ROUTER_PERMISSIONS
+
+
+def test_chart_defaults_are_the_operators_defaults():
+    from pixtral_operator import settings
+
+    values = default_values()
+    assert values["runtimeImage"] == settings.DEFAULT_RUNTIME_IMAGE
+    assert values["routerImage"] == settings.DEFAULT_ROUTER_IMAGE
+    assert tuple(values["metricsFromNamespaces"]) == settings.DEFAULT_METRICS_FROM_NAMESPACES
 
 
 def test_watch_namespaces_rbac_uses_roles_per_namespace(render):
@@ -441,6 +480,7 @@ def test_every_option_reaches_the_objects(render):
         "PIXTRAL_PROMETHEUS_URL": "http://prometheus-operated.monitoring:9090",
         "PIXTRAL_RUNTIME_IMAGE": "registry.example.com/platform/pixtral-runtime:0.1.0-rc1",
         "PIXTRAL_ROUTER_IMAGE": "registry.example.com/platform/pixtral-router:0.1.0-rc1",
+        "PIXTRAL_METRICS_FROM_NAMESPACES": "observability,openshift-monitoring",
         "PIXTRAL_PEERING": "pixtral-ha",
         "PIXTRAL_LOG_LEVEL": "DEBUG",
         "PIXTRAL_HEALTH_PORT": "8181",

@@ -29,6 +29,7 @@ def env_of(container):
 def test_children_kinds_and_names():
     objs = render()
     assert set(objs) == {
+        ("NetworkPolicy", "demo-runtime"),
         ("Service", "demo-stable"),
         ("Deployment", "demo-stable"),
         ("PodDisruptionBudget", "demo-runtime"),

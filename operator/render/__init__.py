@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pixtral_operator.render import labels as L
-from pixtral_operator.render.policy import runtime_pdb, service_monitor
+from pixtral_operator.render.policy import runtime_network_policy, runtime_pdb, service_monitor
 from pixtral_operator.render.router import (
     router_configmap,
     router_deployment,
@@ -48,10 +48,11 @@ def desired_children(
     *,
     service_monitor_available: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every child of the PixtralDeployment, in apply order (RBAC before the pods that use it).
+    """Every child of the PixtralDeployment, in apply order (the NetworkPolicy before the runtime pods
+    it isolates, RBAC before the pods that use it).
 
     `replicas` maps track -> runtime replicas (spec.replicas, or the autoscaler's decision)."""
-    objs: list[dict[str, Any]] = []
+    objs: list[dict[str, Any]] = [runtime_network_policy(spec, settings)]
     for track in spec.tracks():
         objs.append(track_service(spec, track))
         objs.append(track_deployment(spec, track, settings, replicas[track.track]))

@@ -47,6 +47,11 @@ def runtime_selector(name: str, track: str) -> dict[str, str]:
     return {DEPLOYMENT_LABEL: name, TRACK_LABEL: track, COMPONENT_LABEL: "runtime"}
 
 
+def runtime_selector_all_tracks(name: str) -> dict[str, str]:
+    """The runtime pods of both tracks (PodDisruptionBudget, NetworkPolicy)."""
+    return {DEPLOYMENT_LABEL: name, COMPONENT_LABEL: "runtime"}
+
+
 def runtime_labels(name: str, track: str) -> dict[str, str]:
     return {**common_labels(name, "runtime"), TRACK_LABEL: track}
 

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pixtral_operator.render import labels as L
+from pixtral_operator.render.security import container_security_context, pod_security_context
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import PixtralSpec, TenantLimits
 
@@ -132,6 +133,8 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
     container = {
         "name": "router",
         "image": spec.router.image or settings.router_image,
+        # Explicit, so the container runs the router whatever the image's entrypoint: the slim router
+        # image (ENTRYPOINT pixtral-runtime, CMD router) and the runtime image both have this command.
         "command": ["pixtral-runtime", "router"],
         "env": [
             {"name": "PIXTRAL_ROUTER_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -143,13 +146,9 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 65532,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security_context(),
+        # The router writes no files; the Kubernetes client and Python get a scratch /tmp all the same.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     return {
         "apiVersion": "apps/v1",
@@ -164,8 +163,12 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
                     "annotations": L.scrape_annotations(L.ROUTER_HTTP_PORT),
                 },
                 "spec": {
+                    "securityContext": pod_security_context(),
                     "serviceAccountName": name,
+                    # The router watches its ConfigMap, API-key Secret and EndpointSlices with this token.
+                    "automountServiceAccountToken": True,
                     "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                     # Streams in flight finish before the router exits.
                     "terminationGracePeriodSeconds": min(spec.router.request_timeout_seconds + 10, 3600),
                     "enableServiceLinks": False,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from pixtral_operator.render import labels as L
+from pixtral_operator.render.security import container_security_context, pod_security_context
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import MODEL_MOUNT_PATH, PixtralSpec, TrackSpec
 
@@ -14,6 +15,20 @@ from pixtral_operator.spec import MODEL_MOUNT_PATH, PixtralSpec, TrackSpec
 STARTUP_PERIOD_SECONDS = 10
 STARTUP_FAILURE_THRESHOLD = 180
 DRAIN_MARGIN_SECONDS = 15
+
+# The root filesystem is read-only, so everything vLLM, torch, Triton and the Hugging Face hub write
+# goes to the pod's own emptyDirs: HOME (~/.cache, ~/.config, ~/.triton) and the named caches on
+# `cache`, tempfiles and the engine's IPC sockets on `tmp`. HOME must be set: the image's own home
+# (/home/nonroot, or /root in vLLM's base image) is part of the read-only root.
+CACHE_DIR = "/cache"
+TMP_DIR = "/tmp"
+CACHE_ENV = (
+    ("HOME", CACHE_DIR),
+    ("TMPDIR", TMP_DIR),
+    ("HF_HOME", f"{CACHE_DIR}/huggingface"),
+    ("VLLM_CACHE_ROOT", f"{CACHE_DIR}/vllm"),
+    ("TORCHINDUCTOR_CACHE_DIR", f"{CACHE_DIR}/torchinductor"),
+)
 
 
 def grace_period_seconds(spec: PixtralSpec) -> int:
@@ -48,6 +63,7 @@ def _env(spec: PixtralSpec, track: TrackSpec) -> list[dict[str, Any]]:
                 },
             }
         )
+    env += [{"name": name, "value": value} for name, value in CACHE_ENV]
     managed = {e["name"] for e in env}
     env.extend(dict(e) for e in track.env if e.get("name") not in managed)
     return env
@@ -58,13 +74,17 @@ def _volumes(track: TrackSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any
         # vLLM's tensor-parallel workers exchange tensors through shared memory.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
         {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "dshm", "mountPath": "/dev/shm"},
-        {"name": "cache", "mountPath": "/cache"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
     ]
     source = track.source
     if source.host_path:
+        # Refused in a namespace that enforces the `restricted` (or `baseline`) Pod Security level;
+        # `pvc` works everywhere (docs/runtime.md).
         volumes.append({"name": "model", "hostPath": {"path": source.host_path, "type": "Directory"}})
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": True})
     elif source.pvc_claim:
@@ -89,13 +109,7 @@ def track_deployment(spec: PixtralSpec, track: TrackSpec, settings: OperatorSett
         "name": "runtime",
         "image": track.image or settings.runtime_image,
         "command": ["pixtral-runtime", "serve"],
-        # Caches on the pod's own emptyDir: the image's filesystem may be read-only.
-        "env": _env(spec, track)
-        + [
-            {"name": "HF_HOME", "value": "/cache/huggingface"},
-            {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
-            {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/cache/torchinductor"},
-        ],
+        "env": _env(spec, track),
         "ports": [
             {"name": "http", "containerPort": L.RUNTIME_HTTP_PORT, "protocol": "TCP"},
             {"name": "health", "containerPort": L.RUNTIME_HEALTH_PORT, "protocol": "TCP"},
@@ -120,6 +134,7 @@ def track_deployment(spec: PixtralSpec, track: TrackSpec, settings: OperatorSett
             "failureThreshold": 3,
             "timeoutSeconds": 5,
         },
+        "securityContext": container_security_context(),
     }
     node_selector = dict(spec.scheduling.node_selector)
     if spec.gpu_product:
@@ -127,6 +142,9 @@ def track_deployment(spec: PixtralSpec, track: TrackSpec, settings: OperatorSett
     tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     tolerations += [dict(t) for t in spec.scheduling.tolerations]
     pod_spec: dict[str, Any] = {
+        "securityContext": pod_security_context(),
+        # The engine never talks to the Kubernetes API: no token in the pod.
+        "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": grace_period_seconds(spec),

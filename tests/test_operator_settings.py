@@ -1,0 +1,25 @@
+"""OperatorSettings.from_env: the images and the NetworkPolicy's metrics namespaces (docs/settings.md)."""
+
+from pixtral_operator import settings as S
+from pixtral_operator._version import __version__
+from pixtral_operator.settings import OperatorSettings
+
+
+def test_defaults_are_the_release_images():
+    s = OperatorSettings.from_env({})
+    assert s.runtime_image == S.DEFAULT_RUNTIME_IMAGE == f"ghcr.io/pixtral-operator/pixtral-runtime:{__version__}"
+    assert s.router_image == S.DEFAULT_ROUTER_IMAGE == f"ghcr.io/pixtral-operator/pixtral-router:{__version__}"
+    assert s.metrics_from_namespaces == ("monitoring",)
+
+
+def test_router_image_is_its_own_setting():
+    s = OperatorSettings.from_env({"PIXTRAL_RUNTIME_IMAGE": "r/runtime:2"})
+    assert s.runtime_image == "r/runtime:2" and s.router_image == S.DEFAULT_ROUTER_IMAGE
+    s = OperatorSettings.from_env({"PIXTRAL_ROUTER_IMAGE": "r/router:2", "PIXTRAL_RUNTIME_IMAGE": ""})
+    assert s.router_image == "r/router:2" and s.runtime_image == S.DEFAULT_RUNTIME_IMAGE
+
+
+def test_metrics_namespaces_unset_empty_and_listed():
+    assert OperatorSettings.from_env({"PIXTRAL_METRICS_FROM_NAMESPACES": ""}).metrics_from_namespaces == ()
+    listed = OperatorSettings.from_env({"PIXTRAL_METRICS_FROM_NAMESPACES": " obs , prom,"})
+    assert listed.metrics_from_namespaces == ("obs", "prom")

@@ -1,0 +1,77 @@
+"""The chart's RBAC is derived from what the operator does: every request reconcile() and the
+autoscaler send (recorded by the fake API) over the scenarios below, plus what kopf itself sends and
+what the operator grants to routers, is exactly the permission table tests/test_chart.py holds the
+chart to. A call the chart does not grant fails here; so does a grant nothing uses."""
+
+from fakekube import FakeKube, gpu_node, pxd
+from pixtral_operator.reconcile import reconcile
+from pixtral_operator.scaler import Scaler
+from pixtral_operator.settings import OperatorSettings
+from test_chart import (
+    CLUSTER_PERMISSIONS,
+    KOPF_PERMISSIONS,
+    NAMESPACED_PERMISSIONS,
+    OWNER_REFERENCE_PERMISSIONS,
+    ROUTER_PERMISSIONS,
+)
+from test_scaler import CannedPrometheus
+
+SETTINGS = OperatorSettings()
+
+
+def secret(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "team"}}
+
+
+def claim(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": "team"}}
+
+
+def everything_the_operator_does() -> set[tuple[str, str, str]]:
+    kube = FakeKube(nodes=[gpu_node("gpu-0")], kinds={("monitoring.coreos.com/v1", "ServiceMonitor")})
+    for obj in (secret("keys"), secret("hub"), claim("weights")):
+        kube.add(obj)
+    spec = {
+        "replicas": 1,
+        "model": {"source": {"pvc": {"claimName": "weights"}}},
+        "router": {"apiKeysSecretRef": {"name": "keys"}},
+        "canary": {"weight": 10, "model": {"name": "org/pixtral", "source": {"hub": {"tokenSecretRef": {"name": "hub"}}}}},
+        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetQueuePerReplica": 2},
+    }
+    body = pxd(spec=spec)
+    reconcile(body, kube, SETTINGS, now="t0")  # creates every child
+    reconcile(pxd(spec={**spec, "router": {"apiKeysSecretRef": {"name": "keys"}, "replicas": 2}}, generation=2),
+              kube, SETTINGS, now="t1")  # updates one
+    no_canary = {k: v for k, v in spec.items() if k != "canary"}
+    reconcile(pxd(spec=no_canary, generation=3), kube, SETTINGS, now="t2")  # deletes the canary's children
+    kube.set_deployment_status("team", "demo-stable", replicas=1, readyReplicas=1, updatedReplicas=1)
+    return kube, body, no_canary
+
+
+async def test_every_permission_is_used_and_every_use_is_permitted():
+    kube, _, spec = everything_the_operator_does()
+    prometheus = CannedPrometheus()
+    prometheus.load = 5
+    await Scaler(kube, prometheus).tick(pxd(spec=spec, generation=3), now=prometheus.now)
+    assert ("patch", "apps", "deployments/scale") in kube.requests, "the autoscaler scaled"
+
+    used: dict[tuple[str, str], set[str]] = {}
+    for verb, group, resource in kube.requests:
+        used.setdefault((group, resource), set()).add(verb)
+    for table in (KOPF_PERMISSIONS, ROUTER_PERMISSIONS, OWNER_REFERENCE_PERMISSIONS):
+        for key, verbs in table.items():
+            used.setdefault(key, set()).update(verbs)
+    assert used == NAMESPACED_PERMISSIONS | CLUSTER_PERMISSIONS
+
+
+def test_recorded_requests_name_each_call_of_the_operator():
+    kube, _, _ = everything_the_operator_does()
+    requests = kube.requests
+    assert ("get", "", "persistentvolumeclaims") in requests, "check_spec reads the weight claim"
+    assert ("get", "", "secrets") in requests, "check_spec reads the referenced Secrets"
+    assert ("list", "", "nodes") in requests, "the GPU capacity check"
+    assert ("create", "networking.k8s.io", "networkpolicies") in requests
+    assert ("delete", "apps", "deployments") in requests and ("delete", "", "services") in requests
+    assert ("update", "serving.pixtral.dev", "pixtraldeployments/finalizers") in requests
+    # The operator never lists or watches its children, and never touches pods or Secrets' contents.
+    assert not {(v, g, r) for v, g, r in requests if v in ("list", "watch") and r != "nodes"}
