@@ -424,6 +424,41 @@ def client_pod_request(cluster: Cluster, namespace: str, image: str, url: str, b
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
+PROBE_SCRIPT = """
+import os, socket
+try:
+    socket.create_connection((os.environ["HOST"], int(os.environ["PORT"])), timeout=float(os.environ["TIMEOUT"])).close()
+    print("PROBE open")
+except OSError as error:
+    print("PROBE closed", type(error).__name__, error)
+"""
+
+
+def tcp_probe_from_pod(cluster: Cluster, namespace: str, image: str, host: str, port: int, pod_name: str,
+                       labels: Mapping[str, str] | None = None, timeout: float = 5) -> bool:
+    """Whether a pod (with `labels`, in `namespace`) can open a TCP connection to host:port."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "labels": dict(labels or {})}, "spec": {
+        "restartPolicy": "Never", "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "probe", "image": image, "command": ["python3", "-c", PROBE_SCRIPT],
+            "env": [{"name": "HOST", "value": host}, {"name": "PORT", "value": str(port)},
+                    {"name": "TIMEOUT", "value": str(timeout)}],
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                "readOnlyRootFilesystem": True},
+        }]}}
+    path = f"/api/v1/namespaces/{namespace}/pods"
+    cluster.rest.create(path, pod)
+    try:
+        wait_for(lambda: (cluster.rest.get(f"{path}/{pod_name}").get("status", {}).get("phase")
+                          in ("Succeeded", "Failed")), 120, f"probe pod {pod_name} to finish")
+        log = cluster.pod_log(namespace, pod_name, "probe")
+    finally:
+        cluster.rest.delete(f"{path}/{pod_name}", {"gracePeriodSeconds": 0})
+    assert "PROBE " in log, log
+    return "PROBE open" in log
+
+
 def pod_sandboxes(cluster: Cluster, namespace: str, deployment: str) -> list[dict[str, Any]]:
     """The node's pod sandboxes of a PixtralDeployment, as containerd knows them (not the API's
     view): proof that deletion left no container behind."""

@@ -13,6 +13,7 @@ from pixtral_e2e import (  # noqa: F401  (fixtures)
     apply,
     chat,
     chat_body,
+    client_pod_request,
     condition,
     crds,
     create_api_keys,
@@ -23,11 +24,13 @@ from pixtral_e2e import (  # noqa: F401  (fixtures)
     pxd_manifest,
     ready_pods,
     router_url,
+    tcp_probe_from_pod,
     tiny_model,
     tiny_spec,
     wait_condition,
     wait_gone,
 )
+from pixtral_operator.render.labels import RUNTIME_HTTP_PORT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.engine, pytest.mark.timeout(1500)]
 
@@ -49,7 +52,7 @@ def track_counts(url: str, n: int, headers: dict[str, str] | None = None) -> dic
     return counts
 
 
-def test_lifecycle(cluster, namespace, operator, tiny_model):
+def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     keys = create_api_keys(cluster, namespace)
     spec = tiny_spec(tiny_model, router={"apiKeysSecretRef": {"name": keys}, "requestTimeoutSeconds": 120})
     apply(cluster, namespace, pxd_manifest(NAME, spec))
@@ -81,6 +84,25 @@ def test_lifecycle(cluster, namespace, operator, tiny_model):
     assert chat(url, chat_body(), key=None).status_code == 401
     too_many = chat(url, chat_body(images=3))
     assert too_many.status_code == 400 and "2" in too_many.json()["error"]["message"]
+
+    # --- a tenant's client pod calls the router's Service by the DNS name in status.endpoint and by ClusterIP
+    from_dns = client_pod_request(cluster, namespace, local_images["router"], status["endpoint"],
+                                  chat_body(images=1, max_tokens=4), API_KEY, pod_name="client-dns")
+    assert from_dns["status"] == 200, from_dns
+    cluster_ip = cluster.rest.get(f"/api/v1/namespaces/{namespace}/services/{NAME}")["spec"]["clusterIP"]
+    from_ip = client_pod_request(cluster, namespace, local_images["router"], f"http://{cluster_ip}:80/v1",
+                                 chat_body(max_tokens=4), API_KEY, pod_name="client-ip")
+    assert from_ip["status"] == 200, from_ip
+
+    # --- NetworkPolicy (enforced by kube-router): vLLM's port is closed to other pods, open to the router
+    (runtime_pod,) = ready_pods(cluster, namespace, f"serving.pixtral.dev/deployment={NAME},serving.pixtral.dev/track=stable")
+    runtime_ip = runtime_pod["status"]["podIP"]
+    assert not tcp_probe_from_pod(cluster, namespace, local_images["router"], runtime_ip, RUNTIME_HTTP_PORT, "stranger"), \
+        "a pod outside the PixtralDeployment reached vLLM's port"
+    router_labels = ready_pods(cluster, namespace, f"serving.pixtral.dev/deployment={NAME},"
+                                                   "app.kubernetes.io/component=router")[0]["metadata"]["labels"]
+    assert tcp_probe_from_pod(cluster, namespace, local_images["router"], runtime_ip, RUNTIME_HTTP_PORT, "as-router",
+                              labels=router_labels), "a pod with the router's labels could not reach vLLM's port"
 
     # --- add a canary at weight 20: traffic splits
     spec["canary"] = {"weight": 20, "replicas": 1, "stickyHeader": "x-session-id", "engine": {"env": spec["engine"]["env"] + [{"name": "PIXTRAL_TRACK_NOTE", "value": "canary"}]}}
