@@ -138,6 +138,16 @@ def test_router_image():
     assert not missing, f"runtime/router.Dockerfile does not install {sorted(missing)}"
 
 
+def test_runtime_image_runs_as_the_pods_user():
+    """The operator runs runtime pods as this uid (operator/render/security.py); the image agrees."""
+    from pixtral_operator.render.security import NONROOT_UID
+
+    stage = final_stage(instructions(REPO_ROOT / "runtime" / "Dockerfile"))
+    assert values(stage, "USER")[-1] == f"{NONROOT_UID}:{NONROOT_UID}"
+    router_stage = final_stage(instructions(REPO_ROOT / "runtime" / "router.Dockerfile"))
+    assert values(router_stage, "USER")[-1] == f"{NONROOT_UID}:{NONROOT_UID}"
+
+
 def test_parser_joins_continuations(tmp_path):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("# c\nFROM a:1 AS b\nRUN x \\\n  && y\n\nUSER 1\n")
