@@ -234,3 +234,28 @@ def test_binary_paths_and_versions() -> None:
     assert images.version_of(paths["COREDNS_BIN"]) == "v1.15.0"
     with pytest.raises(images.ImageError):
         images.version_of("/c/bin/coredns")
+
+
+def test_only_the_newest_layers_of_a_kind_are_kept() -> None:
+    cached = [("venv-aaa", 1.0), ("venv-bbb", 2.0), ("code-ccc", 1.0), ("venv-new", 3.0)]
+    assert images.stale_layers(cached, "venv-new", keep=1) == ["venv-bbb", "venv-aaa"]
+    assert images.stale_layers(cached, "venv-new", keep=2) == ["venv-aaa"]
+    assert images.stale_layers(cached, "code-ccc", keep=3) == []
+    assert images.layer_kind(images.cache_key("coredns", "x")) == "coredns"
+
+
+@pytest.mark.parametrize("rel, pyc", [
+    ("lib/python3.11/site-packages/vllm/__init__.py", "lib/python3.11/site-packages/vllm/__pycache__/__init__.cpython-311.pyc"),
+    ("six.py", "__pycache__/six.cpython-311.pyc"),
+])
+def test_bytecode_goes_where_python_looks_for_it(rel: str, pyc: str) -> None:
+    assert images.bytecode_path(rel) == pyc
+
+
+def test_bytecode_is_compiled_only_where_missing() -> None:
+    have = {"lib/python3.11/site-packages/__pycache__/a.cpython-311.pyc"}
+    missing = lambda rel: images.bytecode_missing(rel, have.__contains__)  # noqa: E731
+    assert not missing("lib/python3.11/site-packages/a.py")
+    assert missing("lib/python3.11/site-packages/b.py")
+    assert not missing("lib/python3.11/site-packages/b.txt") and not missing("bin/activate_this.py")
+    assert not missing("lib/python3.11/site-packages/__editable___pixtral_operator_0_1_0_finder.py")
