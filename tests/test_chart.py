@@ -50,7 +50,7 @@ NAMESPACED_PERMISSIONS = {
     ("rbac.authorization.k8s.io", "roles"): APPLY,
     ("rbac.authorization.k8s.io", "rolebindings"): APPLY,
     ("discovery.k8s.io", "endpointslices"): READ,
-    ("", "secrets"): READ,
+    ("", "secrets"): {"get"},
     ("", "persistentvolumeclaims"): {"get"},
     ("", "events"): {"create"},
     ("monitoring.coreos.com", "servicemonitors"): APPLY,
@@ -81,7 +81,6 @@ OWNER_REFERENCE_PERMISSIONS = {("serving.pixtral.dev", "pixtraldeployments/final
 ROUTER_PERMISSIONS = {
     ("discovery.k8s.io", "endpointslices"): READ,
     ("", "configmaps"): READ,
-    ("", "secrets"): READ,
 }
 
 

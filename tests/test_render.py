@@ -165,8 +165,12 @@ def test_router_objects():
     assert env_of(pod["containers"][0])["PIXTRAL_ROUTER_CONFIGMAP"] == "demo-router"
     assert objs[("Service", "demo")]["spec"]["ports"][0]["port"] == 80
     role = objs[("Role", "demo-router")]
-    secrets_rule = [r for r in role["rules"] if r["resources"] == ["secrets"]][0]
-    assert secrets_rule["resourceNames"] == ["keys"]
+    # The keys come as a volume: the router reads no Secret through the API.
+    assert not [r for r in role["rules"] if "secrets" in r["resources"]]
+    assert {"name": "api-keys", "secret": {"secretName": "keys", "defaultMode": 0o440}} in pod["volumes"]
+    mount = {"name": "api-keys", "mountPath": "/etc/pixtral-router/api-keys", "readOnly": True}
+    assert mount in pod["containers"][0]["volumeMounts"]
+    assert env_of(pod["containers"][0])["PIXTRAL_ROUTER_API_KEYS_DIR"] == mount["mountPath"]
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
     config = json.loads(objs[("ConfigMap", "demo-router")]["data"]["config.json"])

@@ -12,6 +12,9 @@ from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import PixtralSpec, TenantLimits
 
 CONFIG_KEY = "config.json"
+# The API-key Secret is mounted here and the router reads the keys from its files, so neither the
+# router nor the operator needs to read Secrets through the API (docs/router.md).
+API_KEYS_DIR = "/etc/pixtral-router/api-keys"
 
 
 def _limits(limits: TenantLimits) -> dict[str, int]:
@@ -84,8 +87,8 @@ def router_service_account(spec: PixtralSpec) -> dict[str, Any]:
 
 
 def router_role(spec: PixtralSpec) -> dict[str, Any]:
-    """Least privilege: the router reads its own ConfigMap and API-key Secret and the track
-    EndpointSlices, nothing else."""
+    """Least privilege: the router reads its own ConfigMap and the track EndpointSlices, nothing
+    else; its API-key Secret comes as a volume."""
     rules: list[dict[str, Any]] = [
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
         {
@@ -95,15 +98,6 @@ def router_role(spec: PixtralSpec) -> dict[str, Any]:
             "verbs": ["get", "list", "watch"],
         },
     ]
-    if spec.router.api_keys_secret:
-        rules.append(
-            {
-                "apiGroups": [""],
-                "resources": ["secrets"],
-                "resourceNames": [spec.router.api_keys_secret],
-                "verbs": ["get", "list", "watch"],
-            }
-        )
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -150,6 +144,13 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
         # The router writes no files; the Kubernetes client and Python get a scratch /tmp all the same.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    if spec.router.api_keys_secret:
+        container["env"].append({"name": "PIXTRAL_ROUTER_API_KEYS_DIR", "value": API_KEYS_DIR})
+        container["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+        # Readable by the pod's group (fsGroup) only. Not optional: without the Secret the pod waits
+        # instead of serving (the operator reports SecretNotFound before it renders anything).
+        volumes.append({"name": "api-keys", "secret": {"secretName": spec.router.api_keys_secret, "defaultMode": 0o440}})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -165,10 +166,10 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
                 "spec": {
                     "securityContext": pod_security_context(),
                     "serviceAccountName": name,
-                    # The router watches its ConfigMap, API-key Secret and EndpointSlices with this token.
+                    # The router watches its ConfigMap and EndpointSlices with this token.
                     "automountServiceAccountToken": True,
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                    "volumes": volumes,
                     # Streams in flight finish before the router exits.
                     "terminationGracePeriodSeconds": min(spec.router.request_timeout_seconds + 10, 3600),
                     "enableServiceLinks": False,

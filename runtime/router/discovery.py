@@ -4,6 +4,10 @@ Each watched thing runs in its own daemon thread (the `kubernetes` client is syn
 then watch from the list's resourceVersion, and on any error (including 410 Gone) list again
 after a bounded backoff. Results are handed to the event loop with `call_soon_threadsafe`, so the
 request path never waits on the API server. The parsing helpers are pure and tested without a cluster.
+
+With `--api-keys-dir` (the operator's router pods) the API-key Secret is not watched: the pod mounts
+it as a volume and the keys are re-read from its files every few seconds, so neither the router nor
+the operator needs to read Secrets through the API (docs/router.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ CONFIG_KEY = "config.json"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 WATCH_TIMEOUT_SECONDS = 60  # the server ends each watch; the thread re-checks its stop flag then
 MAX_BACKOFF_SECONDS = 30.0
+# How often the mounted key files are re-read. The kubelet itself refreshes a Secret volume about
+# once a minute, so this adds little to a rotation's delay.
+KEY_FILES_POLL_SECONDS = 2.0
 
 
 # ---- pure helpers ----------------------------------------------------------------------------------
@@ -83,6 +90,21 @@ def api_keys_from_secret(secret: Mapping[str, Any]) -> dict[str, str]:
     for tenant, value in (secret.get("stringData") or {}).items():
         if value.strip():
             keys[tenant] = value.strip()
+    return keys
+
+
+def api_keys_from_files(directory: str) -> dict[str, str]:
+    """tenant -> key from a Secret mounted as a volume: one file per data key. The kubelet's own
+    entries (`..data` and the timestamped folder it points at) start with dots and are skipped."""
+    keys: dict[str, str] = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            with open(entry.path, encoding="utf-8") as f:
+                value = f.read().strip()
+            if value:
+                keys[entry.name] = value
     return keys
 
 
@@ -148,6 +170,45 @@ class _WatchThread:
                 self._stop.wait(delay)
 
 
+class _KeyFilesWatch:
+    """Re-reads the mounted API-key files on the event loop (a few small files on a tmpfs) and hands
+    every changed set to `on_keys`. An unreadable folder keeps the last keys (none at first: the
+    router then stays unready)."""
+
+    def __init__(self, directory: str, on_keys: Callable[[dict[str, str]], None],
+                 interval: float | None = None) -> None:
+        self.name = f"files/{directory}"
+        self._directory = directory
+        self._on_keys = on_keys
+        self._interval = KEY_FILES_POLL_SECONDS if interval is None else interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"watch-{self.name}")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        last: dict[str, str] | None = None
+        failing = False
+        while True:
+            try:
+                keys = api_keys_from_files(self._directory)
+            except (OSError, UnicodeDecodeError) as exc:
+                if not failing:
+                    log.warning("cannot read the API keys in %s (%s); keeping the last ones",
+                                self._directory, exc.__class__.__name__)
+                failing = True
+            else:
+                failing = False
+                if keys != last:
+                    last = keys
+                    self._on_keys(keys)
+            await asyncio.sleep(self._interval)
+
+
 class KubernetesDiscovery:
     """Feeds RouterState from the API: config, keys, ready backends; applied live."""
 
@@ -157,9 +218,10 @@ class KubernetesDiscovery:
         self.state = state
         self.namespace = settings.namespace
         self.configmap = settings.configmap
+        self.api_keys_dir = settings.api_keys_dir
         self._loop: asyncio.AbstractEventLoop | None = None
         self._config_watch: _WatchThread | None = None
-        self._secret: tuple[str | None, _WatchThread | None] = (None, None)
+        self._secret: tuple[str | None, _WatchThread | _KeyFilesWatch | None] = (None, None)
         self._slices: dict[str, tuple[str, _WatchThread]] = {}
 
     async def start(self) -> None:
@@ -220,14 +282,25 @@ class KubernetesDiscovery:
             self.state.apply_api_keys(None)
             return
         self.state.apply_api_keys(None)
-        watcher = _WatchThread(
-            f"secret/{wanted}", self._core.list_namespaced_secret,
-            {"namespace": self.namespace, "field_selector": f"metadata.name={wanted}"},
-            self._threadsafe(lambda objs, name=wanted: self._on_secrets(name, objs)),
-            self._api_client.sanitize_for_serialization,
-        )
+        watcher: _WatchThread | _KeyFilesWatch
+        if self.api_keys_dir:
+            # The pod mounts the Secret the operator rendered into this config; when the config
+            # names another one, the operator has changed the pod template too and new pods follow.
+            watcher = _KeyFilesWatch(self.api_keys_dir, lambda keys, name=wanted: self._on_key_files(name, keys))
+        else:
+            watcher = _WatchThread(
+                f"secret/{wanted}", self._core.list_namespaced_secret,
+                {"namespace": self.namespace, "field_selector": f"metadata.name={wanted}"},
+                self._threadsafe(lambda objs, name=wanted: self._on_secrets(name, objs)),
+                self._api_client.sanitize_for_serialization,
+            )
         self._secret = (wanted, watcher)
         watcher.start()
+
+    def _on_key_files(self, name: str, keys: dict[str, str]) -> None:
+        if self._secret[0] != name:
+            return
+        self.state.apply_api_keys(keys)
 
     def _on_secrets(self, name: str, objects: dict[str, dict]) -> None:
         if self._secret[0] != name:

@@ -16,6 +16,8 @@ class RouterSettings:
     namespace: str | None = None
     configmap: str | None = None
     config_path: str | None = None
+    # The API-key Secret mounted as a volume (one file per tenant): read from there, not the API.
+    api_keys_dir: str | None = None
     # An already parsed static configuration (tests, embedding); wins over config_path.
     config: RouterConfig | None = None
     log_level: str = "info"
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", help="namespace to watch (env PIXTRAL_NAMESPACE)")
     p.add_argument("--configmap", help="the operator's ConfigMap, key config.json (env PIXTRAL_ROUTER_CONFIGMAP)")
     p.add_argument("--config", help="static config file instead of the ConfigMap (env PIXTRAL_ROUTER_CONFIG)")
+    p.add_argument("--api-keys-dir", help="the config's API-key Secret mounted as a volume: read the keys from "
+                   "these files instead of watching the Secret (env PIXTRAL_ROUTER_API_KEYS_DIR)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help="log level (env PIXTRAL_ROUTER_LOG_LEVEL, default info)")
     p.add_argument("--access-log", action="store_true", default=None,
@@ -76,6 +80,7 @@ def settings_from(argv: list[str], environ: Mapping[str, str]) -> RouterSettings
         namespace=namespace,
         configmap=configmap,
         config_path=config_path,
+        api_keys_dir=args.api_keys_dir or environ.get("PIXTRAL_ROUTER_API_KEYS_DIR") or None,
         log_level=args.log_level or environ.get("PIXTRAL_ROUTER_LOG_LEVEL", "info").lower(),
         access_log=access_log,
     )

@@ -70,11 +70,10 @@ The operator's permissions inside the namespaces it serves. Rendered into one Cl
 watches every namespace, or into a Role per namespace in watchNamespaces. Each verb is one the
 operator's code or kopf uses (docs/install.md#permissions lists the call behind each rule);
 children are written by server-side apply, which is `patch`, plus `create` for a new object.
-The router rules (endpointslices, configmaps, secrets: get/list/watch) are held here because the
-operator grants them to each PixtralDeployment's router ServiceAccount through a Role, and
-Kubernetes only lets a subject grant permissions it holds itself (no `escalate`/`bind` needed).
-That Role names the one ConfigMap and the one API-key Secret (resourceNames), but the Secret's name
-is the tenant's choice, so the operator has to hold get/list/watch on every Secret to grant it.
+The router rules (endpointslices, configmaps: get/list/watch) are held here because the operator
+grants them to each PixtralDeployment's router ServiceAccount through a Role, and Kubernetes only
+lets a subject grant permissions it holds itself (no `escalate`/`bind` needed). Secrets: `get` only,
+to check that the referenced ones exist; the router gets its API keys from a Secret volume.
 */}}
 {{- define "pixtral-operator.namespacedRules" -}}
 - apiGroups: ["serving.pixtral.dev"]
@@ -115,7 +114,7 @@ is the tenant's choice, so the operator has to hold get/list/watch on every Secr
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get"]
