@@ -16,8 +16,8 @@ def pod_security_context() -> dict[str, Any]:
         "runAsNonRoot": True,
         "runAsUser": NONROOT_UID,
         "runAsGroup": NONROOT_UID,
-        # emptyDirs and writable claims become group-writable for the pod; a read-only model claim
-        # is left as it is, and OnRootMismatch skips the recursive walk when the root already fits.
+        # emptyDirs and Secret volumes belong to the pod's group. OnRootMismatch skips the recursive
+        # ownership walk of a volume whose root already fits (a large weight claim).
         "fsGroup": NONROOT_UID,
         "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
