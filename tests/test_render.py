@@ -74,6 +74,8 @@ def test_runtime_deployment_requests_gpus_and_renders_vllm_settings():
     }
     (container,) = pod["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    # CPU is requested, never limited (a CFS quota throttles the engine's threads).
+    assert "cpu" in container["resources"]["requests"] and "cpu" not in container["resources"]["limits"]
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
     assert container["command"] == ["pixtral-runtime", "serve"]
     assert container["image"] == "example/runtime:1"
