@@ -290,8 +290,8 @@ def tiny_spec(claim: str, **overrides: Any) -> dict[str, Any]:
                 {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"},
             ],
         },
-        # A request, not a limit (the operator sets no CPU limit): several engines share 2 cores.
-        "resources": {"cpu": "500m", "memory": "4Gi"},
+        # A request, not a limit (the operator sets none): three engines, a router and the operator fit 2 cores.
+        "resources": {"cpu": "250m", "memory": "4Gi"},
         "router": {"requestTimeoutSeconds": 120},
     }
     for key, value in overrides.items():
