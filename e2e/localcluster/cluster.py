@@ -31,6 +31,9 @@ from .prometheus import ScrapeSettings, render_config
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "e2e" / "tools" / "build-binaries.sh"
 CACHE_ROOT = Path(os.environ.get("PIXTRAL_CACHE", Path.home() / ".cache" / "pixtral-operator"))
+# containerd's content store and snapshots: kept across clusters, since the engine image takes
+# minutes to import and no registry can give it back.
+CONTAINERD_ROOT = CACHE_ROOT / "containerd"
 SERVICE_CLUSTER_IP_RANGE = network.SERVICE_CIDR
 COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
                    "kube-proxy", "kube-router", "podsd", "prometheus")
@@ -447,10 +450,10 @@ def _write_node_files(paths: ClusterPaths, pki: pki_module.Pki, ports: dict, api
     node_paths = paths.node
     for directory in (node_paths.containerd_state, node_paths.cni_conf_dir, node_paths.cni_ipam_dir,
                       node_paths.kubelet_root, node_paths.static_pods, node_paths.pod_logs,
-                      node_paths.volume_plugins, node_paths.sysctl_standins, images.containerd_root()):
+                      node_paths.volume_plugins, node_paths.sysctl_standins, CONTAINERD_ROOT):
         directory.mkdir(parents=True, exist_ok=True)
     node_paths.containerd_config.write_text(
-        node.containerd_config(node_paths, sandbox_image, images.containerd_root()))
+        node.containerd_config(node_paths, sandbox_image, CONTAINERD_ROOT))
     (node_paths.cni_conf_dir / "10-pixtral-local.conflist").write_text(
         json.dumps(network.cni_conflist(str(node_paths.cni_ipam_dir)), indent=2))
     node_paths.resolv_conf.write_text("")
@@ -463,6 +466,17 @@ def _write_node_files(paths: ClusterPaths, pki: pki_module.Pki, ports: dict, api
                      pki.key("kube-proxy"), "kube-proxy")
     write_kubeconfig(paths.state_dir / "kube-router.kubeconfig", api_server, pki.ca_cert, pki.cert("kube-router"),
                      pki.key("kube-router"), "kube-router")
+
+
+def _system_images(socket_path: str, binaries: Binaries, say: Callable[[str], None]) -> dict[str, str]:
+    """The sandbox (pause) and CoreDNS images, built here and imported before the kubelet starts."""
+    cache = images.cache_root(os.environ, Path.home())
+    built = [images.pause_image(cache, binaries.kube / "pause", images.version_of(str(binaries.kube)), say=say),
+             images.coredns_image(cache, binaries.coredns / "coredns", images.version_of(str(binaries.coredns)),
+                                  say=say)]
+    for image in built:
+        images.import_image(socket_path, image, say=say)
+    return {"pause": built[0].ref, "coredns": built[1].ref}
 
 
 def _share_kubelet_root(node_paths: node.NodePaths) -> None:
@@ -498,7 +512,7 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
     prometheus_url = f"http://127.0.0.1:{ports['prometheus']}"
     settings = ScrapeSettings(pod_sd_url=f"http://127.0.0.1:{ports['pod_sd']}/targets")
     (paths.state_dir / "prometheus.yml").write_text(yaml.safe_dump(render_config(settings), sort_keys=False))
-    sandbox_image = images.pause_reference(binaries.kube)
+    sandbox_image = images.pause_ref(images.version_of(str(binaries.kube)))
     _write_node_files(paths, pki, ports, api_server, sandbox_image)
     state = {
         "api_server": api_server, "prometheus_url": prometheus_url, "ports": ports, "owner": owner,
@@ -529,7 +543,7 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
         for name in ("kube-controller-manager", "kube-scheduler"):
             launch(name)
         wait_until(lambda: paths.node.containerd_socket.exists(), 30, "containerd's socket", [log_of["containerd"]])
-        state["images"] = images.ensure_system_images(str(paths.node.containerd_socket), binaries, say=say)
+        state["images"] = _system_images(str(paths.node.containerd_socket), binaries, say)
         save_state(paths, state)
         _share_kubelet_root(paths.node)
         for name in ("kubelet", "kube-proxy", "kube-router", "podsd", "prometheus"):

@@ -62,8 +62,9 @@ class Cluster:
 
     def project_images(self, say=print) -> dict[str, str]:
         """The operator, router and CPU runtime images, built from this checkout if needed and
-        imported into the node's containerd; name -> reference."""
-        return images.ensure_images(str(self.info.containerd_socket), say=say)
+        imported into the node's containerd: {"operator", "router", "runtime"} -> reference."""
+        built = images.ensure_images(str(self.info.containerd_socket), say=say)
+        return {"operator": built["operator"], "router": built["router"], "runtime": built["runtime-cpu"]}
 
     def env(self) -> dict[str, str]:
         """Environment for tools run against the cluster: KUBECONFIG set, kubectl and helm on PATH."""
