@@ -388,7 +388,8 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict,
             shutil.which("prometheus") or "/usr/bin/prometheus",
             f"--config.file={state_dir / 'prometheus.yml'}",
             f"--storage.tsdb.path={state_dir / 'prometheus'}", "--storage.tsdb.retention.time=2h",
-            f"--web.listen-address=127.0.0.1:{ports['prometheus']}", "--web.enable-lifecycle",
+            # On the node address: the operator's pod queries it (the autoscaler), the host too.
+            f"--web.listen-address={network.BRIDGE_IP}:{ports['prometheus']}", "--web.enable-lifecycle",
             "--log.level=warn",
         ],
     }
@@ -498,18 +499,19 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
     pki = pki_module.create(paths.pki)
     network.create_bridge()
     network.install_isolation()
-    ports = {name: free_port() for name in ("etcd", "etcd_peer", "kcm", "scheduler", "prometheus", "pod_sd",
+    ports = {name: free_port() for name in ("etcd", "etcd_peer", "kcm", "scheduler", "pod_sd",
                                             "kubelet_healthz", "kube_proxy_healthz", "kube_proxy_metrics",
                                             "kube_router_health", "kube_router_metrics")}
     ports["apiserver"] = free_port(network.BRIDGE_IP)
     ports["kubelet"] = free_port(network.BRIDGE_IP)
+    ports["prometheus"] = free_port(network.BRIDGE_IP)
     ports["node_labels"] = node.node_labels(nodes.gpus_per_node, nodes.gpu_product)
     api_server = f"https://{network.BRIDGE_IP}:{ports['apiserver']}"
     write_kubeconfig(paths.kubeconfig, api_server, pki.ca_cert, pki.cert("admin"), pki.key("admin"), "admin")
     for component in ("kube-controller-manager", "kube-scheduler"):
         write_kubeconfig(paths.state_dir / f"{component}.kubeconfig", api_server, pki.ca_cert, pki.cert(component),
                          pki.key(component), component)
-    prometheus_url = f"http://127.0.0.1:{ports['prometheus']}"
+    prometheus_url = f"http://{network.BRIDGE_IP}:{ports['prometheus']}"
     settings = ScrapeSettings(pod_sd_url=f"http://127.0.0.1:{ports['pod_sd']}/targets")
     (paths.state_dir / "prometheus.yml").write_text(yaml.safe_dump(render_config(settings), sort_keys=False))
     sandbox_image = images.pause_ref(images.version_of(str(binaries.kube)))
