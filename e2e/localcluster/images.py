@@ -815,7 +815,7 @@ def binary_layer(cache: Path, name: str, binary: Path) -> tuple[Layer, bool]:
 
 
 def mb(size: int) -> str:
-    return f"{size / 1e6:.0f} MB"
+    return f"{size / 1e6:.1f} MB"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -992,11 +992,12 @@ def remove_superseded(socket: str, image: Image, *, say: Callable[[str], None] =
 
 
 def ensure_images(ctr_socket: str, *, say: Callable[[str], None] = print, repo_root: Path = REPO_ROOT,
-                  runtime: bool = True) -> dict[str, str]:
-    """Builds what is missing, imports it into containerd's k8s.io namespace, removes superseded
-    tags. Returns {name: reference} for operator, router, runtime-cpu, coredns and pause."""
+                  runtime: bool = True, binaries: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Builds what is missing, imports it into containerd's k8s.io namespace and removes superseded
+    tags. Returns {name: reference} for operator, router, runtime-cpu (unless runtime=False),
+    coredns and pause. binaries: `build-binaries.sh paths` as a mapping (read from the script if None)."""
     started = time.monotonic()
-    images = build_images(repo_root=repo_root, runtime=runtime, say=say)
+    images = build_images(repo_root=repo_root, runtime=runtime, binaries=binaries, say=say)
     for image in images.values():
         import_image(ctr_socket, image, say=say)
         remove_superseded(ctr_socket, image, say=say)
