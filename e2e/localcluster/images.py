@@ -273,7 +273,7 @@ def venv_entry_kept(rel: str) -> bool:
     if rel in {".installed", ".lock", ".gitignore", "pyvenv.cfg", "bin/pixtral-operator", "bin/pixtral-runtime"}:
         return False
     name = parts[-1]
-    if name.startswith("__editable__") or name.startswith("__editable___"):
+    if name.startswith("__editable__"):
         return False
     return not any(part.startswith("pixtral_operator-") and part.endswith(".dist-info") for part in parts)
 
@@ -588,19 +588,18 @@ def rootfs_file(rootfs: Path, name: str) -> str:
 
 def nonroot_layer(cache: Path, rootfs: Path, base: Layer) -> tuple[Layer, bool]:
     """The nonroot user for every Python image: torch and vLLM call getpass.getuser(), which needs a
-    passwd entry for the uid, and they write caches under $HOME and /tmp."""
-    passwd = passwd_with_nonroot(rootfs_file(rootfs, "etc/passwd"))
-    group = group_with_nonroot(rootfs_file(rootfs, "etc/group"))
+    passwd entry for the uid, and they write caches under $HOME and /tmp. The base's own passwd and
+    group files are extended (an upper layer's file replaces the lower one whole)."""
 
     def write(tar: tarfile.TarFile) -> None:
         add_dir(tar, "etc")
-        add_bytes(tar, "etc/passwd", passwd.encode())
-        add_bytes(tar, "etc/group", group.encode())
+        add_bytes(tar, "etc/passwd", passwd_with_nonroot(rootfs_file(rootfs, "etc/passwd")).encode())
+        add_bytes(tar, "etc/group", group_with_nonroot(rootfs_file(rootfs, "etc/group")).encode())
         add_dir(tar, "home")
         add_dir(tar, HOME_DIR, 0o755, NONROOT_UID)
         add_dir(tar, "tmp", 0o1777)
 
-    return cached_layer(cache, cache_key("nonroot", base.digest, passwd, group), write)
+    return cached_layer(cache, cache_key("nonroot", base.digest), write)
 
 
 def code_layer(cache: Path, repo_root: Path, pyproject: Mapping[str, Any]) -> tuple[Layer, bool]:
