@@ -108,9 +108,8 @@ def kubelet_api_rbac(user: str) -> list[dict]:
              "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}]
 
 
-def kube_router_command(binary: str, kubeconfig: str, node_name: str, health_port: int, metrics_port: int) -> list[str]:
-    # Firewall only: pods are wired by the CNI bridge and Services by kube-proxy.
+def kube_router_command(binary: str, kubeconfig: str, node_name: str, health_port: int) -> list[str]:
+    # Firewall only: pods are wired by the CNI bridge and Services by kube-proxy. No metrics port.
     return [binary, f"--kubeconfig={kubeconfig}", "--run-firewall=true", "--run-router=false",
             "--run-service-proxy=false", "--run-loadbalancer=false", "--enable-cni=false",
-            f"--hostname-override={node_name}", f"--health-port={health_port}",
-            f"--metrics-port={metrics_port}", "--v=1"]
+            f"--hostname-override={node_name}", f"--health-port={health_port}", "--metrics-port=0", "--v=1"]

@@ -361,9 +361,10 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict,
             "--use-service-account-credentials=true", f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca_cert}", f"--cluster-signing-cert-file={pki.ca_cert}",
             f"--cluster-signing-key-file={pki.ca_key}", "--leader-elect=false",
-            # A heartbeat delayed on a busy 2-core machine (vLLM engines take both cores) must not
-            # taint the only node and evict every pod.
-            "--controllers=*,-node-lifecycle-controller",
+            # The node lifecycle controller lifts the kubelet's registration taint (not-ready) once
+            # the node is Ready; a heartbeat delayed on a busy 2-core machine (vLLM engines take both
+            # cores) must not mark the only node unhealthy and evict every pod, hence the long grace.
+            "--node-monitor-grace-period=300s",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}", "--v=1",
         ],
         "kube-scheduler": [
@@ -379,7 +380,7 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict,
                                               ports["kube_proxy_healthz"], ports["kube_proxy_metrics"]),
         "kube-router": addons.kube_router_command(str(binaries.kube_router / "kube-router"),
                                                   str(state_dir / "kube-router.kubeconfig"), node.NODE_NAME,
-                                                  ports["kube_router_health"], ports["kube_router_metrics"]),
+                                                  ports["kube_router_health"]),
         "podsd": [
             sys.executable, str(REPO_ROOT / "e2e" / "podsd.py"), f"--server={api_server}", f"--ca={pki.ca_cert}",
             f"--cert={pki.cert('admin')}", f"--key={pki.key('admin')}", f"--port={ports['pod_sd']}",
@@ -501,7 +502,7 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
     network.install_isolation()
     ports = {name: free_port() for name in ("etcd", "etcd_peer", "kcm", "scheduler", "pod_sd",
                                             "kubelet_healthz", "kube_proxy_healthz", "kube_proxy_metrics",
-                                            "kube_router_health", "kube_router_metrics")}
+                                            "kube_router_health")}
     ports["apiserver"] = free_port(network.BRIDGE_IP)
     ports["kubelet"] = free_port(network.BRIDGE_IP)
     ports["prometheus"] = free_port(network.BRIDGE_IP)
@@ -548,10 +549,12 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
         state["images"] = _system_images(str(paths.node.containerd_socket), binaries, say)
         save_state(paths, state)
         _share_kubelet_root(paths.node)
-        for name in ("kubelet", "kube-proxy", "kube-router", "podsd", "prometheus"):
+        for name in ("kubelet", "kube-proxy", "podsd", "prometheus"):
             launch(name)
         node_path = f"/api/v1/nodes/{node.NODE_NAME}"
         wait_until(lambda: _exists(client, node_path), 60, f"node {node.NODE_NAME} to register", [log_of["kubelet"]])
+        # kube-router finds its node by name at start: only once the kubelet has registered it.
+        launch("kube-router")
         client.request("PATCH", f"{node_path}/status", node.gpu_capacity_patch(nodes.gpus_per_node),
                        content_type="application/json-patch+json")
         wait_until(lambda: _https_ok(f"https://127.0.0.1:{ports['kcm']}/healthz"), 60,
