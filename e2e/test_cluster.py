@@ -154,7 +154,8 @@ def test_deployment_pods_get_addresses_services_dns_logs_and_exec(cluster: Clust
     for ip in ips:
         assert httpx.get(f"http://{ip}:8080/", timeout=5).status_code == 200, ip
     cluster_ip = cluster.rest.get(f"/api/v1/namespaces/{namespace}/services/web")["spec"]["clusterIP"]
-    assert httpx.get(f"http://{cluster_ip}/", timeout=5).status_code == 200, "ClusterIP from the host (kube-proxy)"
+    # kube-proxy writes the Service's rules within its sync period after the endpoints turn ready.
+    wait_for(lambda: _status(f"http://{cluster_ip}/") == 200, 30, "the ClusterIP answering from the host (kube-proxy)")
     first = running[0]["metadata"]["name"]
     wait_for(lambda: "GET / HTTP" in cluster.pod_log(namespace, first, "web")
              or "GET / HTTP" in cluster.pod_log(namespace, running[1]["metadata"]["name"], "web"),
@@ -233,6 +234,13 @@ def test_pods_have_no_route_off_this_machine(cluster: Cluster, namespace: str, t
     assert routes == {network.POD_CIDR, network.SERVICE_CIDR}, routes
     forward = cluster_iptables("-S", network.ISOLATION_CHAIN)
     assert f"-A {network.ISOLATION_CHAIN} -s {network.POD_CIDR} -j DROP" in forward, forward
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=3).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def cluster_iptables(*args: str) -> str:

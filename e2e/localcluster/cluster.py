@@ -361,6 +361,8 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict,
             "--use-service-account-credentials=true", f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca_cert}", f"--cluster-signing-cert-file={pki.ca_cert}",
             f"--cluster-signing-key-file={pki.ca_key}", "--leader-elect=false",
+            # Not the default /usr/libexec/kubernetes/...: nothing outside the state dir.
+            f"--flex-volume-plugin-dir={node_paths.volume_plugins}",
             # The node lifecycle controller lifts the kubelet's registration taint (not-ready) once
             # the node is Ready; a heartbeat delayed on a busy 2-core machine (vLLM engines take both
             # cores) must not mark the only node unhealthy and evict every pod, hence the long grace.

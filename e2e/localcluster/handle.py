@@ -53,10 +53,12 @@ class Cluster:
                           *args], True, None, timeout)
 
     def sandboxes(self, namespace: str, labels: dict[str, str] | None = None) -> list[dict]:
-        """Pod sandboxes of a namespace on the node (optionally with these pod labels), from
-        containerd through the CRI."""
+        """Running (ready) pod sandboxes of a namespace on the node, optionally with these pod
+        labels, from containerd through the CRI. Stopped sandboxes linger until the kubelet's
+        garbage collection and hold no process."""
         selectors = [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
-        listed = json.loads(self.crictl("pods", "--namespace", namespace, *selectors, "-o", "json").stdout or "{}")
+        listed = json.loads(self.crictl("pods", "--namespace", namespace, "--state", "ready", *selectors,
+                                        "-o", "json").stdout or "{}")
         return [item for item in listed.get("items", [])
                 if item.get("metadata", {}).get("namespace") == namespace]
 

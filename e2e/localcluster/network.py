@@ -63,6 +63,9 @@ def create_bridge() -> None:
     if f"{BRIDGE_IP}/{prefix}" not in _run("ip", "-4", "addr", "show", BRIDGE).stdout:
         _run("ip", "addr", "add", f"{BRIDGE_IP}/{prefix}", "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
+    # The host's own traffic to Service IPs goes onto the bridge (and from the node address) rather
+    # than out of the default route while kube-proxy has not written a Service's rules yet.
+    _run("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE, "src", BRIDGE_IP)
 
 
 def delete_bridge() -> None:
