@@ -62,7 +62,8 @@ def test_kill_mid_reconcile_and_restart(cluster, crds, namespace, tiny_model, lo
             items = cluster.rest.get(path(namespace, api, plural))["items"]
             names = [i["metadata"]["name"] for i in items]
             assert len(names) == len(set(names))
-        rs = cluster.rest.get(path(namespace, "apps/v1", "replicasets"))["items"]
+        # (the operator's own ReplicaSet lives in this namespace too)
+        rs = cluster.rest.get(path(namespace, "apps/v1", "replicasets"), labelSelector="serving.pixtral.dev/deployment=r")["items"]
         assert sorted(r["metadata"]["labels"].get("app.kubernetes.io/component") for r in rs) == ["router", "runtime"]
         for child in CHILDREN:
             owners = cluster.rest.get(path(namespace, *child))["metadata"]["ownerReferences"]
