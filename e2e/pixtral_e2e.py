@@ -425,26 +425,35 @@ def client_pod_request(cluster: Cluster, namespace: str, image: str, url: str, b
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
+# Tries for DURATION seconds: the NetworkPolicy enforcer admits a new pod's address a moment after
+# the pod starts, so one early refusal proves nothing either way.
 PROBE_SCRIPT = """
-import os, socket
-try:
-    socket.create_connection((os.environ["HOST"], int(os.environ["PORT"])), timeout=float(os.environ["TIMEOUT"])).close()
-    print("PROBE open")
-except OSError as error:
-    print("PROBE closed", type(error).__name__, error)
+import os, socket, time
+deadline = time.monotonic() + float(os.environ["DURATION"])
+outcome = "closed"
+while time.monotonic() < deadline:
+    try:
+        socket.create_connection((os.environ["HOST"], int(os.environ["PORT"])), timeout=3).close()
+        outcome = "open"
+        break
+    except OSError as error:
+        outcome = f"closed {type(error).__name__} {error}"
+        time.sleep(1)
+print("PROBE " + outcome)
 """
 
 
 def tcp_probe_from_pod(cluster: Cluster, namespace: str, image: str, host: str, port: int, pod_name: str,
-                       labels: Mapping[str, str] | None = None, timeout: float = 5) -> bool:
-    """Whether a pod (with `labels`, in `namespace`) can open a TCP connection to host:port."""
+                       labels: Mapping[str, str] | None = None, duration: float = 20) -> bool:
+    """Whether a pod (with `labels`, in `namespace`) opens a TCP connection to host:port within
+    `duration` seconds of trying."""
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "labels": dict(labels or {})}, "spec": {
         "restartPolicy": "Never", "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "probe", "image": image, "command": ["python3", "-c", PROBE_SCRIPT],
             "env": [{"name": "HOST", "value": host}, {"name": "PORT", "value": str(port)},
-                    {"name": "TIMEOUT", "value": str(timeout)}],
+                    {"name": "DURATION", "value": str(duration)}],
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                 "readOnlyRootFilesystem": True},
         }]}}
@@ -452,7 +461,7 @@ def tcp_probe_from_pod(cluster: Cluster, namespace: str, image: str, host: str, 
     cluster.rest.create(path, pod)
     try:
         wait_for(lambda: (cluster.rest.get(f"{path}/{pod_name}").get("status", {}).get("phase")
-                          in ("Succeeded", "Failed")), 120, f"probe pod {pod_name} to finish")
+                          in ("Succeeded", "Failed")), 120 + duration, f"probe pod {pod_name} to finish")
         log = cluster.pod_log(namespace, pod_name, "probe")
     finally:
         cluster.rest.delete(f"{path}/{pod_name}", {"gracePeriodSeconds": 0})
