@@ -50,10 +50,12 @@ from autoscale_support import (  # noqa: E402
 from localcluster import ApiError, Cluster, wait_for  # noqa: E402
 from localcluster.procs import start_time  # noqa: E402
 from pixtral_e2e import (  # noqa: E402
-    OperatorProcess,
+    InClusterOperator,
     apply,
     chat,
     chat_body,
+    create_model_claim,
+    delete_model_volumes,
     get_pxd,
     install_crds,
     make_tiny_model,
@@ -70,7 +72,7 @@ NAME = "bench"
 STARTUP = 600  # seconds for a vLLM pod to become ready on a busy 2-core machine
 TARGET_QUEUE = 2
 TOKENS = 48
-AUTOSCALE_SECONDS = 2  # what OperatorProcess sets
+AUTOSCALE_SECONDS = 2  # the operator's default (operator/settings.py), which the chart keeps
 SCRAPE_INTERVAL = "1s"  # the local cluster's Prometheus
 
 
@@ -91,7 +93,8 @@ def other_sessions_alive(paths: localcluster.ClusterPaths) -> bool:
 
 def create_namespace(cluster: Cluster) -> str:
     name = f"bench-autoscaler-{uuid.uuid4().hex[:6]}"
-    cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
     wait_for(lambda: cluster.rest.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60,
              f"the default ServiceAccount of namespace {name}")
     return name
@@ -141,7 +144,7 @@ def stable_status(cluster: Cluster, namespace: str) -> dict:
     return ((get_pxd(cluster, namespace, NAME) or {}).get("status") or {}).get("autoscaler", {}).get("stable") or {}
 
 
-def measure(cluster: Cluster, namespace: str, model: Path, args: argparse.Namespace) -> dict:
+def measure(cluster: Cluster, namespace: str, model: str, args: argparse.Namespace) -> dict:
     base = tiny_spec(model)
     spec = tiny_spec(
         model,
@@ -303,11 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(leave_cluster, cluster, paths, marker, started_cluster and not args.keep_cluster)
         install_crds(cluster)
-        model = make_tiny_model(cluster.kubeconfig.parent / "models" / "tiny-pixtral")
+        images = cluster.project_images(say=lambda line: log(line))
+        model_dir = make_tiny_model(info.paths.volumes / "tiny-pixtral")
         namespace = create_namespace(cluster)
         cleanup.callback(delete_namespace, cluster, namespace)
-        operator = OperatorProcess(cluster, [namespace], cluster.kubeconfig.parent / "logs" /
-                                   f"operator-{namespace}.log")
+        cleanup.callback(delete_model_volumes, cluster, namespace)
+        model = create_model_claim(cluster, namespace, model_dir)
+        # The operator in the cluster, from the local image, under the chart's ServiceAccount.
+        operator = InClusterOperator(cluster, namespace, images)
         cleanup.callback(operator.stop)
         operator.start()
         cleanup.callback(delete_pxd, cluster, namespace)

@@ -1,21 +1,17 @@
-"""Helpers and fixtures for e2e tests of PixtralDeployments on the local cluster: the CRDs, an
-operator process scoped to the test's namespace, the tiny Pixtral on disk, and requests through
-the router. Test modules import the fixtures they use from here."""
+"""Helpers and fixtures for e2e tests of PixtralDeployments on the local cluster: the CRDs, the
+locally built images, the operator installed by its chart into the test's namespace, the tiny
+Pixtral on a PersistentVolumeClaim, and requests through the router from the host and from pods.
+conftest.py makes the fixtures visible to every module."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,92 +30,7 @@ API_KEY = "sk-team-a-0123456789"
 OTHER_KEY = "sk-team-b-9876543210"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 PIXTRAL_RUNTIME = Path(sys.executable).with_name("pixtral-runtime")
-# Generous: on a busy 2-core machine two vLLM engines starting side by side can take minutes.
-RUNTIME_START_TIMEOUT_SECONDS = 600
-
-
-@dataclass
-class LocalProcess:
-    """A `pixtral-runtime` process on 127.0.0.1 without a cluster (serve or router), stopped by PID.
-
-    `url` is what clients call (vLLM's port for `serve`, the router's port for `router`);
-    `health_url` is the supervisor's health server for `serve`.
-    """
-
-    process: subprocess.Popen
-    log_path: Path
-    url: str
-    health_url: str = ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def child_pids(self) -> list[int]:
-        with contextlib.suppress(OSError):
-            return [int(p) for p in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()]
-        return []
-
-    def wait_ready(self, url: str, timeout: float = RUNTIME_START_TIMEOUT_SECONDS) -> None:
-        """Until `url` answers 200; fails with the log's tail if the process exits or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"{self.log_path.name}: exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            time.sleep(1)
-        pytest.fail(f"{url} not ready after {timeout:.0f}s:\n{self.log_tail()}")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """The process, then the process groups of its children (vLLM) if they outlive it."""
-        children = self.child_pids()
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-
-
-def start_local_process(args: list[str], log_path: Path, url: str, health_url: str = "",
-                        env: Mapping[str, str] | None = None) -> LocalProcess:
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([str(PIXTRAL_RUNTIME), *args], env=dict(env) if env is not None else None,
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    return LocalProcess(process, log_path, url, health_url)
-
-
-def start_local_runtime(tmp: Path, model: Path, name: str, env: Mapping[str, str]) -> LocalProcess:
-    """`pixtral-runtime serve` of the tiny Pixtral on free 127.0.0.1 ports; `env` adds or overrides settings."""
-    vllm_port, health_port = free_port(), free_port()
-    base = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CACHE_ROOT": str(tmp / "cache" / "vllm"),
-        "TORCHINDUCTOR_CACHE_DIR": str(tmp / "cache" / "inductor"),
-        "PIXTRAL_MODEL": str(model),
-        "PIXTRAL_SERVED_MODEL_NAME": "tiny-pixtral",
-        "PIXTRAL_MAX_MODEL_LEN": "4096",
-        "PIXTRAL_HOST": "127.0.0.1",
-        "PIXTRAL_VLLM_PORT": str(vllm_port),
-        "PIXTRAL_HEALTH_PORT": str(health_port),
-    }
-    base.pop("VLLM_CPU_KVCACHE_SPACE", None)
-    return start_local_process(["serve"], tmp / f"runtime-{name}.log", f"http://127.0.0.1:{vllm_port}",
-                               f"http://127.0.0.1:{health_port}", {**base, **env})
 
 
 def install_crds(cluster: Cluster) -> None:

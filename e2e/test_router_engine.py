@@ -1,8 +1,10 @@
 """The router in front of two real runtimes (vLLM CPU + tiny Pixtral), one stable and one canary.
 
-No cluster: `pixtral-runtime tiny-model`, two `pixtral-runtime serve` processes and one
-`pixtral-runtime router --config` (static backends) on 127.0.0.1. The two runtimes start in
-parallel (~2 GB each, 20-60 s). Tests run in file order; the last one kills the canary.
+Three pods on the cluster's node in a PSA `restricted` namespace: two `pixtral-runtime serve`
+from the local CPU runtime image (the tiny Pixtral on a claim) and one `pixtral-runtime router
+--config` from the slim router image with the runtimes' pod IPs as static backends. The two
+runtimes start in parallel (~2 GB each, 20-60 s). Tests run in file order; the last one kills the
+canary's container.
 """
 
 from __future__ import annotations
@@ -11,18 +13,17 @@ import base64
 import io
 import json
 import math
-import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
+from engine_pods import PodProcess, engine_namespace, router_pod, runtime_pod
 from PIL import Image
-from pixtral_e2e import LocalProcess, free_port, make_tiny_model, start_local_process, start_local_runtime
+from pixtral_e2e import MODEL_CLAIM
+from pixtral_operator.render.labels import ROUTER_HTTP_PORT, RUNTIME_HEALTH_PORT, RUNTIME_HTTP_PORT
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.engine, pytest.mark.cluster, pytest.mark.timeout(900)]
 
 SERVED_NAME = "tiny-pixtral"
 IMAGE_LIMIT = 2
@@ -31,8 +32,8 @@ KEY = "sk-e2e-router"
 AUTH = {"authorization": f"Bearer {KEY}"}
 
 
-def start_runtime(tmp: Path, model: Path, name: str, core: int) -> LocalProcess:
-    return start_local_runtime(tmp, model, name, {
+def start_runtime(cluster, namespace: str, image: str, name: str, core: int) -> PodProcess:
+    manifest = runtime_pod(name, image, MODEL_CLAIM, {
         "PIXTRAL_SERVED_MODEL_NAME": SERVED_NAME,
         "PIXTRAL_IMAGES_PER_PROMPT": str(IMAGE_LIMIT),
         "PIXTRAL_MAX_NUM_SEQS": "8",
@@ -41,34 +42,34 @@ def start_runtime(tmp: Path, model: Path, name: str, core: int) -> LocalProcess:
                                           "--kv-cache-memory-bytes", str(128 * 1024 * 1024)]),
         "PIXTRAL_DRAIN_TIMEOUT_SECONDS": "5",
         # One core per engine: automatic binding would put both engines' threads on the same core.
-        "VLLM_CPU_OMP_THREADS_BIND": str(core % (os.cpu_count() or 1)),
+        "VLLM_CPU_OMP_THREADS_BIND": str(core % 2),
     })
+    return PodProcess.start(cluster, namespace, manifest, RUNTIME_HTTP_PORT, RUNTIME_HEALTH_PORT)
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-pixtral"))
+def engine_ns(cluster, tiny_model_dir):
+    with engine_namespace(cluster, "router-engine", tiny_model_dir) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
-def runtimes(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("router-runtimes")
-    started: dict[str, LocalProcess] = {}
+def runtimes(cluster, engine_ns, local_images):
+    started: dict[str, PodProcess] = {}
     try:
         # Both engines start at once: the slow part (imports, model load) overlaps.
         for core, name in enumerate(("stable", "canary")):
-            started[name] = start_runtime(tmp, tiny_model, name, core)
+            started[name] = start_runtime(cluster, engine_ns, local_images["runtime"], name, core)
         for proc in started.values():
-            proc.wait_ready(proc.health_url + "/readyz")
+            proc.wait_ready()
         yield started
     finally:
         for proc in started.values():
-            proc.stop()
+            proc.delete(grace=0)
 
 
 @pytest.fixture(scope="module")
-def router(runtimes, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("router")
+def router(cluster, engine_ns, runtimes, local_images):
     config = {
         "deployment": "e2e",
         "servedModelName": SERVED_NAME,
@@ -79,15 +80,11 @@ def router(runtimes, tmp_path_factory):
         "apiKeys": {"e2e": KEY},
         "pendingTimeoutSeconds": 5,
     }
-    (tmp / "router.json").write_text(json.dumps(config))
-    port = free_port()
-    proc = start_local_process(["router", "--config", str(tmp / "router.json"), "--host", "127.0.0.1",
-                                "--port", str(port)], tmp / "router.log", f"http://127.0.0.1:{port}")
+    proc = PodProcess.start(cluster, engine_ns, router_pod("router", local_images["router"], config), ROUTER_HTTP_PORT)
     try:
-        proc.wait_ready(proc.url + "/readyz", timeout=60)
-        yield proc
+        yield proc.wait_ready(timeout=120)
     finally:
-        proc.stop()
+        proc.delete(grace=0)
 
 
 def chat(client: httpx.Client, headers: dict | None = None, content=None, max_tokens: int = 2) -> httpx.Response:
@@ -111,7 +108,7 @@ def binomial_interval(n: int, p: float, alpha: float = 1e-6) -> tuple[int, int]:
 
 
 def wait_refused(url: str, timeout: float = 60) -> None:
-    """Until nothing listens at `url` any more (a killed process group takes a moment to go)."""
+    """Until nothing listens at `url` any more (a killed container takes a moment to go)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -200,7 +197,7 @@ def test_killing_a_backend_moves_traffic_without_client_errors(router, runtimes)
     canary = runtimes["canary"]
     with httpx.Client(base_url=router.url, timeout=120) as client:
         assert chat(client, {"x-pixtral-track": "canary"}).status_code == 200
-        canary.stop(signal.SIGKILL)  # no drain: the pod is simply gone
+        canary.kill()  # SIGKILL, no drain: the engine is simply gone
         wait_refused(canary.url)
         responses = [chat(client, max_tokens=1) for _ in range(30)]
         # Even callers pinned to the dead track get an answer from the live one.

@@ -1,9 +1,11 @@
 """`pixtral-runtime serve` with the real vLLM CPU engine and a tiny random-weight Pixtral.
 
-No cluster: the supervisor runs as a local process on 127.0.0.1. Each vLLM start costs 20-60 s
-on a busy 2-core machine, so the module starts only two: one TP=1 server shared by the
-functional checks and ended by the drain test (the last test that uses it), and one TP=2 server
-that serves an image and is then crashed on purpose. Tests run in file order.
+The supervisor runs as a pod of the local CPU runtime image on the cluster's node (PSA
+`restricted` namespace, model on a claim, read-only root), reached at its pod IP; signals go in
+with `kubectl exec`, exit codes and logs come back through the pod's status and `kubectl logs`.
+Each vLLM start costs 20-60 s on a busy 2-core machine, so the module starts only two: one TP=1
+server shared by the functional checks and ended by the drain test (the last test that uses it),
+and one TP=2 server that serves an image and is then crashed on purpose. Tests run in file order.
 """
 
 from __future__ import annotations
@@ -11,27 +13,26 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
+from engine_pods import PodProcess, engine_namespace, runtime_pod
 from PIL import Image
-from pixtral_e2e import LocalProcess, start_local_runtime
-from pixtral_runtime.tiny_model import write_tiny_model
+from pixtral_e2e import MODEL_CLAIM
+from pixtral_operator.render.labels import RUNTIME_HEALTH_PORT, RUNTIME_HTTP_PORT
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.cluster]
 
 SERVED_NAME = "tiny-pixtral"
 IMAGE_LIMIT = 2
 MAX_NUM_SEQS = 2
 
 
-def start_supervisor(tmp: Path, model_dir: Path, tensor_parallel_size: int, extra_env: dict[str, str]) -> LocalProcess:
-    return start_local_runtime(tmp, model_dir, f"tp{tensor_parallel_size}", {
+def start_supervisor(cluster, namespace: str, image: str, tensor_parallel_size: int,
+                     extra_env: dict[str, str]) -> PodProcess:
+    manifest = runtime_pod(f"tp{tensor_parallel_size}", image, MODEL_CLAIM, {
         # CPU KV cache in GiB; without it vLLM sizes the cache from a fraction of host memory.
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "PIXTRAL_SERVED_MODEL_NAME": SERVED_NAME,
@@ -42,41 +43,35 @@ def start_supervisor(tmp: Path, model_dir: Path, tensor_parallel_size: int, extr
         "PIXTRAL_DRAIN_TIMEOUT_SECONDS": "240",
         **extra_env,
     })
-
-
-def vllm_pid(supervisor: LocalProcess) -> int | None:
-    pids = supervisor.child_pids()
-    return pids[0] if pids else None
+    return PodProcess.start(cluster, namespace, manifest, RUNTIME_HTTP_PORT, RUNTIME_HEALTH_PORT)
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-pixtral"))
+def engine_ns(cluster, tiny_model_dir):
+    with engine_namespace(cluster, "runtime-engine", tiny_model_dir) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
+def server(cluster, engine_ns, local_images):
     # nobind: vLLM's automatic binding pins the engine's busy compute thread to a core that the API
     # server also needs, and a starved API server answers /metrics seconds late (the drain test polls it).
-    supervisor = start_supervisor(tmp_path_factory.mktemp("tp1"), tiny_model, 1, {"VLLM_CPU_OMP_THREADS_BIND": "nobind"})
+    supervisor = start_supervisor(cluster, engine_ns, local_images["runtime"], 1, {"VLLM_CPU_OMP_THREADS_BIND": "nobind"})
     try:
-        supervisor.wait_ready(supervisor.health_url + "/readyz")
-        yield supervisor
+        yield supervisor.wait_ready()
     finally:
-        supervisor.stop()
+        supervisor.delete(grace=0)
 
 
 @pytest.fixture(scope="module")
-def server_tp2(tiny_model, tmp_path_factory):
+def server_tp2(cluster, engine_ns, local_images):
     # Automatic thread binding fails on a 2-core machine ("Not enough allowed NUMA nodes"):
     # bind one core per rank.
-    supervisor = start_supervisor(tmp_path_factory.mktemp("tp2"), tiny_model, 2,
-                                  {"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    supervisor = start_supervisor(cluster, engine_ns, local_images["runtime"], 2, {"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
     try:
-        supervisor.wait_ready(supervisor.health_url + "/readyz")
-        yield supervisor
+        yield supervisor.wait_ready()
     finally:
-        supervisor.stop()
+        supervisor.delete(grace=0)
 
 
 def png_data_url(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> str:
@@ -185,7 +180,7 @@ def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
             time.sleep(0.05)
         assert running >= 1 and waiting >= 1, "the requests never queued up"
 
-        server.process.send_signal(signal.SIGTERM)
+        server.signal("SIGTERM")
         readiness_deadline = time.monotonic() + 3
         readyz = httpx.get(f"{server.health_url}/readyz", timeout=2)
         while readyz.status_code != 503 and time.monotonic() < readiness_deadline:
@@ -194,13 +189,13 @@ def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
         assert readyz.status_code == 503
         assert "draining" in readyz.text
         # Still alive while work remains: the in-flight requests are being served.
-        assert server.process.poll() is None
+        assert server.running()
 
         responses = [future.result() for future in futures]
     assert [response.status_code for response in responses] == [200] * concurrency
     assert all(response.json()["usage"]["completion_tokens"] == tokens for response in responses)
-    assert server.process.wait(timeout=120) == 0
-    log = server.log_path.read_text(errors="replace")
+    assert server.wait_exit(timeout=120) == 0
+    log = server.log()
     assert "drain finished" in log and "(stop: no running or waiting requests)" in log, server.log_tail()
 
 
@@ -210,17 +205,15 @@ def test_tensor_parallel_2_serves_an_image_request(server_tp2):
     response = chat(server_tp2.url, image_message(1), timeout=300)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] >= 1
-    assert "tensor_parallel_size=2" in server_tp2.log_path.read_text(errors="replace")
+    assert "tensor_parallel_size=2" in server_tp2.log()
 
 
 @pytest.mark.timeout(120)
 def test_supervisor_exits_non_zero_when_vllm_dies(server_tp2):
     """The last test on `server_tp2`: it kills its vLLM."""
-    pid = vllm_pid(server_tp2)
-    assert pid is not None
     killed_at = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
-    code = server_tp2.process.wait(timeout=60)
+    server_tp2.signal("SIGKILL", target="child")
+    code = server_tp2.wait_exit(timeout=60)
     exit_seconds = time.monotonic() - killed_at
     assert code != 0
     log = server_tp2.log_tail(80)
