@@ -158,8 +158,10 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     # --- kubectl scale pxd (spec.replicas through the scale subresource)
     cluster.kubectl("scale", "pxd", NAME, "-n", namespace, "--replicas=2")
     # The second pod exists and is counted; waiting for its model to load proves nothing more here.
+    # (old pods of the roll above may still be draining: wait for the Deployment, then the status)
+    wait_for(lambda: cluster.rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{NAME}-stable")["spec"]["replicas"]
+             == 2, 120, "the stable Deployment scaled to 2")
     wait_for(lambda: get_pxd(cluster, namespace, NAME)["status"].get("replicas") == 2, 120, "status.replicas 2")
-    assert cluster.rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{NAME}-stable")["spec"]["replicas"] == 2
     scale = cluster.rest.get(f"/apis/serving.pixtral.dev/v1alpha1/namespaces/{namespace}/pixtraldeployments/{NAME}/scale")
     assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
     assert "serving.pixtral.dev/track=stable" in scale["status"]["selector"]
