@@ -58,6 +58,10 @@ NONROOT_UID = 65532  # the conventional "nonroot" user; the chart's securityCont
 PAUSE_UID = 65535  # what the upstream pause image runs as
 BASE_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "ca-certificates", "libnuma1", "libgomp1")
+# The CPU engine's image also carries a C++ toolchain and Python's headers: torch's inductor
+# compiles CPU kernels at run time (vLLM's TP=2 path fails with `InvalidCxxCompiler: No working C++
+# compiler found` without it). The operator and router images stay without.
+RUNTIME_PACKAGES = (*BASE_PACKAGES, "g++", "python3-dev")
 PYTHON = "python3.11"  # Debian bookworm's interpreter; the venv's wheels must be built for it
 CACHE_TAG = "cpython-311"  # its bytecode files' tag
 
@@ -538,15 +542,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def base_rootfs(cache: Path, say: Callable[[str], None]) -> Path:
-    """The mmdebstrap tarball of Debian bookworm, made once (about a minute) and kept."""
-    key = cache_key("rootfs", BASE_SUITE, *BASE_PACKAGES)
+def base_rootfs(cache: Path, say: Callable[[str], None], packages: tuple[str, ...] = BASE_PACKAGES) -> Path:
+    """The mmdebstrap tarball of Debian bookworm with `packages`, made once (about a minute) and kept."""
+    key = cache_key("rootfs", BASE_SUITE, *packages)
     path = cache / "rootfs" / f"{key}.tar"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{key}.{os.getpid()}.tmp.tar")
-    command = ["mmdebstrap", "--variant=apt", "--include=" + ",".join(BASE_PACKAGES), BASE_SUITE, str(tmp)]
+    command = ["mmdebstrap", "--variant=apt", "--include=" + ",".join(packages), BASE_SUITE, str(tmp)]
     started = time.monotonic()
     try:
         result = subprocess.run(command, capture_output=True, text=True)
@@ -866,7 +870,10 @@ def python_images(cache: Path, repo_root: Path, *, runtime: bool = True,
         if freeze is None:
             raise ImageError(f"{repo_root / '.venv'} is not installed (no .installed): run `make install`")
         venv = timer.layer("venv", lambda: venv_layer(cache, repo_root, freeze, pyproject, say))
-        images["runtime-cpu"] = assemble(RUNTIME_CPU_REPO, [base, nonroot, venv, code], RUNTIME_RUN)
+        engine_rootfs = base_rootfs(cache, say, RUNTIME_PACKAGES)
+        engine_base = timer.layer("engine base", lambda: base_layer(cache, engine_rootfs))
+        engine_nonroot = timer.layer("engine nonroot", lambda: nonroot_layer(cache, engine_rootfs, engine_base))
+        images["runtime-cpu"] = assemble(RUNTIME_CPU_REPO, [engine_base, engine_nonroot, venv, code], RUNTIME_RUN)
     return images
 
 
