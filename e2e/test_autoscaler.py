@@ -55,8 +55,9 @@ AUTOSCALE_SECONDS = 2.0  # PIXTRAL_AUTOSCALE_SECONDS of the `operator` fixture
 # Load start -> Deployment patched: the first requests reach the engine queue, Prometheus scrapes
 # it (one interval), the next timer tick reads it (one interval) and patches. The margin covers
 # request admission and image preprocessing, query latency and kopf's scheduling on a machine
-# whose two cores are busy with vLLM engines.
-REACTION_MARGIN_SECONDS = 15.0
+# whose two cores are busy with vLLM engines in containers; it bounds the wait, not the speed
+# (bench/bench_autoscaler.py measures the reaction).
+REACTION_MARGIN_SECONDS = 60.0
 REACTION_BOUND_SECONDS = SCRAPE_INTERVAL_SECONDS + AUTOSCALE_SECONDS + REACTION_MARGIN_SECONDS
 SCALE_DOWN_WINDOW_SECONDS = 30
 # Image requests of a fixed length (ignore_eos + min_tokens), so every one keeps its engine slot busy.
