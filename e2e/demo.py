@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     wait(f"PixtralDeployment {NAME} to be Ready (vLLM loads the model)", is_ready, 900, ready_progress(cluster), interval=3)
     endpoint = get_pxd(cluster, TENANT_NAMESPACE, NAME)["status"]["endpoint"]
-    say(f"from a client pod: POST {endpoint}/v1/chat/completions with a 64x48 PNG as a data URL, key of team-a")
+    say(f"from a client pod: POST {endpoint}/chat/completions with a 64x48 PNG as a data URL, key of team-a")
     result = client_pod_request(cluster, TENANT_NAMESPACE, images["router"], endpoint,
                                 chat_body(images=1, text="What is in this image?", max_tokens=24), DEMO_KEY,
                                 pod_name="demo-client")
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"request failed: HTTP {result['status']}: {result['body']}")
         return 1
     body = json.loads(result["body"])
+    # The host has no cluster DNS; it reaches the Service's ClusterIP through kube-proxy.
+    cluster_ip = cluster.rest.get(f"/api/v1/namespaces/{TENANT_NAMESPACE}/services/{NAME}")["spec"]["clusterIP"]
     answer = body["choices"][0]["message"]["content"]
     print()
     print(f"HTTP 200 in {result['elapsed_ms']:.0f} ms from track {result['headers'].get('x-pixtral-track')} "
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
   kubectl logs -n {TENANT_NAMESPACE} deploy/{NAME}-router              # a container's log
   {cluster.info.crictl} --runtime-endpoint unix://{cluster.info.containerd_socket} ps   # containers on the node
   open {cluster.prometheus_url}/graph?g0.expr=vllm:num_requests_running
-  curl -s {endpoint}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' \\
+  curl -s http://{cluster_ip}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' \\
        -H 'content-type: application/json' \\
        -d '{{"model":"tiny-pixtral","messages":[{{"role":"user","content":"hi"}}],"max_tokens":8}}'
   make cluster-down                                         # stop everything""")
