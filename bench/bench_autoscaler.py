@@ -50,6 +50,7 @@ from autoscale_support import (  # noqa: E402
 from localcluster import ApiError, Cluster, wait_for  # noqa: E402
 from localcluster.procs import start_time  # noqa: E402
 from pixtral_e2e import (  # noqa: E402
+    RESTRICTED_NAMESPACE_LABELS,
     InClusterOperator,
     apply,
     chat,
@@ -94,7 +95,7 @@ def other_sessions_alive(paths: localcluster.ClusterPaths) -> bool:
 def create_namespace(cluster: Cluster) -> str:
     name = f"bench-autoscaler-{uuid.uuid4().hex[:6]}"
     cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-        "name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+        "name": name, "labels": RESTRICTED_NAMESPACE_LABELS}})
     wait_for(lambda: cluster.rest.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60,
              f"the default ServiceAccount of namespace {name}")
     return name

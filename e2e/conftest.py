@@ -20,10 +20,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import localcluster  # noqa: E402
-from localcluster import ApiError, Cluster, wait_for  # noqa: E402
+from localcluster import Cluster, wait_for  # noqa: E402
 
 # The PixtralDeployment fixtures, visible to every e2e module (pixtral_e2e.py holds them).
-from pixtral_e2e import crds, local_images, operator, tiny_model, tiny_model_dir  # noqa: E402
+from pixtral_e2e import (  # noqa: E402
+    RESTRICTED_NAMESPACE_LABELS,
+    crds,
+    create_namespace,
+    delete_namespace,
+    local_images,
+    operator,
+    tiny_model,
+    tiny_model_dir,
+)
 
 __all__ = ["crds", "local_images", "operator", "tiny_model", "tiny_model_dir", "wait_for"]
 
@@ -51,37 +60,20 @@ def kubectl(cluster: Cluster) -> Callable[..., object]:
     return cluster.kubectl
 
 
-# Tenant namespaces are locked down as on a real multi-tenant cluster: every pod the operator or a
-# test creates there must pass the `restricted` Pod Security Standard.
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
-
-
 def _fresh_namespace(cluster: Cluster, request: pytest.FixtureRequest, labels: dict[str, str]) -> Iterator[str]:
     base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
-    name = f"{base}-{uuid.uuid4().hex[:6]}"
-    cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                               "metadata": {"name": name, "labels": labels}})
-    wait_for(lambda: cluster.rest.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
-             f"the default ServiceAccount of namespace {name}")
+    name = create_namespace(cluster, f"{base}-{uuid.uuid4().hex[:6]}", labels)
     try:
         yield name
     finally:
-        try:
-            cluster.rest.delete(f"/api/v1/namespaces/{name}")
-        except ApiError as error:
-            if error.status != 404:
-                raise
-        # The kubelet stops the containers before the pods disappear from the API; the namespace
-        # object itself lingers a few seconds more in the namespace controller, which nothing needs.
-        wait_for(lambda: not cluster.rest.get(f"/api/v1/namespaces/{name}/pods")["items"], 180,
-                 f"the pods of namespace {name} to be gone (their containers stopped)")
+        delete_namespace(cluster, name)
 
 
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh tenant namespace enforcing PSA `restricted`, with its default ServiceAccount; deleted
     afterwards, waiting until its pods are gone."""
-    yield from _fresh_namespace(cluster, request, RESTRICTED)
+    yield from _fresh_namespace(cluster, request, RESTRICTED_NAMESPACE_LABELS)
 
 
 @pytest.fixture

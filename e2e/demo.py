@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import localcluster  # noqa: E402
 from pixtral_e2e import (  # noqa: E402
+    RESTRICTED_NAMESPACE_LABELS,
     ROOT,
     chat_body,
     client_pod_request,
@@ -84,8 +85,8 @@ def install_operator(cluster: localcluster.Cluster, images: dict[str, str]) -> N
 
 
 def create_tenant(cluster: localcluster.Cluster, model_dir: Path) -> None:
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TENANT_NAMESPACE, "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}}
+    namespace = {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": TENANT_NAMESPACE, "labels": RESTRICTED_NAMESPACE_LABELS}}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(namespace))
     say(f"namespace {TENANT_NAMESPACE} enforces Pod Security `restricted`")
     secret = {

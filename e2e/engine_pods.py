@@ -17,31 +17,29 @@ from typing import Any
 
 import httpx
 from localcluster import ApiError, Cluster, wait_for
-from pixtral_e2e import create_model_claim, delete_model_volumes
+from pixtral_e2e import (
+    RESTRICTED_NAMESPACE_LABELS,
+    create_model_claim,
+    create_namespace,
+    delete_model_volumes,
+    delete_namespace,
+)
 from pixtral_operator.render.labels import ROUTER_HTTP_PORT, RUNTIME_HEALTH_PORT, RUNTIME_HTTP_PORT
 
 MODEL_MOUNT = "/models/tiny-pixtral"
 # Generous: on a busy 2-core machine two vLLM engines starting side by side can take minutes.
 START_TIMEOUT_SECONDS = 600
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
 @contextlib.contextmanager
 def engine_namespace(cluster: Cluster, prefix: str, model_dir: Any) -> Iterator[str]:
     """A restricted namespace for a test module, with the tiny Pixtral's claim; removed afterwards."""
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                               "metadata": {"name": name, "labels": RESTRICTED}})
-    wait_for(lambda: cluster.rest.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
-             f"the default ServiceAccount of {name}")
+    name = create_namespace(cluster, f"{prefix}-{uuid.uuid4().hex[:6]}", RESTRICTED_NAMESPACE_LABELS)
     try:
         create_model_claim(cluster, name, model_dir)
         yield name
     finally:
-        with contextlib.suppress(ApiError):
-            cluster.rest.delete(f"/api/v1/namespaces/{name}")
-        wait_for(lambda: not cluster.rest.get(f"/api/v1/namespaces/{name}/pods")["items"], 180,
-                 f"the pods of {name} to be gone")
+        delete_namespace(cluster, name)
         delete_model_volumes(cluster, name)
 
 

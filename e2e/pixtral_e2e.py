@@ -21,7 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from localcluster import Cluster, wait_for  # noqa: E402
+from localcluster import ApiError, Cluster, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -44,6 +44,33 @@ def make_tiny_model(directory: Path) -> Path:
         subprocess.run([str(PIXTRAL_RUNTIME), "tiny-model", str(directory)], check=True, capture_output=True,
                        timeout=120)
     return directory
+
+
+# Tenant namespaces are locked down as on a real multi-tenant cluster: every pod the operator or a
+# test creates there must pass the `restricted` Pod Security Standard.
+RESTRICTED_NAMESPACE_LABELS = {"pod-security.kubernetes.io/enforce": "restricted",
+                               "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+def create_namespace(cluster: Cluster, name: str, labels: Mapping[str, str]) -> str:
+    """A namespace with these labels, once its default ServiceAccount exists (pods need it)."""
+    cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                               "metadata": {"name": name, "labels": dict(labels)}})
+    wait_for(lambda: cluster.rest.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
+             f"the default ServiceAccount of namespace {name}")
+    return name
+
+
+def delete_namespace(cluster: Cluster, name: str) -> None:
+    """Deletes a namespace and waits until its pods are gone (the kubelet has stopped their
+    containers); the namespace object itself lingers a few seconds more, which nothing needs."""
+    try:
+        cluster.rest.delete(f"/api/v1/namespaces/{name}")
+    except ApiError as error:
+        if error.status != 404:
+            raise
+    wait_for(lambda: not cluster.rest.get(f"/api/v1/namespaces/{name}/pods")["items"], 180,
+             f"the pods of namespace {name} to be gone (their containers stopped)")
 
 
 # A PersistentVolume of this class is a host directory holding a model; each test namespace gets

@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 import yaml
 from localcluster import Cluster, wait_for
-from pixtral_e2e import create_model_claim, delete_model_volumes, pxd_manifest, split_reference, tiny_spec
+from pixtral_e2e import (
+    RESTRICTED_NAMESPACE_LABELS,
+    create_model_claim,
+    delete_model_volumes,
+    pxd_manifest,
+    split_reference,
+    tiny_spec,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO_ROOT / "charts" / "pixtral-operator"
@@ -81,13 +88,10 @@ def image_values(local_images) -> list[str]:
             "--set", f"runtimeImage={local_images['runtime']}", "--set", f"routerImage={local_images['router']}"]
 
 
-RESTRICTED_LABELS = ("pod-security.kubernetes.io/enforce=restricted",)
-
-
 def create_tenant_namespace(tools: Tools, namespace: str, model_dir: Path) -> None:
     """A tenant namespace enforcing PSA `restricted`, with the tiny Pixtral on a claim."""
     tools.kubectl("create", "namespace", namespace)
-    tools.kubectl("label", "namespace", namespace, *RESTRICTED_LABELS)
+    tools.kubectl("label", "namespace", namespace, *(f"{k}={v}" for k, v in RESTRICTED_NAMESPACE_LABELS.items()))
     create_model_claim(tools.cluster, namespace, model_dir)
 
 
