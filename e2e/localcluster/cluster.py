@@ -700,9 +700,14 @@ def _stop_everything(paths: ClusterPaths, say: Callable[[str], None], keep_logs:
         leftovers = hoststate.restore(hoststate.HostState.from_json(paths.host_before.read_text()))
     if paths.state_dir.exists():
         if keep_logs:
+            # A failed start keeps its component logs for the error message's reader.
             for child in paths.state_dir.iterdir():
-                if child != paths.logs:
-                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+                if child == paths.logs:
+                    continue
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink()
         else:
             shutil.rmtree(paths.state_dir, ignore_errors=True)
             say(f"removed {paths.state_dir}")
