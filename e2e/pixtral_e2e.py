@@ -6,6 +6,7 @@ conftest.py makes the fixtures visible to every module."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import subprocess
@@ -335,29 +336,36 @@ print("RESULT " + json.dumps({"status": response.status_code, "body": response.t
 """
 
 
-def client_pod_request(cluster: Cluster, namespace: str, image: str, url: str, body: Mapping[str, Any], key: str,
-                       pod_name: str = "client", timeout: float = 180) -> dict[str, Any]:
-    """POSTs a chat request from a pod in `namespace` (a tenant's client, as PSA `restricted` admits
-    it) to `url` + /chat/completions, e.g. status.endpoint; returns status, body, headers, elapsed_ms."""
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name}, "spec": {
+def run_script_pod(cluster: Cluster, namespace: str, image: str, name: str, script: str,
+                   env: Mapping[str, str], timeout: float, labels: Mapping[str, str] | None = None) -> str:
+    """Runs a Python script in a pod that PSA `restricted` admits (replacing an earlier pod of that
+    name) until it finishes; returns its log."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": dict(labels or {})}, "spec": {
         "restartPolicy": "Never", "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
-            "name": "client", "image": image, "command": ["python3", "-c", CLIENT_SCRIPT],
-            "env": [{"name": "URL", "value": url.rstrip("/") + "/chat/completions"},
-                    {"name": "BODY", "value": json.dumps(body)}, {"name": "KEY", "value": key},
-                    {"name": "TIMEOUT", "value": str(timeout - 10)}],
+            "name": "main", "image": image, "command": ["python3", "-c", script],
+            "env": [{"name": k, "value": v} for k, v in env.items()],
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                 "readOnlyRootFilesystem": True},
         }]}}
     path = f"/api/v1/namespaces/{namespace}/pods"
-    if cluster.rest.get_or_none(f"{path}/{pod_name}") is not None:
-        cluster.rest.delete(f"{path}/{pod_name}", {"gracePeriodSeconds": 0})
-        wait_gone(cluster, f"{path}/{pod_name}", 60, f"the previous pod {pod_name}")
+    if cluster.rest.get_or_none(f"{path}/{name}") is not None:
+        cluster.rest.delete(f"{path}/{name}", {"gracePeriodSeconds": 0})
+        wait_gone(cluster, f"{path}/{name}", 60, f"the previous pod {name}")
     cluster.rest.create(path, pod)
-    wait_for(lambda: (cluster.rest.get(f"{path}/{pod_name}").get("status", {}).get("phase")
-                      in ("Succeeded", "Failed")), timeout, f"client pod {pod_name} to finish")
-    log = cluster.pod_log(namespace, pod_name, "client")
+    wait_for(lambda: (cluster.rest.get(f"{path}/{name}").get("status", {}).get("phase")
+                      in ("Succeeded", "Failed")), timeout, f"pod {name} to finish")
+    return cluster.pod_log(namespace, name, "main")
+
+
+def client_pod_request(cluster: Cluster, namespace: str, image: str, url: str, body: Mapping[str, Any], key: str,
+                       pod_name: str = "client", timeout: float = 180) -> dict[str, Any]:
+    """POSTs a chat request from a pod in `namespace` (a tenant's client, as PSA `restricted` admits
+    it) to `url` + /chat/completions, e.g. status.endpoint; returns status, body, headers, elapsed_ms."""
+    env = {"URL": url.rstrip("/") + "/chat/completions", "BODY": json.dumps(body), "KEY": key,
+           "TIMEOUT": str(timeout - 10)}
+    log = run_script_pod(cluster, namespace, image, pod_name, CLIENT_SCRIPT, env, timeout)
     lines = [line for line in log.splitlines() if line.startswith("RESULT ")]
     assert lines, f"client pod {pod_name} printed no result:\n{log[-3000:]}"
     return json.loads(lines[-1].removeprefix("RESULT "))
@@ -385,24 +393,12 @@ def tcp_probe_from_pod(cluster: Cluster, namespace: str, image: str, host: str, 
                        labels: Mapping[str, str] | None = None, duration: float = 20) -> bool:
     """Whether a pod (with `labels`, in `namespace`) opens a TCP connection to host:port within
     `duration` seconds of trying."""
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "labels": dict(labels or {})}, "spec": {
-        "restartPolicy": "Never", "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "probe", "image": image, "command": ["python3", "-c", PROBE_SCRIPT],
-            "env": [{"name": "HOST", "value": host}, {"name": "PORT", "value": str(port)},
-                    {"name": "DURATION", "value": str(duration)}],
-            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                "readOnlyRootFilesystem": True},
-        }]}}
-    path = f"/api/v1/namespaces/{namespace}/pods"
-    cluster.rest.create(path, pod)
+    env = {"HOST": host, "PORT": str(port), "DURATION": str(duration)}
     try:
-        wait_for(lambda: (cluster.rest.get(f"{path}/{pod_name}").get("status", {}).get("phase")
-                          in ("Succeeded", "Failed")), 120 + duration, f"probe pod {pod_name} to finish")
-        log = cluster.pod_log(namespace, pod_name, "probe")
+        log = run_script_pod(cluster, namespace, image, pod_name, PROBE_SCRIPT, env, 120 + duration, labels)
     finally:
-        cluster.rest.delete(f"{path}/{pod_name}", {"gracePeriodSeconds": 0})
+        with contextlib.suppress(ApiError):
+            cluster.rest.delete(f"/api/v1/namespaces/{namespace}/pods/{pod_name}", {"gracePeriodSeconds": 0})
     assert "PROBE " in log, log
     return "PROBE open" in log
 

@@ -642,17 +642,21 @@ def _down_locked(paths: ClusterPaths, say: Callable[[str], None]) -> None:
         raise ClusterError(f"the host is not as it was before `up`: {leftovers}")
 
 
+def crictl_command(crictl: Path, socket_path: Path) -> list[str]:
+    """crictl pointed at the node's containerd (it would look for the default socket otherwise)."""
+    endpoint = f"unix://{socket_path}"
+    return [str(crictl), f"--runtime-endpoint={endpoint}", f"--image-endpoint={endpoint}"]
+
+
 def _remove_pods(paths: ClusterPaths, state: dict, say: Callable[[str], None]) -> None:
     """Every pod sandbox (and its containers) through the CRI, so CNI releases addresses and
     network namespaces; then the shims of this containerd, should any outlive it."""
     crictl = Path(state.get("binaries", {}).get("crictl", "")) / "crictl"
     socket_path = paths.node.containerd_socket
     if crictl.exists() and socket_path.exists():
-        endpoint = f"unix://{socket_path}"
         with contextlib.suppress(subprocess.TimeoutExpired):
-            result = subprocess.run([str(crictl), f"--runtime-endpoint={endpoint}", f"--image-endpoint={endpoint}",
-                                     "--timeout=60s", "rmp", "--all", "--force"], capture_output=True, text=True,
-                                    timeout=180)
+            result = subprocess.run([*crictl_command(crictl, socket_path), "--timeout=60s", "rmp", "--all", "--force"],
+                                    capture_output=True, text=True, timeout=180)
             if result.returncode != 0:
                 say(f"crictl rmp: {result.stderr.strip()[:300]}")
 

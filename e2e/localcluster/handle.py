@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import images
-from .cluster import ClusterInfo
+from .cluster import ClusterInfo, crictl_command
 from .kube import KubeClient
 
 
@@ -48,9 +48,7 @@ class Cluster:
         return self.kubectl(*args).stdout
 
     def crictl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        endpoint = f"unix://{self.info.containerd_socket}"
-        return self._run([str(self.info.crictl), f"--runtime-endpoint={endpoint}", f"--image-endpoint={endpoint}",
-                          *args], True, None, timeout)
+        return self._run([*crictl_command(self.info.crictl, self.info.containerd_socket), *args], True, None, timeout)
 
     def sandboxes(self, namespace: str, labels: dict[str, str] | None = None) -> list[dict]:
         """Running (ready) pod sandboxes of a namespace on the node, optionally with these pod
