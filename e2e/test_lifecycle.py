@@ -99,8 +99,10 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     runtime_ip = runtime_pod["status"]["podIP"]
     assert not tcp_probe_from_pod(cluster, namespace, local_images["router"], runtime_ip, RUNTIME_HTTP_PORT, "stranger"), \
         "a pod outside the PixtralDeployment reached vLLM's port"
-    router_labels = ready_pods(cluster, namespace, f"serving.pixtral.dev/deployment={NAME},"
-                                                   "app.kubernetes.io/component=router")[0]["metadata"]["labels"]
+    # The labels the policy admits, not a router pod's own: those carry pod-template-hash, and the
+    # router's ReplicaSet would adopt the probe pod and delete it as a surplus replica.
+    policy = cluster.rest.get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{NAME}-runtime")
+    router_labels = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert tcp_probe_from_pod(cluster, namespace, local_images["router"], runtime_ip, RUNTIME_HTTP_PORT, "as-router",
                               labels=router_labels), "a pod with the router's labels could not reach vLLM's port"
 
