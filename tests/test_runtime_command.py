@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -49,6 +50,14 @@ def test_vllm_serve_form_puts_the_model_first_and_renders_every_managed_flag():
     assert flag_value(argv, "--host") == "10.0.0.7"
     assert flag_value(argv, "--port") == "8000"
     assert "--revision" not in argv
+
+
+def test_random_weights_change_only_the_load_format():
+    mistral = vllm_command(SETTINGS, LaunchForm.VLLM_SERVE, "/usr/bin/python3")
+    dummy = vllm_command(dataclasses.replace(SETTINGS, load_format="dummy"), LaunchForm.VLLM_SERVE, "/usr/bin/python3")
+    assert flag_value(dummy, "--load-format") == "dummy"
+    at = mistral.index("--load-format") + 1
+    assert dummy[:at] + dummy[at + 1:] == mistral[:at] + mistral[at + 1:]
 
 
 def test_module_form_uses_the_given_python_and_the_model_flag():

@@ -58,6 +58,7 @@ def test_empty_env_values_mean_unset():
         ([], {"PIXTRAL_VLLM_PORT": "70000"}, "PIXTRAL_VLLM_PORT"),
         (["--health-port", "8000"], {}, "health port"),
         ([], {"PIXTRAL_DRAIN_TIMEOUT_SECONDS": "-5"}, "PIXTRAL_DRAIN_TIMEOUT_SECONDS"),
+        ([], {"PIXTRAL_LOAD_FORMAT": "auto"}, "PIXTRAL_LOAD_FORMAT"),
         ([], {"PIXTRAL_EXTRA_ARGS": "--enforce-eager"}, "PIXTRAL_EXTRA_ARGS"),
         ([], {"PIXTRAL_EXTRA_ARGS": '{"a": 1}'}, "PIXTRAL_EXTRA_ARGS"),
         ([], {"PIXTRAL_EXTRA_ARGS": "[1, 2]"}, "PIXTRAL_EXTRA_ARGS"),
@@ -76,3 +77,9 @@ def test_bad_settings_fail_with_one_line_naming_the_setting(argv, env, names):
 @pytest.mark.parametrize("size", [1, 2, 4, 8])
 def test_every_allowed_tensor_parallel_size_is_accepted(size):
     assert settings_from(["--tensor-parallel-size", str(size)], {}).tensor_parallel_size == size
+
+
+def test_load_format_is_mistral_unless_random_weights_are_asked_for():
+    assert settings_from([], {}).load_format == "mistral"
+    assert settings_from([], {"PIXTRAL_LOAD_FORMAT": "dummy"}).load_format == "dummy"
+    assert settings_from(["--load-format", "dummy"], {"PIXTRAL_LOAD_FORMAT": "mistral"}).load_format == "dummy"

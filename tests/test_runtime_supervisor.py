@@ -146,6 +146,20 @@ def test_model_folder_checks():
     assert model_folder_problem("mistralai/Pixtral-12B-2409", **fake_fs({})) is None
 
 
+def test_random_weights_need_no_weight_files_but_still_the_architecture_and_tokenizer():
+    no_weights = {"/m": ["params.json", "tekken.json"]}
+    assert model_folder_problem("/m", **fake_fs(no_weights), needs_weights=False) is None
+    assert model_folder_problem("/m", **fake_fs(no_weights)) == (
+        "model folder /m is missing consolidated.safetensors (or *.safetensors)"
+    )
+    assert model_folder_problem("/m", **fake_fs({"/m": ["params.json"]}), needs_weights=False) == (
+        "model folder /m is missing tekken.json"
+    )
+    dummy = RuntimeSettings(model="/m", load_format="dummy")
+    assert preflight_problem(dummy, VisibleDevices(1, "x"), **fake_fs(no_weights)) is None
+    assert preflight_problem(RuntimeSettings(model="/m"), VisibleDevices(1, "x"), **fake_fs(no_weights)) is not None
+
+
 def test_preflight_reports_the_first_problem():
     settings = RuntimeSettings(model="/m", tensor_parallel_size=2)
     problem = preflight_problem(settings, VisibleDevices(1, "CUDA_VISIBLE_DEVICES='0'"), **fake_fs({}))

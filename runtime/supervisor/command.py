@@ -108,7 +108,7 @@ def engine_flags(settings: RuntimeSettings) -> list[str]:
         "--served-model-name", settings.served_model_name or settings.model,
         "--tokenizer-mode", "mistral",
         "--config-format", "mistral",
-        "--load-format", "mistral",
+        "--load-format", settings.load_format,
         "--tensor-parallel-size", str(settings.tensor_parallel_size),
         "--limit-mm-per-prompt", json.dumps({"image": settings.images_per_prompt}),
         "--max-model-len", str(settings.max_model_len),

@@ -63,15 +63,16 @@ def looks_like_local_path(model: str, exists: Callable[[str], bool]) -> bool:
 
 
 def model_folder_problem(model: str, is_dir: Callable[[str], bool], list_dir: Callable[[str], Iterable[str]],
-                         exists: Callable[[str], bool]) -> str | None:
-    """Mistral's native format needs params.json, tekken.json and safetensors weights."""
+                         exists: Callable[[str], bool], needs_weights: bool = True) -> str | None:
+    """Mistral's native format needs params.json, tekken.json and safetensors weights (not with
+    random weights: `--load-format dummy` reads only the architecture and the tokenizer)."""
     if not looks_like_local_path(model, exists):
         return None
     if not is_dir(model):
         return f"model folder {model} does not exist or is not a directory"
     names = set(list_dir(model))
     missing = [name for name in REQUIRED_MODEL_FILES if name not in names]
-    if not any(PurePosixPath(name).suffix == ".safetensors" for name in names):
+    if needs_weights and not any(PurePosixPath(name).suffix == ".safetensors" for name in names):
         missing.append("consolidated.safetensors (or *.safetensors)")
     if missing:
         return f"model folder {model} is missing {', '.join(missing)}"
@@ -82,5 +83,5 @@ def preflight_problem(settings: RuntimeSettings, devices: VisibleDevices, is_dir
                       list_dir: Callable[[str], Iterable[str]], exists: Callable[[str], bool]) -> str | None:
     """The first reason not to start vLLM, as one line, or None."""
     return tensor_parallel_problem(settings.tensor_parallel_size, devices) or model_folder_problem(
-        settings.model, is_dir, list_dir, exists
+        settings.model, is_dir, list_dir, exists, needs_weights=settings.load_format != "dummy"
     )

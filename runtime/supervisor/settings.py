@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 
 DEFAULT_MODEL = "mistralai/Pixtral-12B-2409"
 ALLOWED_TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+# mistral: the weights of Mistral's native format (consolidated.safetensors). dummy: random weights
+# of the model's architecture, nothing read from disk: benchmarks of the real architecture on GPUs
+# without the 25 GB download (bench/gpu/). The operator never sets it.
+LOAD_FORMATS = ("mistral", "dummy")
 # Pixtral-12B-2409's context window.
 MAX_MODEL_LEN_LIMIT = 131072
 
@@ -39,6 +43,7 @@ class RuntimeSettings:
     vllm_port: int = 8000
     health_port: int = 8081
     drain_timeout_seconds: float = 30.0
+    load_format: str = "mistral"
 
 
 # (field, env var, flag, parser) in the order of docs/settings.md.
@@ -56,6 +61,7 @@ _SETTINGS_TABLE: tuple[tuple[str, str, str, str], ...] = (
     ("vllm_port", "PIXTRAL_VLLM_PORT", "--port", "int"),
     ("health_port", "PIXTRAL_HEALTH_PORT", "--health-port", "int"),
     ("drain_timeout_seconds", "PIXTRAL_DRAIN_TIMEOUT_SECONDS", "--drain-timeout", "float"),
+    ("load_format", "PIXTRAL_LOAD_FORMAT", "--load-format", "str"),
 )
 
 
@@ -136,6 +142,11 @@ def validate(settings: RuntimeSettings) -> RuntimeSettings:
             raise SettingsError(f"{label} must be in 1..65535, got {port}")
     if settings.vllm_port == settings.health_port:
         raise SettingsError(f"vLLM port and health port must differ, both are {settings.vllm_port}")
+    if settings.load_format not in LOAD_FORMATS:
+        raise SettingsError(
+            f"load format (PIXTRAL_LOAD_FORMAT / --load-format) must be one of {', '.join(LOAD_FORMATS)}, "
+            f"got {settings.load_format!r}"
+        )
     if settings.drain_timeout_seconds < 0:
         raise SettingsError(
             f"drain timeout (PIXTRAL_DRAIN_TIMEOUT_SECONDS / --drain-timeout) must be >= 0, got {settings.drain_timeout_seconds}"
