@@ -61,10 +61,10 @@ images: install system-deps ## build the project's images from cached layers (im
 	$(PY) e2e/cluster.py images
 
 test-unit: ## fast tests, no cluster, no engine
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter tests/%,$(PYTEST_ARGS)),,tests) -q $(PYTEST_ARGS)
 
 test-e2e: system-deps binaries ## tests against the local cluster and the real vLLM engine
-	$(PY) -m pytest e2e -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter e2e/%,$(PYTEST_ARGS)),,e2e) -q -p no:cacheprovider $(PYTEST_ARGS)
 
 cluster-up: install system-deps binaries ## start the local cluster (control plane, a real node with containerd, CoreDNS, Prometheus)
 	$(PY) e2e/cluster.py up
