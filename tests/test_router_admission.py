@@ -121,10 +121,59 @@ def test_disallowed_url_schemes(url: str) -> None:
     assert err.reason == "image_url_scheme" and "is not allowed; allowed: data" in err.message
 
 
-def test_allowed_remote_scheme_passes_without_fetching() -> None:
+def test_allowed_remote_host_passes_without_fetching_and_is_returned_for_resolution() -> None:
+    policy = AdmissionPolicy(allowed_image_url_schemes=frozenset({"data", "https"}),
+                             allowed_image_url_domains=frozenset({"images.example.com"}))
+    body = json.dumps(chat("https://images.example.com/cat.png", "https://images.example.com/dog.png")).encode()
+    data, hosts = admission.admit_body("chat", body, policy)
+    assert data["model"] == "m" and hosts == ["images.example.com"]
+
+
+REMOTE = AdmissionPolicy(allowed_image_url_schemes=frozenset({"data", "http", "https"}),
+                         allowed_image_url_domains=frozenset({"images.example.com", "127.0.0.1", "10.0.0.1",
+                                                              "169.254.169.254", "::1"}))
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("https://other.example.com/cat.png", "image_url_not_allowed"),  # not on the list
+    ("https://images.example.com.evil.test/x.png", "image_url_not_allowed"),  # suffix tricks
+    ("https://evil.test@images.example.com/x.png", "image_url_not_allowed"),  # user info
+    ("http://127.0.0.1:8000/x.png", "image_url_not_allowed"),  # loopback, even when listed
+    ("http://10.0.0.1/x.png", "image_url_not_allowed"),  # private
+    ("http://169.254.169.254/latest/meta-data", "image_url_not_allowed"),  # link-local (cloud metadata)
+    ("http://[::1]/x.png", "image_url_not_allowed"),
+    ("file:///etc/passwd", "image_url_scheme"),
+    ("ftp://images.example.com/x.png", "image_url_scheme"),
+    ("https://images.example.com:99999/x.png", "image_url_not_allowed"),  # malformed port
+])
+def test_remote_url_policy(url: str, reason: str) -> None:
+    with pytest.raises(AdmissionError) as info:
+        admission.admit("chat", json.dumps(chat(url)).encode(), REMOTE)
+    assert info.value.reason == reason and info.value.status == 400
+    assert info.value.param == "messages[0].content[1].image_url"
+
+
+def test_https_allowed_without_domains_refuses_every_remote_url() -> None:
     policy = AdmissionPolicy(allowed_image_url_schemes=frozenset({"data", "https"}))
-    body = json.dumps(chat("https://example.com/cat.png")).encode()
-    assert admission.admit("chat", body, policy)
+    with pytest.raises(AdmissionError) as info:
+        admission.admit("chat", json.dumps(chat("https://example.com/cat.png")).encode(), policy)
+    assert info.value.reason == "image_url_not_allowed" and "none are configured" in info.value.message
+
+
+@pytest.mark.parametrize("addresses, ok", [
+    (["93.184.216.34"], True), (["2606:2800:220:1::1"], True),
+    (["93.184.216.34", "10.1.2.3"], False), (["127.0.0.1"], False), (["::ffff:127.0.0.1"], False),
+    (["fe80::1"], False), (["100.64.0.1"], False), (["0.0.0.0"], False), ([], False),
+])
+def test_resolved_addresses_must_all_be_public(addresses: list[str], ok: bool) -> None:
+    from pixtral_runtime.router import urlpolicy
+
+    if ok:
+        urlpolicy.check_addresses("images.example.com", addresses)
+    else:
+        with pytest.raises(AdmissionError) as info:
+            urlpolicy.check_addresses("images.example.com", addresses)
+        assert info.value.reason == "image_url_not_allowed"
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b'"text"', b"\xff\xfe"])

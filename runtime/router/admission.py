@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from . import parts, urlpolicy
 from .config import AdmissionPolicy
 from .errors import AdmissionError, BodyTooLarge
 
@@ -60,7 +61,8 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
 
 
 def image_urls(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """(param path, url) of every image_url part in a chat request, in order."""
+    """(param path, url) of every image part of a chat request, in order, in every shape vLLM's
+    chat parser takes as an image (`parts.py`); other media and unknown parts are refused."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise AdmissionError("invalid_request", "`messages` must be a list of message objects.", param="messages")
@@ -69,19 +71,17 @@ def image_urls(body: dict[str, Any]) -> list[tuple[str, str]]:
         if not isinstance(message, dict):
             raise AdmissionError("invalid_request", f"messages[{i}] must be an object.", param=f"messages[{i}]")
         content = message.get("content")
-        if not isinstance(content, list):
+        if content is None or isinstance(content, str):
             continue
+        if not isinstance(content, list):
+            raise AdmissionError(
+                "invalid_request", f"messages[{i}].content must be a string or a list of content parts.",
+                param=f"messages[{i}].content",
+            )
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "image_url":
-                continue
-            param = f"messages[{i}].content[{j}].image_url"
-            ref = part.get("image_url")
-            url = ref.get("url") if isinstance(ref, dict) else ref
-            if not isinstance(url, str) or not url:
-                raise AdmissionError(
-                    "invalid_image", f"{param} must be a URL string or an object with a `url`.", param=param
-                )
-            found.append((param, url))
+            kind, url = parts.classify(part, f"messages[{i}].content[{j}]")
+            if kind == parts.IMAGE:
+                found.append((f"messages[{i}].content[{j}].image_url", url))
     return found
 
 
@@ -150,8 +150,9 @@ def _image_size(raw: bytes) -> tuple[int, int]:
             return image.size
 
 
-def check_images(body: dict[str, Any], policy: AdmissionPolicy) -> int:
-    """Validate every image of a chat request; returns how many there are."""
+def check_images(body: dict[str, Any], policy: AdmissionPolicy) -> list[str]:
+    """Validate every image of a chat request; returns the remote hosts they name (for
+    `urlpolicy.check_addresses` once resolved), empty with data URLs only."""
     images = image_urls(body)
     if len(images) > policy.images_per_prompt:
         raise AdmissionError(
@@ -159,23 +160,24 @@ def check_images(body: dict[str, Any], policy: AdmissionPolicy) -> int:
             f"At most {policy.images_per_prompt} image(s) may be provided in one prompt; got {len(images)}.",
             param="messages",
         )
+    hosts: list[str] = []
     for param, url in images:
-        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-        if scheme not in policy.allowed_image_url_schemes:
-            allowed = ", ".join(sorted(policy.allowed_image_url_schemes))
-            raise AdmissionError(
-                "image_url_scheme",
-                f"{param}: URL scheme {scheme or '(none)'!r} is not allowed; allowed: {allowed}.",
-                param=param,
-            )
-        if scheme == "data":
+        host = urlpolicy.check_url(url, param, policy)
+        if host is None:
             check_data_url(url, param, policy)
-    return len(images)
+        elif host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def admit_body(path_kind: str, body: bytes, policy: AdmissionPolicy) -> tuple[dict[str, Any], list[str]]:
+    """Parse and admit a request body for `chat` or `completions`: (the parsed body, the remote
+    image hosts still to be resolved and checked)."""
+    data = parse_json_body(body)
+    hosts = check_images(data, policy) if path_kind == "chat" else []
+    return data, hosts
 
 
 def admit(path_kind: str, body: bytes, policy: AdmissionPolicy) -> dict[str, Any]:
-    """Parse and admit a request body for `chat` or `completions`; returns the parsed body."""
-    data = parse_json_body(body)
-    if path_kind == "chat":
-        check_images(data, policy)
-    return data
+    """`admit_body` without the hosts (callers that allow data URLs only)."""
+    return admit_body(path_kind, body, policy)[0]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TRACKS = ("stable", "canary")
+# Image URL schemes a policy may allow; `file` and the rest never (urlpolicy.py).
+IMAGE_URL_SCHEMES = frozenset({"data", "http", "https"})
 
 
 class ConfigError(ValueError):
@@ -39,6 +41,8 @@ class AdmissionPolicy:
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 4 * 1024 * 1024
     allowed_image_url_schemes: frozenset[str] = frozenset({"data"})
+    # Exact host names http(s) image URLs may name (vLLM's --allowed-media-domains); empty: none.
+    allowed_image_url_domains: frozenset[str] = frozenset()
     max_body_bytes: int = 50 * 1024 * 1024
 
 
@@ -183,13 +187,19 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
     schemes = adm.get("allowedImageUrlSchemes", sorted(defaults.allowed_image_url_schemes))
     _expect(schemes, list, f"{aw}.allowedImageUrlSchemes", 'a list of URL schemes like ["data"]')
     for i, s in enumerate(schemes):
-        if not isinstance(s, str) or not s or not s.isalnum():
-            raise ConfigError(f"{aw}.allowedImageUrlSchemes[{i}] must be a URL scheme like \"data\" or \"https\", got {s!r}")
+        if not isinstance(s, str) or s.lower() not in IMAGE_URL_SCHEMES:
+            raise ConfigError(f"{aw}.allowedImageUrlSchemes[{i}] must be one of data, http, https, got {s!r}")
+    domains = adm.get("allowedImageUrlDomains", [])
+    _expect(domains, list, f"{aw}.allowedImageUrlDomains", 'a list of host names like ["images.example.com"]')
+    for i, d in enumerate(domains):
+        if not isinstance(d, str) or not d or any(c in d for c in "/@:\\ \t"):
+            raise ConfigError(f"{aw}.allowedImageUrlDomains[{i}] must be a host name like \"images.example.com\", got {d!r}")
     admission = AdmissionPolicy(
         images_per_prompt=_int(adm, "imagesPerPrompt", aw, defaults.images_per_prompt),
         max_image_bytes=_int(adm, "maxImageBytes", aw, defaults.max_image_bytes, minimum=1),
         max_image_pixels=_int(adm, "maxImagePixels", aw, defaults.max_image_pixels, minimum=1),
         allowed_image_url_schemes=frozenset(s.lower() for s in schemes),
+        allowed_image_url_domains=frozenset(d.lower().rstrip(".") for d in domains),
         max_body_bytes=_int(adm, "maxBodyBytes", aw, defaults.max_body_bytes, minimum=1),
     )
 
