@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from pixtral_operator import conditions as C
+from pixtral_operator.capacity import gpu_verdict
 from pixtral_operator.k8s import Kube, owner_of
 from pixtral_operator.render import desired_children, obsolete_children
 from pixtral_operator.render import labels as L
 from pixtral_operator.render.router import endpoint_url
 from pixtral_operator.settings import OperatorSettings
-from pixtral_operator.spec import PixtralSpec, TrackSpec, parse
+from pixtral_operator.spec import PixtralSpec, SpecProblem, TrackSpec, parse
+from pixtral_operator.validation import spec_problems
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,6 @@ class Event:
     message: str
 
 
-@dataclasses.dataclass(frozen=True)
-class SpecProblem:
-    field: str
-    reason: str
-    message: str
-
-
 @dataclasses.dataclass
 class Outcome:
     status: dict[str, Any]
@@ -61,51 +56,9 @@ def utcnow() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _gpu_capacity(node: Mapping[str, Any]) -> int:
-    alloc = (node.get("status") or {}).get("allocatable") or {}
-    try:
-        return int(str(alloc.get("nvidia.com/gpu", "0")))
-    except ValueError:
-        return 0
-
-
 def check_spec(spec: PixtralSpec, kube: Kube) -> list[SpecProblem]:
-    """What the API server cannot judge: cluster capacity and referenced objects."""
+    """What the API server cannot judge: referenced objects (GPU capacity: operator/capacity.py)."""
     problems: list[SpecProblem] = []
-    nodes = kube.list_nodes()
-    if nodes is not None:
-        candidates = [
-            n
-            for n in nodes
-            if not spec.gpu_product
-            or ((n.get("metadata") or {}).get("labels") or {}).get("nvidia.com/gpu.product") == spec.gpu_product
-        ]
-        if spec.gpu_product and not candidates:
-            products = sorted(
-                {((n.get("metadata") or {}).get("labels") or {}).get("nvidia.com/gpu.product", "?") for n in nodes}
-            )
-            problems.append(
-                SpecProblem(
-                    "spec.resources.gpuProduct",
-                    "GPUProductNotFound",
-                    f"spec.resources.gpuProduct={spec.gpu_product!r}: no node has label nvidia.com/gpu.product "
-                    f"with that value (found: {', '.join(products) or 'no GPU nodes'})",
-                )
-            )
-        else:
-            most = max((_gpu_capacity(n) for n in candidates), default=0)
-            for track in spec.tracks():
-                if track.tensor_parallel_size > most:
-                    field = "spec.engine.tensorParallelSize"
-                    problems.append(
-                        SpecProblem(
-                            field,
-                            "InsufficientGPUsPerNode",
-                            f"{field}={track.tensor_parallel_size} needs {track.tensor_parallel_size} nvidia.com/gpu "
-                            f"on one node, but the largest{' matching' if spec.gpu_product else ''} node offers {most}",
-                        )
-                    )
-                    break
     secret_refs = []
     if spec.router.api_keys_secret:
         secret_refs.append(("spec.router.apiKeysSecretRef.name", spec.router.api_keys_secret))
@@ -185,8 +138,10 @@ def build_status(
     deployments: Mapping[str, Mapping[str, Any] | None],
     problems: list[SpecProblem],
     now: str,
+    advisories: list[SpecProblem] | None = None,
 ) -> dict[str, Any]:
-    """Pure: the owned part of the status from the children's state."""
+    """Pure: the owned part of the status from the children's state. `problems` refused the spec;
+    `advisories` were reported while the children were applied anyway."""
     stable = _deployment_state(deployments.get("stable"))
     router = _deployment_state(deployments.get("router"))
     canary = _deployment_state(deployments.get("canary")) if spec.canary_track else None
@@ -194,6 +149,8 @@ def build_status(
     conds: list[C.Condition] = []
     if problems:
         conds.append(C.Condition(C.DEGRADED, True, problems[0].reason, "; ".join(p.message for p in problems)))
+    elif advisories:
+        conds.append(C.Condition(C.DEGRADED, True, advisories[0].reason, "; ".join(p.message for p in advisories)))
     else:
         conds.append(C.Condition(C.DEGRADED, False, "AsExpected", "the spec is valid for this cluster"))
 
@@ -262,7 +219,8 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
     events: list[Event] = []
     writes = 0
 
-    problems = check_spec(spec, kube)
+    capacity = gpu_verdict(spec, kube.list_nodes(), strict=settings.strict_gpu_check)
+    problems = spec_problems(name, body.get("spec") or {}) + capacity.blocking + check_spec(spec, kube)
     live_deps: dict[str, dict[str, Any] | None] = {
         track: kube.get("apps/v1", "Deployment", namespace, L.track_deployment_name(name, track))
         for track in ("stable", "canary")
@@ -304,7 +262,7 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
                 if kind == "Deployment":
                     live_deps["canary"] = None
 
-    status = build_status(spec, settings, generation, old_status, live_deps, problems, now)
+    status = build_status(spec, settings, generation, old_status, live_deps, problems, now, capacity.advisory)
     for cond in C.transitions(old_status.get("conditions"), status["conditions"]):
         bad = (cond["type"] == C.DEGRADED and cond["status"] == "True") or (
             cond["type"] in (C.READY, C.CANARY_READY) and cond["status"] != "True"

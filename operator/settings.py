@@ -21,6 +21,25 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+class SettingsError(ValueError):
+    """An operator setting with a value it cannot take; the message names the variable."""
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    if name not in env:
+        return default
+    value = env[name].strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name}={env[name]!r}: expected one of true/false (or 1/0, yes/no, on/off)")
+
+
 @dataclasses.dataclass(frozen=True)
 class OperatorSettings:
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
@@ -36,6 +55,9 @@ class OperatorSettings:
     resync_seconds: float = 5.0
     autoscale_seconds: float = 2.0
     cluster_domain: str = "svc"
+    # False: a GPU capacity finding is advisory (operator/capacity.py), so node pools that scale from
+    # zero see pending pods; True: it refuses the spec.
+    strict_gpu_check: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -55,4 +77,5 @@ class OperatorSettings:
             log_level=env.get("PIXTRAL_LOG_LEVEL", "INFO").upper(),
             resync_seconds=float(env.get("PIXTRAL_RESYNC_SECONDS", "5")),
             autoscale_seconds=float(env.get("PIXTRAL_AUTOSCALE_SECONDS", "2")),
+            strict_gpu_check=_flag(env, "PIXTRAL_STRICT_GPU_CHECK", False),
         )

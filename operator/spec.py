@@ -21,6 +21,15 @@ TRACKS = ("stable", "canary")
 
 
 @dataclasses.dataclass(frozen=True)
+class SpecProblem:
+    """A spec the operator will not render: `field` is the path the user has to change."""
+
+    field: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSource:
     host_path: str | None = None
     pvc_claim: str | None = None

@@ -1,5 +1,6 @@
 """OperatorSettings.from_env: the images and the NetworkPolicy's metrics namespaces (docs/settings.md)."""
 
+import pytest
 from pixtral_operator import settings as S
 from pixtral_operator._version import __version__
 from pixtral_operator.settings import OperatorSettings
@@ -23,3 +24,15 @@ def test_metrics_namespaces_unset_empty_and_listed():
     assert OperatorSettings.from_env({"PIXTRAL_METRICS_FROM_NAMESPACES": ""}).metrics_from_namespaces == ()
     listed = OperatorSettings.from_env({"PIXTRAL_METRICS_FROM_NAMESPACES": " obs , prom,"})
     assert listed.metrics_from_namespaces == ("obs", "prom")
+
+
+def test_strict_gpu_check_is_off_by_default_and_parsed_as_a_flag():
+    assert OperatorSettings.from_env({}).strict_gpu_check is False
+    assert OperatorSettings.from_env({"PIXTRAL_STRICT_GPU_CHECK": "true"}).strict_gpu_check is True
+    assert OperatorSettings.from_env({"PIXTRAL_STRICT_GPU_CHECK": " On "}).strict_gpu_check is True
+    assert OperatorSettings.from_env({"PIXTRAL_STRICT_GPU_CHECK": "0"}).strict_gpu_check is False
+
+
+def test_a_flag_that_is_not_a_boolean_names_the_variable():
+    with pytest.raises(S.SettingsError, match="PIXTRAL_STRICT_GPU_CHECK='maybe'"):
+        OperatorSettings.from_env({"PIXTRAL_STRICT_GPU_CHECK": "maybe"})

@@ -8,6 +8,8 @@ from pixtral_operator.reconcile import reconcile
 from pixtral_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()
+# The GPU capacity check refuses specs only in strict mode (advisory by default: tests/test_capacity.py).
+STRICT = OperatorSettings(strict_gpu_check=True)
 NODES = [gpu_node("gpu-0"), gpu_node("gpu-1")]
 
 
@@ -27,9 +29,9 @@ def test_first_reconcile_creates_children_and_status():
     out = reconcile(pxd(), kube, SETTINGS, now="2026-01-01T00:00:00Z")
     kinds = {k for k, _ in kube.kinds_named()}
     assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "PodDisruptionBudget"} <= kinds
-    assert ("ServiceMonitor", "demo") not in kube.kinds_named()
+    assert ("ServiceMonitor", "demo-runtime") not in kube.kinds_named()
     assert out.status["observedGeneration"] == 1
-    assert out.status["endpoint"] == "http://demo.team.svc:80/v1"
+    assert out.status["endpoint"] == "http://demo-router.team.svc:80/v1"
     assert out.status["selector"] == "app.kubernetes.io/component=runtime,serving.pixtral.dev/deployment=demo,serving.pixtral.dev/track=stable"
     ready = find(out.status["conditions"], "Ready")
     assert ready["status"] == "False" and ready["observedGeneration"] == 1
@@ -94,7 +96,7 @@ def test_canary_added_then_removed():
 def test_servicemonitor_when_crd_exists():
     kube = FakeKube(nodes=NODES, kinds={("monitoring.coreos.com/v1", "ServiceMonitor")})
     reconcile(pxd(), kube, SETTINGS, now="t0")
-    assert ("ServiceMonitor", "demo") in kube.kinds_named()
+    assert ("ServiceMonitor", "demo-runtime") in kube.kinds_named()
 
 
 @pytest.mark.parametrize(
@@ -110,7 +112,7 @@ def test_servicemonitor_when_crd_exists():
 )
 def test_operator_judged_bad_specs_are_degraded_with_the_field_named(spec, nodes, reason, field):
     kube = FakeKube(nodes=nodes)
-    out = reconcile(pxd(spec=spec), kube, SETTINGS, now="t0")
+    out = reconcile(pxd(spec=spec), kube, STRICT, now="t0")
     degraded = find(out.status["conditions"], "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == reason
     assert field in degraded["message"]
@@ -121,14 +123,14 @@ def test_operator_judged_bad_specs_are_degraded_with_the_field_named(spec, nodes
 def test_bad_update_leaves_running_children_untouched():
     kube = FakeKube(nodes=NODES)
     body = pxd()
-    reconcile(body, kube, SETTINGS, now="t0")
+    reconcile(body, kube, STRICT, now="t0")
     make_ready(kube, "demo-stable", 1)
     make_ready(kube, "demo-router", 1)
-    reconcile(feed_status(kube, body), kube, SETTINGS, now="t1")
+    reconcile(feed_status(kube, body), kube, STRICT, now="t1")
     before = kube.get("apps/v1", "Deployment", "team", "demo-stable")
     kube.writes.clear()
     bad = feed_status(kube, pxd(spec={"engine": {"tensorParallelSize": 8}}, generation=2))
-    out = reconcile(bad, kube, SETTINGS, now="t2")
+    out = reconcile(bad, kube, STRICT, now="t2")
     assert kube.writes == [("status", "PixtralDeployment", "demo")]
     assert kube.get("apps/v1", "Deployment", "team", "demo-stable") == before
     assert find(out.status["conditions"], "Ready")["status"] == "True"  # still serving the old spec
@@ -136,7 +138,7 @@ def test_bad_update_leaves_running_children_untouched():
     assert find(out.status["conditions"], "Progressing")["reason"] == "SpecRejected"
     # Fixing the spec clears Degraded.
     fixed = feed_status(kube, pxd(spec={"engine": {"tensorParallelSize": 2}}, generation=3))
-    out = reconcile(fixed, kube, SETTINGS, now="t3")
+    out = reconcile(fixed, kube, STRICT, now="t3")
     assert find(out.status["conditions"], "Degraded")["status"] == "False"
     assert any(e.reason == "AsExpected" for e in out.events)
 
