@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     body = json.loads(result["body"])
     # The host has no cluster DNS; it reaches the Service's ClusterIP through kube-proxy.
-    cluster_ip = cluster.rest.get(f"/api/v1/namespaces/{TENANT_NAMESPACE}/services/{NAME}")["spec"]["clusterIP"]
+    cluster_ip = cluster.rest.get(f"/api/v1/namespaces/{TENANT_NAMESPACE}/services/{NAME}-router")["spec"]["clusterIP"]
     answer = body["choices"][0]["message"]["content"]
     print()
     print(f"HTTP 200 in {result['elapsed_ms']:.0f} ms from track {result['headers'].get('x-pixtral-track')} "

@@ -61,7 +61,7 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     obj = wait_condition(cluster, namespace, NAME, "Ready", "True", STARTUP, reason="Serving")
     status = obj["status"]
     assert status["observedGeneration"] == obj["metadata"]["generation"]
-    assert status["endpoint"] == f"http://{NAME}.{namespace}.svc:80/v1"
+    assert status["endpoint"] == f"http://{NAME}-router.{namespace}.svc:80/v1"
     assert status["readyReplicas"] == 1 and status["replicas"] == 1
     assert condition(obj, "Degraded")["status"] == "False"
     wait_condition(cluster, namespace, NAME, "Progressing", "False", 60)
@@ -89,7 +89,7 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     from_dns = client_pod_request(cluster, namespace, local_images["router"], status["endpoint"],
                                   chat_body(images=1, max_tokens=4), API_KEY, pod_name="client-dns")
     assert from_dns["status"] == 200, from_dns
-    cluster_ip = cluster.rest.get(f"/api/v1/namespaces/{namespace}/services/{NAME}")["spec"]["clusterIP"]
+    cluster_ip = cluster.rest.get(f"/api/v1/namespaces/{namespace}/services/{NAME}-router")["spec"]["clusterIP"]
     from_ip = client_pod_request(cluster, namespace, local_images["router"], f"http://{cluster_ip}:80/v1",
                                  chat_body(max_tokens=4), API_KEY, pod_name="client-ip")
     assert from_ip["status"] == 200, from_ip
@@ -173,7 +173,7 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     for path in (
         f"/apis/apps/v1/namespaces/{namespace}/deployments/{NAME}-stable",
         f"/apis/apps/v1/namespaces/{namespace}/deployments/{NAME}-router",
-        f"/api/v1/namespaces/{namespace}/services/{NAME}",
+        f"/api/v1/namespaces/{namespace}/services/{NAME}-router",
         f"/api/v1/namespaces/{namespace}/services/{NAME}-stable",
         f"/api/v1/namespaces/{namespace}/configmaps/{NAME}-router",
         f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{NAME}-runtime",

@@ -26,7 +26,7 @@ CHILDREN = [
     ("apps/v1", "deployments", "r-stable"),
     ("apps/v1", "deployments", "r-router"),
     ("v1", "services", "r-stable"),
-    ("v1", "services", "r"),
+    ("v1", "services", "r-router"),
     ("v1", "configmaps", "r-router"),
     ("v1", "serviceaccounts", "r-router"),
     ("rbac.authorization.k8s.io/v1", "roles", "r-router"),

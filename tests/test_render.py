@@ -38,7 +38,7 @@ def test_children_kinds_and_names():
         ("Role", "demo-router"),
         ("RoleBinding", "demo-router"),
         ("Deployment", "demo-router"),
-        ("Service", "demo"),
+        ("Service", "demo-router"),
     }
 
 
@@ -165,7 +165,7 @@ def test_router_objects():
     assert pod["serviceAccountName"] == "demo-router"
     assert pod["containers"][0]["command"] == ["pixtral-runtime", "router"]
     assert env_of(pod["containers"][0])["PIXTRAL_ROUTER_CONFIGMAP"] == "demo-router"
-    assert objs[("Service", "demo")]["spec"]["ports"][0]["port"] == 80
+    assert objs[("Service", "demo-router")]["spec"]["ports"][0]["port"] == 80
     role = objs[("Role", "demo-router")]
     # The keys come as a volume: the router reads no Secret through the API.
     assert not [r for r in role["rules"] if "secrets" in r["resources"]]
@@ -195,8 +195,8 @@ def test_router_config_defaults_match_settings_doc():
 
 
 def test_service_monitor_only_when_available():
-    assert ("ServiceMonitor", "demo") not in render()
-    assert ("ServiceMonitor", "demo") in render(service_monitor_available=True)
+    assert ("ServiceMonitor", "demo-runtime") not in render()
+    assert ("ServiceMonitor", "demo-runtime") in render(service_monitor_available=True)
 
 
 def test_hash_is_stable_and_sensitive():

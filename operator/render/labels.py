@@ -1,5 +1,10 @@
 """Names and labels shared by every child object. Names are deterministic: reconciling twice
-finds the same objects."""
+finds the same objects.
+
+Every child is named `<PixtralDeployment>-<suffix>`, with suffixes that contain no hyphen and differ
+within one kind (CHILD_SUFFIXES). Two PixtralDeployments of one namespace can then never derive the
+same name for the same kind: `a-x` == `b-y` with hyphen-free suffixes means x == y and so a == b
+(an unsuffixed name would collide: `demo-stable`'s router Service would be `demo`'s stable Service)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 SPEC_HASH_ANNOTATION = "serving.pixtral.dev/spec-hash"
 MANAGED_BY = "pixtral-operator"
 FIELD_MANAGER = "pixtral-operator"
+# The autoscaler owns a track's spec.replicas under its own field manager (through /scale), so the
+# reconcile's server-side apply, which leaves replicas out while autoscaling is on, never takes it back.
+AUTOSCALER_FIELD_MANAGER = "pixtral-autoscaler"
 
 RUNTIME_HTTP_PORT = 8000
 RUNTIME_HEALTH_PORT = 8081
@@ -20,16 +28,42 @@ ROUTER_SERVICE_PORT = 80
 TRACK_HEADER = "x-pixtral-track"
 
 
+ROUTER_SUFFIX = "router"
+RUNTIME_SUFFIX = "runtime"
+# kind -> the suffixes of the children of that kind (tracks name their Deployment and Service).
+CHILD_SUFFIXES = {
+    "Deployment": ("stable", "canary", ROUTER_SUFFIX),
+    "Service": ("stable", "canary", ROUTER_SUFFIX),
+    "ConfigMap": (ROUTER_SUFFIX,),
+    "ServiceAccount": (ROUTER_SUFFIX,),
+    "Role": (ROUTER_SUFFIX,),
+    "RoleBinding": (ROUTER_SUFFIX,),
+    "PodDisruptionBudget": (RUNTIME_SUFFIX,),
+    "NetworkPolicy": (RUNTIME_SUFFIX,),
+    "ServiceMonitor": (RUNTIME_SUFFIX,),
+}
+
+
+def child_name(name: str, suffix: str) -> str:
+    return f"{name}-{suffix}"
+
+
 def track_deployment_name(name: str, track: str) -> str:
-    return f"{name}-{track}"
+    return child_name(name, track)
 
 
 def track_service_name(name: str, track: str) -> str:
-    return f"{name}-{track}"
+    return child_name(name, track)
 
 
 def router_name(name: str) -> str:
-    return f"{name}-router"
+    """The router's Deployment, Service (the endpoint), ConfigMap, ServiceAccount, Role and RoleBinding."""
+    return child_name(name, ROUTER_SUFFIX)
+
+
+def runtime_policy_name(name: str) -> str:
+    """The runtime pods' PodDisruptionBudget, NetworkPolicy and ServiceMonitor."""
+    return child_name(name, RUNTIME_SUFFIX)
 
 
 def common_labels(name: str, component: str) -> dict[str, str]:

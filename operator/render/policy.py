@@ -16,7 +16,7 @@ def runtime_pdb(spec: PixtralSpec) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": f"{spec.name}-runtime", "namespace": spec.namespace, "labels": L.common_labels(spec.name, "runtime")},
+        "metadata": {"name": L.runtime_policy_name(spec.name), "namespace": spec.namespace, "labels": L.common_labels(spec.name, "runtime")},
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": L.runtime_selector_all_tracks(spec.name)},
@@ -59,7 +59,7 @@ def runtime_network_policy(spec: PixtralSpec, settings: OperatorSettings) -> dic
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": f"{spec.name}-runtime", "namespace": spec.namespace, "labels": L.common_labels(spec.name, "runtime")},
+        "metadata": {"name": L.runtime_policy_name(spec.name), "namespace": spec.namespace, "labels": L.common_labels(spec.name, "runtime")},
         "spec": {
             "podSelector": {"matchLabels": L.runtime_selector_all_tracks(spec.name)},
             "policyTypes": ["Ingress"],
@@ -72,7 +72,7 @@ def service_monitor(spec: PixtralSpec) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": L.common_labels(spec.name, "monitoring")},
+        "metadata": {"name": L.runtime_policy_name(spec.name), "namespace": spec.namespace, "labels": L.common_labels(spec.name, "monitoring")},
         "spec": {
             "selector": {"matchLabels": {L.DEPLOYMENT_LABEL: spec.name}},
             "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],

@@ -1,5 +1,5 @@
 """The tenant-facing router: ConfigMap with its settings, ServiceAccount + Role to watch them,
-Deployment, and the Service named after the PixtralDeployment."""
+Deployment, and the Service tenants call (`<name>-router`)."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def router_service(spec: PixtralSpec) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": L.common_labels(spec.name, "router")},
+        "metadata": {"name": L.router_name(spec.name), "namespace": spec.namespace, "labels": L.common_labels(spec.name, "router")},
         "spec": {
             "selector": L.router_selector(spec.name),
             "ports": [{"name": "http", "port": L.ROUTER_SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
@@ -192,4 +192,4 @@ def router_service(spec: PixtralSpec) -> dict[str, Any]:
 
 
 def endpoint_url(spec: PixtralSpec, settings: OperatorSettings) -> str:
-    return f"http://{spec.name}.{spec.namespace}.{settings.cluster_domain}:{L.ROUTER_SERVICE_PORT}/v1"
+    return f"http://{L.router_name(spec.name)}.{spec.namespace}.{settings.cluster_domain}:{L.ROUTER_SERVICE_PORT}/v1"
