@@ -83,6 +83,11 @@ class ClusterPaths:
         return self.state_dir / "prometheus-url"
 
     @property
+    def prometheus_rules(self) -> Path:
+        """Alert and recording rule files Prometheus loads (`*.yaml`, on /-/reload)."""
+        return self.state_dir / "prometheus-rules"
+
+    @property
     def node(self) -> node.NodePaths:
         return node.NodePaths(self.state_dir / "node")
 
@@ -515,7 +520,9 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
         write_kubeconfig(paths.state_dir / f"{component}.kubeconfig", api_server, pki.ca_cert, pki.cert(component),
                          pki.key(component), component)
     prometheus_url = f"http://{network.BRIDGE_IP}:{ports['prometheus']}"
-    settings = ScrapeSettings(pod_sd_url=f"http://127.0.0.1:{ports['pod_sd']}/targets")
+    paths.prometheus_rules.mkdir(parents=True, exist_ok=True)
+    settings = ScrapeSettings(pod_sd_url=f"http://127.0.0.1:{ports['pod_sd']}/targets",
+                              rule_files=(str(paths.prometheus_rules / "*.yaml"),))
     (paths.state_dir / "prometheus.yml").write_text(yaml.safe_dump(render_config(settings), sort_keys=False))
     sandbox_image = images.pause_ref(images.version_of(str(binaries.kube)))
     _write_node_files(paths, pki, ports, api_server, sandbox_image)

@@ -9,9 +9,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from . import images
 from .cluster import ClusterInfo, crictl_command
 from .kube import KubeClient
+from .waiting import wait_for
 
 
 @dataclass
@@ -59,6 +62,29 @@ class Cluster:
                                         "-o", "json").stdout or "{}")
         return [item for item in listed.get("items", [])
                 if item.get("metadata", {}).get("namespace") == namespace]
+
+    def load_rules(self, name: str, rules: dict, timeout: float = 30) -> None:
+        """Puts a Prometheus rule file (`groups: [...]`) in place as `name` and reloads Prometheus,
+        returning once its rules API lists every group of the file."""
+        path = self.info.paths.prometheus_rules / f"{name}.yaml"
+        path.write_text(json.dumps(rules))  # JSON is YAML, and keeps {{ templates }} as they are
+        self._reload_prometheus({group["name"] for group in rules["groups"]}, timeout)
+
+    def remove_rules(self, name: str, timeout: float = 30) -> None:
+        path = self.info.paths.prometheus_rules / f"{name}.yaml"
+        groups = {group["name"] for group in json.loads(path.read_text())["groups"]} if path.exists() else set()
+        path.unlink(missing_ok=True)
+        self._reload_prometheus(set(), timeout, gone=groups)
+
+    def _reload_prometheus(self, groups: set[str], timeout: float, gone: set[str] = frozenset()) -> None:
+        httpx.post(f"{self.prometheus_url}/-/reload", timeout=10).raise_for_status()
+
+        def loaded() -> bool:
+            listed = httpx.get(f"{self.prometheus_url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+            names = {group["name"] for group in listed}
+            return groups <= names and not (gone & names)
+
+        wait_for(loaded, timeout, f"Prometheus to load its rule files (log: {self.info.paths.logs / 'prometheus.log'})")
 
     def project_images(self, say=print) -> dict[str, str]:
         """The operator, router and CPU runtime images, built from this checkout if needed and

@@ -27,6 +27,8 @@ class ScrapeSettings:
     pod_sd_url: str          # e2e/podsd.py's http_sd endpoint (Kubernetes pod discovery)
     scrape_interval: str = "1s"
     scrape_timeout: str = "1s"
+    # Rule files Prometheus (re)loads on /-/reload: tests put alert rules there (Cluster.load_rules).
+    rule_files: tuple[str, ...] = ()
 
 
 def render_config(settings: ScrapeSettings) -> dict:
@@ -49,6 +51,7 @@ def render_config(settings: ScrapeSettings) -> dict:
     return {
         "global": {"scrape_interval": settings.scrape_interval, "scrape_timeout": settings.scrape_timeout,
                    "evaluation_interval": settings.scrape_interval},
+        "rule_files": list(settings.rule_files),
         "scrape_configs": [{
             "job_name": "kubernetes-pods",
             "http_sd_configs": [{"url": settings.pod_sd_url, "refresh_interval": settings.scrape_interval}],
