@@ -19,3 +19,10 @@ DEGRADED = Gauge(
 SCALE_EVENTS = Counter(
     "pixtral_operator_scale_events_total", "Replica changes made by the autoscaler", ["namespace", "name", "track", "direction"]
 )
+# What the autoscaler saw on its last tick, per track of an autoscaled PixtralDeployment: `desired`
+# is the replica count it asked for, `ready` what the track's Deployment reported (the dashboard's
+# "replicas desired vs ready"). Removed when the object goes away.
+TRACK_REPLICAS = Gauge(
+    "pixtral_operator_track_replicas", "Replicas of an autoscaled track by state (desired, ready)",
+    ["namespace", "name", "track", "state"],
+)

@@ -9,6 +9,7 @@ restarted operator resumes with its windows (a long gap restarts them, which onl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -20,7 +21,7 @@ from pixtral_operator.autoscaler import Decision, Policy, PolicyError, Signal, S
 from pixtral_operator.k8s import Kube
 from pixtral_operator.prometheus import PrometheusClient, read_signal
 from pixtral_operator.render import labels as L
-from pixtral_operator.spec import parse
+from pixtral_operator.spec import TRACKS, parse
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ class Scaler:
     def forget(self, namespace: str, name: str) -> None:
         for key in [k for k in self._states if k[:2] == (namespace, name)]:
             del self._states[key]
+        for track in TRACKS:
+            for state in ("desired", "ready"):
+                with contextlib.suppress(KeyError):
+                    metrics.TRACK_REPLICAS.remove(namespace, name, track, state)
 
     async def tick(self, body: Mapping[str, Any], now: float | None = None) -> TickResult:
         now = time.time() if now is None else now
@@ -72,6 +77,8 @@ class Scaler:
             decision = decide(state, signal, policy, now)
             self._states[(namespace, name, track.track)] = decision.state
             decisions[track.track] = decision
+            metrics.TRACK_REPLICAS.labels(namespace, name, track.track, "desired").set(decision.desired)
+            metrics.TRACK_REPLICAS.labels(namespace, name, track.track, "ready").set(ready)
             if decision.changed:
                 await asyncio.to_thread(self.kube.scale_deployment, namespace, dep_name, decision.desired)
                 direction = "up" if decision.desired > decision.previous else "down"

@@ -108,3 +108,21 @@ async def test_state_survives_an_operator_restart_through_the_status():
     # Within the 30 s window after the high reading nothing scales down, even after a restart.
     result = await restarted.tick(body, now=1010)
     assert replicas(kube) == 3 and result.decisions["stable"].reason != "ScaleDownAfterWindow"
+
+
+def track_replicas(state, name="demo"):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("pixtral_operator_track_replicas",
+                                     {"namespace": "team", "name": name, "track": "stable", "state": state})
+
+
+async def test_track_replicas_gauge_follows_the_tick_and_goes_with_the_object():
+    kube, body = setup()
+    prom = CannedPrometheus()
+    scaler = Scaler(kube, prom)
+    prom.load = 5
+    await scaler.tick(body, now=prom.now)
+    assert track_replicas("desired") == 3 and track_replicas("ready") == 1
+    scaler.forget("team", "demo")
+    assert track_replicas("desired") is None and track_replicas("ready") is None
