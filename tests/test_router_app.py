@@ -103,8 +103,10 @@ def config(backends: dict, **extra) -> dict:
 
 
 @asynccontextmanager
-async def router(cfg: dict):
-    app = create_app(RouterSettings(config=parse_config(cfg)))
+async def router(cfg: dict, **settings):
+    # x-pixtral-backend on, for the assertions on which backend served; off by default in the router.
+    settings.setdefault("debug_headers", True)
+    app = create_app(RouterSettings(config=parse_config(cfg), **settings))
     async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=20) as client:
         client.app = app
         yield client

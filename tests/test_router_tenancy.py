@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 import pytest
@@ -49,7 +50,7 @@ def test_unknown_key_is_401_and_never_echoed() -> None:
     assert "sk-wrong-secret" not in info.value.message and "sk-aaaa" not in info.value.message
 
 
-def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_are_found_by_digest_and_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -59,13 +60,22 @@ def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(tenancy.hmac, "compare_digest", spy)
     auth = Authenticator(KEYS, required=True)
-    # A match on the first key still compares all the others: no early exit.
-    assert auth.authenticate(b"Bearer sk-aaaa") == "team-a"
-    assert len(calls) == len(KEYS)
+    # One comparison of SHA-256 digests, never of the keys themselves, whatever the number of keys.
+    assert auth.authenticate(b"Bearer sk-cccc") == "team-c"
+    assert calls == [(hashlib.sha256(b"sk-cccc").digest(),) * 2]
     calls.clear()
     with pytest.raises(AuthenticationError):
         auth.authenticate(b"Bearer nope")
-    assert len(calls) == len(KEYS)
+    assert calls == []  # no stored digest matched: nothing to compare
+
+
+def test_lookup_does_not_depend_on_the_number_of_keys() -> None:
+    many = {f"team-{i}": f"sk-{i:06d}" for i in range(10_000)}
+    auth = Authenticator(many, required=True)
+    assert auth.authenticate(b"Bearer sk-009999") == "team-9999"
+    assert auth.authenticate(b"Bearer sk-000000") == "team-0"
+    with pytest.raises(AuthenticationError):
+        auth.authenticate(b"Bearer sk-00000")  # a prefix of a real key
 
 
 def test_no_keys_configured_means_anonymous() -> None:

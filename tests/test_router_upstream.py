@@ -148,27 +148,92 @@ async def test_close_without_answer_on_a_fresh_connection_is_not_retryable() -> 
         assert not isinstance(info.value, UpstreamConnectError)
 
 
-async def test_stale_pooled_connection_closed_before_answering_is_retryable() -> None:
+async def test_stale_pooled_connection_is_retried_on_a_fresh_connection_to_the_same_backend() -> None:
     requests = 0
 
     async def one_then_drop(reader, writer):
         nonlocal requests
         await read_request(reader)
         requests += 1
-        writer.write(response(b"first"))
+        writer.write(response(b"answer %d" % requests))
         await writer.drain()
         try:
             await read_request(reader)  # the reused connection's request is read and dropped
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
 
-    async with raw_server(one_then_drop) as (port, _):
+    async with raw_server(one_then_drop) as (port, stats):
         pool = UpstreamPool()
         r = await pool.request("127.0.0.1", port, b"POST", b"/", [], b"{}")
-        assert await r.read() == b"first"
+        assert await r.read() == b"answer 1"
         r.release()
-        with pytest.raises(UpstreamConnectError, match="pooled connection was closed"):
-            await pool.request("127.0.0.1", port, b"POST", b"/", [], b"{}")
+        # Not a connect error (which would eject a healthy backend): answered on a new connection.
+        r = await pool.request("127.0.0.1", port, b"POST", b"/", [], b"{}")
+        assert await r.read() == b"answer 2"
+        r.release()
+        assert stats["connections"] == 2
+        pool.close()
+
+
+async def test_stale_connection_and_a_refused_fresh_one_is_a_connect_error() -> None:
+    server = await asyncio.start_server(keep_alive_handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool()
+    r = await pool.request("127.0.0.1", port, b"POST", b"/", [], b"{}")
+    await r.read()
+    r.release()
+    server.close()
+    await server.wait_closed()
+    idle = pool._idle[("127.0.0.1", port)][0]
+    idle.close()  # the pooled connection is dead, and nothing listens any more
+    idle.closed = False  # ... but the pool has not noticed yet
+    with pytest.raises(UpstreamConnectError):
+        await pool.request("127.0.0.1", port, b"POST", b"/", [], b"{}")
+    pool.close()
+
+
+async def test_head_answer_has_no_body_and_its_connection_is_not_reused() -> None:
+    async def head_handler(reader, writer):
+        await read_request(reader)
+        # Content-Length of the body a GET would have; no body follows.
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async with raw_server(head_handler) as (port, stats):
+        pool = UpstreamPool()
+        r = await asyncio.wait_for(pool.request("127.0.0.1", port, b"HEAD", b"/v1/models", [], b""), 2)
+        assert r.status == 200 and r.content_length == 1234
+        assert await asyncio.wait_for(r.read(), 2) == b""
+        r.release()
+        assert not pool._idle.get(("127.0.0.1", port))
+        pool.close()
+
+
+async def test_informational_answers_are_skipped() -> None:
+    async def early_hints(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
+                     b"HTTP/1.1 100 Continue\r\n\r\n" + response(b"final", b"x-real: 1\r\n"))
+        await writer.drain()
+
+    async with raw_server(early_hints) as (port, _):
+        pool = UpstreamPool()
+        r = await pool.request("127.0.0.1", port, b"POST", b"/", [], b"{}")
+        assert r.status == 200 and await r.read() == b"final"
+        assert (b"x-real", b"1") in r.headers and not any(k == b"link" for k, _ in r.headers)
+        pool.close()
+
+
+async def test_forget_drops_the_state_of_backends_that_left() -> None:
+    async with raw_server(keep_alive_handler) as (port, _):
+        pool = UpstreamPool()
+        r = await pool.request("127.0.0.1", port, b"POST", b"/", [], b"{}")
+        await r.read()
+        r.release()
+        conn = pool._idle[("127.0.0.1", port)][0]
+        pool.forget(keep={("127.0.0.1", 1)})
+        assert pool._idle == {} and pool._host_lines == {} and conn.closed
         pool.close()
 
 

@@ -33,19 +33,17 @@ except ImportError:  # pragma: no cover - depends on the environment
 _HEADER_B64_CHARS = 64 * 1024
 
 
-def check_content_length(content_length: bytes | None, policy: AdmissionPolicy) -> None:
+def check_content_length(content_length: bytes | None, policy: AdmissionPolicy) -> int | None:
+    """The declared body size (None for a chunked upload); 413 before a byte is read when too large."""
     if content_length is None:
-        return
+        return None
     try:
         size = int(content_length)
     except ValueError:
         raise AdmissionError("invalid_request", "Content-Length is not a number.") from None
     if size > policy.max_body_bytes:
         raise BodyTooLarge(f"Request body of {size} bytes exceeds the limit of {policy.max_body_bytes} bytes.")
-
-
-def body_too_large(received: int, limit: int) -> BodyTooLarge:
-    return BodyTooLarge(f"Request body exceeds the limit of {limit} bytes (received at least {received}).")
+    return size
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:

@@ -12,11 +12,13 @@ import asyncio
 import gc
 import json
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import admission
+from . import admission, dispatch, urlpolicy
+from .body import BodyBudget, ClientDisconnected, Reservation, budget_for, read_body
 from .choice import choose_backend, choose_track, parse_override
 from .config import TRACKS, RouterConfig, load_config_file
 from .errors import (
@@ -24,15 +26,18 @@ from .errors import (
     MethodNotAllowed,
     NoBackendAvailable,
     NotFound,
+    RequestTimeout,
     RouterError,
     UpstreamTimeout,
     UpstreamUnreachable,
     error_response,
 )
+from .guard import Guard, RequestInfo
+from .headers import DROP_REQUEST, DROP_RESPONSE, forwarded
 from .metrics import RouterMetrics
 from .settings import RouterSettings
 from .state import RouterState
-from .upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamResponse
+from .upstream import UpstreamError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("pixtral_runtime.router")
 
@@ -40,36 +45,14 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and the ones the router sets itself are not forwarded.
-_DROP_REQUEST_HEADERS = frozenset(
-    {b"host", b"connection", b"keep-alive", b"proxy-authorization", b"te", b"trailer", b"transfer-encoding",
-     b"upgrade", b"content-length", b"authorization", b"expect"}
-)
-_DROP_RESPONSE_HEADERS = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade", b"date", b"server",
-     b"content-length"}
-)
 # Whole-body relay (one write, with Content-Length) below this size; larger or unsized answers stream.
 _BUFFER_LIMIT = 1 << 20
 CLIENT_CLOSED_REQUEST = 499
 _TRACK_HEADER_VALUES = {track: track.encode() for track in TRACKS}
-# A request still running after this long gets a task watching for its client to leave.
-_WATCH_AFTER_SECONDS = 0.05
 # Bodies from this size on (in practice: with images) are admitted in a worker thread.
 _INLINE_ADMISSION_BYTES = 256 * 1024
-
-
-class _Request:
-    """What the error path and metrics need to know about one request."""
-
-    __slots__ = ("tenant", "track", "response_started", "response_done", "client_gone")
-
-    def __init__(self) -> None:
-        self.tenant = "-"
-        self.track = "-"
-        self.response_started = False
-        self.response_done = False
-        self.client_gone = False
+# A remote image host must resolve within this long (urlpolicy.check_addresses).
+_RESOLVE_TIMEOUT_SECONDS = 2.0
 
 
 async def _send_simple(send: Send, status: int, body: bytes, content_type: bytes,
@@ -81,72 +64,10 @@ async def _send_simple(send: Send, status: int, body: bytes, content_type: bytes
     await send({"type": "http.response.body", "body": body})
 
 
-class _Guard:
-    """The request's timeout and, once it has run a while, a watch for the client leaving.
-
-    One timer per request: it fires after `_WATCH_AFTER_SECONDS` (or at the deadline, if that is
-    sooner), starts the watcher task and re-arms itself for the deadline. Most requests end before
-    it fires, and a cancelled timer costs far less than a task and `asyncio.timeout()`.
-    """
-
-    __slots__ = ("task", "request", "receive", "cancelling", "expired", "watcher", "deadline", "timer")
-
-    def __init__(self, task: asyncio.Task, request: _Request, receive: Receive, timeout: float) -> None:
-        self.task = task
-        self.request = request
-        self.receive = receive
-        self.cancelling = task.cancelling()
-        self.expired = False
-        self.watcher: asyncio.Task | None = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self.deadline = now + timeout
-        self.timer = loop.call_at(min(self.deadline, now + _WATCH_AFTER_SECONDS), self._fire)
-
-    def _fire(self) -> None:
-        if self.watcher is None:
-            self.watcher = asyncio.ensure_future(self._watch())
-        loop = asyncio.get_running_loop()
-        if loop.time() < self.deadline:
-            self.timer = loop.call_at(self.deadline, self._fire)
-        else:
-            self.expired = True
-            self.task.cancel()
-
-    async def _watch(self) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                if not self.request.response_done:
-                    self.request.client_gone = True
-                    self.task.cancel()
-                return
-
-    def stop(self) -> None:
-        self.timer.cancel()
-        if self.watcher is not None:
-            self.watcher.cancel()
-
-
-class ClientDisconnected(Exception):
-    """The client closed the connection before its request body arrived."""
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise admission.body_too_large(size, limit)
-        parts.append(chunk)
-        more = message.get("more_body", False)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+async def _send_error(send: Send, exc: RouterError) -> None:
+    status, headers, body = error_response(exc)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RouterApp:
@@ -157,12 +78,13 @@ class RouterApp:
         self.state = state or RouterState(RouterMetrics(deployment))
         self.metrics = self.state.metrics
         self.upstream: UpstreamPool | None = None
+        self.budget = BodyBudget(settings.body_budget_bytes or budget_for(settings.memory_limit_bytes))
         # backend URL -> (host, port, the URL as the x-pixtral-backend header value)
         self._backends: dict[str, tuple[str, int, bytes]] = {}
         self._discovery_factory = discovery_factory
         self._discovery: Any = None
         self._created = int(time.time())
-        self._routes: dict[str, Callable[[Scope, Receive, Send, _Request], Awaitable[None]]] = {
+        self._routes: dict[str, Callable[[Scope, Receive, Send, RequestInfo], Awaitable[None]]] = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
             "/v1/models": self._models,
@@ -170,6 +92,7 @@ class RouterApp:
             "/readyz": self._readyz,
             "/metrics": self._metrics,
         }
+        self.state.on_backends_changed = self._prune_backends
 
     # ---- ASGI entry -------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -180,18 +103,16 @@ class RouterApp:
             await self._lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = _Request()
+        request = RequestInfo()
         handler = self._routes.get(scope["path"].rstrip("/") or "/")
         try:
-            if handler is None:
-                raise NotFound(f"Unknown path {scope['path']}.")
+            if handler is None or not self._served_here(scope, handler):
+                raise NotFound(f"Unknown path {scope['path'][:200]}.")
             await handler(scope, receive, send, request)
         except RouterError as exc:
             self._on_error(exc, request)
             if not request.response_started:
-                status, headers, body = error_response(exc)
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await _send_error(send, exc)
         except ClientDisconnected:
             self.metrics.observe_request(request.tenant, request.track, CLIENT_CLOSED_REQUEST, None)
         except asyncio.CancelledError:
@@ -205,14 +126,22 @@ class RouterApp:
         except Exception:
             # A bug, not a domain refusal: still an OpenAI-shaped 500, and the traceback in the log.
             log.exception("unexpected error on %s", scope["path"])
-            exc = RouterError("Internal router error.")
             self.metrics.observe_request(request.tenant, request.track, 500, None)
             if not request.response_started:
-                status, headers, body = error_response(exc)
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await _send_error(send, RouterError("Internal router error."))
 
-    def _on_error(self, exc: RouterError, request: _Request) -> None:
+    def _served_here(self, scope: Scope, handler: Callable[..., Awaitable[None]]) -> bool:
+        """/metrics only on the metrics port, everything else (but the probes) only off it."""
+        metrics_port = self.settings.metrics_port
+        if metrics_port is None:
+            return True
+        server = scope.get("server")
+        on_metrics_port = bool(server) and server[1] == metrics_port
+        if handler == self._metrics:
+            return on_metrics_port
+        return not on_metrics_port or handler in (self._healthz, self._readyz)
+
+    def _on_error(self, exc: RouterError, request: RequestInfo) -> None:
         if isinstance(exc, AdmissionError):
             self.metrics.reject(exc.reason)
         if exc.status >= 500:
@@ -261,20 +190,20 @@ class RouterApp:
             self.upstream.close()
 
     # ---- small endpoints --------------------------------------------------------------------------
-    async def _healthz(self, scope: Scope, receive: Receive, send: Send, request: _Request) -> None:
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo) -> None:
         await _send_simple(send, 200, b"ok\n", b"text/plain")
 
-    async def _readyz(self, scope: Scope, receive: Receive, send: Send, request: _Request) -> None:
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo) -> None:
         # Ready without backends: the router must take (and hold) requests while runtimes scale from zero.
         if self.state.ready:
             await _send_simple(send, 200, b"ready\n", b"text/plain")
         else:
             await _send_simple(send, 503, b"configuration not loaded\n", b"text/plain")
 
-    async def _metrics(self, scope: Scope, receive: Receive, send: Send, request: _Request) -> None:
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo) -> None:
         await _send_simple(send, 200, self.metrics.exposition(), self.metrics.content_type.encode())
 
-    async def _models(self, scope: Scope, receive: Receive, send: Send, request: _Request) -> None:
+    async def _models(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             raise MethodNotAllowed("Use GET for /v1/models.")
         config = self._config()
@@ -289,10 +218,10 @@ class RouterApp:
         await self._forward(scope, receive, send, request, b"", "stable", time.perf_counter())
 
     # ---- the proxied OpenAI endpoints -------------------------------------------------------------
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, request: _Request) -> None:
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo) -> None:
         await self._proxy(scope, receive, send, request, "chat")
 
-    async def _completions(self, scope: Scope, receive: Receive, send: Send, request: _Request) -> None:
+    async def _completions(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo) -> None:
         await self._proxy(scope, receive, send, request, "completions")
 
     def _config(self) -> RouterConfig:
@@ -301,7 +230,9 @@ class RouterApp:
             raise NoBackendAvailable("The router has not loaded its configuration yet.", code="not_configured")
         return config
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, request: _Request, kind: str) -> None:
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo, kind: str) -> None:
+        """auth, size, override, rate, body, slot, admission, track, forward: in that order."""
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         if scope["method"] != "POST":
             raise MethodNotAllowed(f"Use POST for {scope['path']}.")
@@ -320,27 +251,62 @@ class RouterApp:
             elif name == override_name:
                 override = value
 
-        request.tenant = state.authenticator.authenticate(authorization)
+        request.tenant = tenant = state.authenticator.authenticate(authorization)
         policy = config.admission
-        admission.check_content_length(content_length, policy)
+        declared = admission.check_content_length(content_length, policy)
         forced_track = parse_override(override, config.override_header)
         limiter = state.limiter
-        limiter.acquire(request.tenant)
+        # A token now (refusing a tenant over its rate costs no body); the concurrency slot only
+        # once the body is in, so a client trickling its body holds memory budget, never a slot.
+        limiter.check_slot(tenant)
+        limiter.take_token(tenant)
+        task = asyncio.current_task()
+        assert task is not None
+        now = loop.time()
+        guard = Guard(task, request, receive, deadline=now + config.request_timeout_seconds,
+                      body_deadline=now + self.settings.body_timeout_seconds)
+        reservation = Reservation(self.budget)
+        entered = False
         try:
-            body = await _read_body(receive, policy.max_body_bytes)
-            if len(body) < _INLINE_ADMISSION_BYTES:
-                admission.admit(kind, body, policy)
-            else:
-                # Parsing megabytes of JSON takes long enough to stall every other request on this
-                # event loop; in a thread the loop keeps its turns (the GIL switches every 5 ms).
-                await asyncio.to_thread(admission.admit, kind, body, policy)
-            track = choose_track(
-                canary_weight=config.canary_weight,
-                rng=state.rng, sticky_value=sticky, override=forced_track,
-            )
-            await self._forward(scope, receive, send, request, body, track, started)
+            try:
+                body = await read_body(receive, policy.max_body_bytes, declared, reservation)
+                limiter.enter(tenant)
+                entered = True
+                guard.body_received()
+                if len(body) < _INLINE_ADMISSION_BYTES:
+                    _, hosts = admission.admit_body(kind, body, policy)
+                else:
+                    # Parsing megabytes of JSON takes long enough to stall every other request on this
+                    # event loop; in a thread the loop keeps its turns (the GIL switches every 5 ms).
+                    _, hosts = await asyncio.to_thread(admission.admit_body, kind, body, policy)
+                for host in hosts:
+                    await _check_host(loop, host)
+                track = choose_track(
+                    canary_weight=config.canary_weight,
+                    rng=state.rng, sticky_value=sticky, override=forced_track,
+                )
+                await self._forward_with_retry(scope, send, request, body, track, started)
+            except asyncio.CancelledError:
+                if not guard.ours():
+                    raise  # the client left (handled by the caller), or a cancellation not of our making
+                if guard.reading_body:
+                    raise RequestTimeout(
+                        f"The request body did not arrive within {self.settings.body_timeout_seconds:g}s."
+                    ) from None
+                self._timed_out(request, config, started)
         finally:
-            limiter.release(request.tenant)
+            guard.stop()
+            reservation.release()
+            if entered:
+                limiter.release(tenant)
+
+    def _timed_out(self, request: RequestInfo, config: RouterConfig, started: float) -> None:
+        if request.response_started:
+            # Headers are out: the only honest signal left is to cut the stream short.
+            log.warning("request exceeded %gs mid-response; cut", config.request_timeout_seconds)
+            self.metrics.observe_request(request.tenant, request.track, 504, time.perf_counter() - started)
+            return
+        raise UpstreamTimeout(f"The backend did not answer within {config.request_timeout_seconds:g}s.") from None
 
     async def _wait_for_backend(self, track: str, exclude: list[str]) -> tuple[str, str]:
         state = self.state
@@ -371,31 +337,38 @@ class RouterApp:
             parsed = self._backends[backend] = (host.strip("[]"), int(port), backend.encode())
         return parsed
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, request: _Request, body: bytes,
+    def _prune_backends(self, current: set[str]) -> None:
+        """Forget what was kept per backend once it is in no track (pods come and go)."""
+        gone = [b for b in self._backends if b not in current and not self.state.outstanding.get(b)]
+        for backend in gone:
+            del self._backends[backend]
+        for backend in [b for b, n in self.state.outstanding.items() if not n and b not in current]:
+            del self.state.outstanding[backend]
+        self.metrics.forget_backends(current)
+        if self.upstream is not None:
+            self.upstream.forget({self._backend(b)[:2] for b in current})
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo, body: bytes,
                        track: str, started: float) -> None:
-        """Forward under the request timeout, cancelling the upstream call if the client leaves (`_Guard`)."""
+        """Forward a request without a body (/v1/models) under the request timeout."""
         config = self._config()
         task = asyncio.current_task()
         assert task is not None
-        guard = _Guard(task, request, receive, config.request_timeout_seconds)
+        now = asyncio.get_running_loop().time()
+        guard = Guard(task, request, receive, deadline=now + config.request_timeout_seconds, body_deadline=now)
+        guard.body_received()
         try:
             await self._forward_with_retry(scope, send, request, body, track, started)
         except asyncio.CancelledError:
-            if not guard.expired or task.uncancel() > guard.cancelling:
-                raise  # the client left (handled by the caller), or a cancellation not of our making
-            if request.response_started:
-                # Headers are out: the only honest signal left is to cut the stream short.
-                log.warning("request exceeded %gs mid-response; cut", config.request_timeout_seconds)
-                self.metrics.observe_request(request.tenant, request.track, 504, time.perf_counter() - started)
-                return
-            raise UpstreamTimeout(
-                f"The backend did not answer within {config.request_timeout_seconds:g}s."
-            ) from None
+            if not guard.ours():
+                raise
+            self._timed_out(request, config, started)
         finally:
             guard.stop()
 
-    async def _forward_with_retry(self, scope: Scope, send: Send, request: _Request, body: bytes,
+    async def _forward_with_retry(self, scope: Scope, send: Send, request: RequestInfo, body: bytes,
                                   track: str, started: float) -> None:
+        """Pick a backend, attempt, and carry out `dispatch.decide` on a failure."""
         state = self.state
         pool = self.upstream
         assert pool is not None, "startup() creates the upstream pool"
@@ -403,10 +376,10 @@ class RouterApp:
         target = scope["raw_path"] if scope.get("raw_path") else scope["path"].encode()
         if scope.get("query_string"):
             target = target + b"?" + scope["query_string"]
-        headers = [(name, value) for name, value in scope["headers"] if name not in _DROP_REQUEST_HEADERS]
+        headers = forwarded(scope["headers"], DROP_REQUEST)
         exclude: list[str] = []
         outstanding = state.outstanding
-        for attempt in (0, 1):
+        for attempt in range(dispatch.MAX_ATTEMPTS):
             choice = choose_backend(track, state.pool.usable(), outstanding, state.rng, exclude)
             if choice is None:
                 if attempt:
@@ -425,17 +398,23 @@ class RouterApp:
                 host, port, _ = self._backend(backend)
                 try:
                     response = await pool.request(host, port, method, target, headers, body)
-                except UpstreamConnectError as exc:
-                    state.pool.eject(backend, self.settings.eject_seconds)
-                    log.warning("%s%s", exc, "; retrying on another backend" if not attempt else "")
-                    exclude.append(backend)
-                    if not attempt:
-                        self.metrics.retried(served_track)
-                    continue
                 except UpstreamError as exc:
-                    raise UpstreamUnreachable(f"Backend {backend} failed: {exc}") from None
+                    step = dispatch.decide(dispatch.classify(exc), attempt)
+                    if step.eject:
+                        state.pool.eject(backend, self.settings.eject_seconds)
+                    log.warning("%s%s", exc, "; retrying on another backend" if step.retry else "")
+                    if not step.retry:
+                        if dispatch.classify(exc) is dispatch.Failure.CONNECT:
+                            exclude.append(backend)
+                            raise UpstreamUnreachable(
+                                f"Backends {', '.join(exclude)} refused the connection."
+                            ) from None
+                        raise UpstreamUnreachable(f"Backend {backend} failed: {exc}") from None
+                    exclude.append(backend)
+                    self.metrics.retried(served_track)
+                    continue
                 try:
-                    await self._relay(response, send, request, served_track, backend, started)
+                    await self._relay(response, send, request, served_track, backend, started, method)
                 finally:
                     # An unfinished body (client gone, error, timeout) closes the connection instead
                     # of pooling it, which is what tells the backend to abort the generation.
@@ -446,20 +425,21 @@ class RouterApp:
                 self.metrics.backend_finished(served_track, backend)
                 if fallback is not None:
                     fallback.dec()
-        raise UpstreamUnreachable(f"Backends {', '.join(exclude)} refused the connection.")
 
-    async def _relay(self, response: UpstreamResponse, send: Send, request: _Request, track: str,
-                     backend: str, started: float) -> None:
-        headers = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE_HEADERS]
+    async def _relay(self, response: UpstreamResponse, send: Send, request: RequestInfo, track: str,
+                     backend: str, started: float, method: bytes = b"POST") -> None:
+        headers = forwarded(response.headers, DROP_RESPONSE)
         headers.append((b"x-pixtral-track", _TRACK_HEADER_VALUES.get(track) or track.encode()))
-        headers.append((b"x-pixtral-backend", self._backend(backend)[2]))
+        if self.settings.debug_headers:
+            headers.append((b"x-pixtral-backend", self._backend(backend)[2]))
         length = response.content_length
         metrics = self.metrics
         try:
-            if length is not None and length <= _BUFFER_LIMIT:
+            if length is not None and length <= _BUFFER_LIMIT or method == b"HEAD":
                 payload = await response.read()
                 metrics.observe_ttfb(track, time.perf_counter() - started)
-                headers.append((b"content-length", str(len(payload)).encode()))
+                shown = length if method == b"HEAD" and length is not None else len(payload)
+                headers.append((b"content-length", str(shown).encode()))
                 request.response_started = True
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 request.response_done = True
@@ -485,6 +465,16 @@ class RouterApp:
             metrics.observe_request(request.tenant, track, 502, time.perf_counter() - started)
             return
         metrics.observe_request(request.tenant, track, response.status, time.perf_counter() - started)
+
+
+async def _check_host(loop: asyncio.AbstractEventLoop, host: str) -> None:
+    """Resolve a remote image host and refuse it unless every address is public."""
+    try:
+        async with asyncio.timeout(_RESOLVE_TIMEOUT_SECONDS):
+            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError):
+        infos = []
+    urlpolicy.check_addresses(host, [info[4][0] for info in infos])
 
 
 def _header(scope: Scope, wanted: bytes) -> bytes | None:

@@ -10,10 +10,10 @@ import hashlib
 import random
 from collections.abc import Collection, Mapping, Sequence
 
+from .config import CANARY, STABLE
 from .errors import InvalidRequest
 
-STABLE = "stable"
-CANARY = "canary"
+__all__ = ["CANARY", "STABLE", "choose_backend", "choose_track", "parse_override", "sticky_bucket"]
 
 
 def sticky_bucket(value: bytes | str) -> float:

@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-TRACKS = ("stable", "canary")
+STABLE = "stable"
+CANARY = "canary"
+TRACKS = (STABLE, CANARY)
 # Image URL schemes a policy may allow; `file` and the rest never (urlpolicy.py).
 IMAGE_URL_SCHEMES = frozenset({"data", "http", "https"})
 
@@ -254,17 +256,26 @@ def unknown_fields(data: Any) -> list[str]:
 
 
 def parse_config_text(text: str | bytes, *, source: str = "config.json") -> RouterConfig:
+    return parse_config_text_with_unknown(text, source=source)[0]
+
+
+def parse_config_text_with_unknown(text: str | bytes, *, source: str = "config.json") -> tuple[RouterConfig, list[str]]:
+    """The configuration and the top-level fields it ignored (to be logged), from one parse."""
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{source} is not valid JSON: {exc}") from None
-    return parse_config(data, source=source)
+    return parse_config(data, source=source), unknown_fields(data)
 
 
-def load_config_file(path: str) -> RouterConfig:
+def read_config_file(path: str) -> tuple[RouterConfig, list[str]]:
     try:
         with open(path, "rb") as f:
             text = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read router config {path}: {exc.strerror}") from None
-    return parse_config_text(text, source=path)
+    return parse_config_text_with_unknown(text, source=path)
+
+
+def load_config_file(path: str) -> RouterConfig:
+    return read_config_file(path)[0]

@@ -20,8 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .choice import CANARY, STABLE
-from .config import ConfigError, RouterConfig, parse_config_text, unknown_fields
+from .config import CANARY, STABLE, ConfigError, RouterConfig, parse_config_text_with_unknown
 from .settings import RouterSettings
 from .state import RouterState
 
@@ -71,10 +70,7 @@ def config_from_configmap(configmap: Mapping[str, Any], *, name: str) -> RouterC
     if CONFIG_KEY not in data:
         raise ConfigError(f"ConfigMap {name} has no key {CONFIG_KEY!r}")
     text = data[CONFIG_KEY]
-    config = parse_config_text(text, source=f"ConfigMap {name} {CONFIG_KEY}")
-    import json
-
-    extra = unknown_fields(json.loads(text))
+    config, extra = parse_config_text_with_unknown(text, source=f"ConfigMap {name} {CONFIG_KEY}")
     if extra:
         log.warning("ConfigMap %s: ignoring unknown fields %s", name, ", ".join(extra))
     return config

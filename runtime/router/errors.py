@@ -67,6 +67,25 @@ class RateLimited(RouterError):
         return [(b"retry-after", str(self.retry_after_seconds).encode())]
 
 
+class RequestTimeout(RouterError):
+    """The client did not send its request (headers or body) in time."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class ServerBusy(RouterError):
+    """The router's memory budget for request bodies is spent; not the tenant's fault, retry soon."""
+
+    status = 503
+    error_type = "service_unavailable"
+    default_code = "server_busy"
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
 class NotFound(RouterError):
     status = 404
     error_type = "invalid_request_error"

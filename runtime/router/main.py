@@ -6,10 +6,12 @@ import importlib.util
 import logging
 import os
 import resource
+import socket
 import sys
+from typing import Any
 
 from .config import ConfigError
-from .settings import SettingsError, settings_from
+from .settings import RouterSettings, SettingsError, settings_from
 
 log = logging.getLogger("pixtral_runtime.router")
 
@@ -35,21 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if settings.config_path:
         # Fail fast with the field name rather than inside the server's lifespan.
-        from .config import load_config_file, unknown_fields
+        from dataclasses import replace
+
+        from .config import read_config_file
 
         try:
-            config = load_config_file(settings.config_path)
+            config, extra = read_config_file(settings.config_path)
         except ConfigError as exc:
             print(f"pixtral-runtime router: {exc}", file=sys.stderr)
             return 2
-        import json
-
-        with open(settings.config_path, "rb") as f:
-            extra = unknown_fields(json.loads(f.read()))
         if extra:
             log.warning("ignoring unknown config fields: %s", ", ".join(extra))
-        from dataclasses import replace
-
         settings = replace(settings, config=config)
 
     import uvicorn
@@ -57,14 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     _raise_fd_limit()
-    app = create_app(settings)
-    server_config = uvicorn.Config(
-        app,
+    server = uvicorn.Server(server_config(create_app(settings), settings))
+    server.run(sockets=listen_sockets(settings))
+    # uvicorn sets `started` only after a successful lifespan startup and bind.
+    return 0 if server.started else 1
+
+
+def server_config(app: Any, settings: RouterSettings, **overrides: Any) -> Any:
+    """uvicorn's settings for the router (tests build their servers from it too)."""
+    import uvicorn
+
+    from .serverproto import protocol_class
+
+    options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
-        # uvloop + httptools when installed: the router's throughput is its event loop's and parser's.
+        # uvloop when installed: the router's throughput is its event loop's and parser's.
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        # httptools, with the header deadline and size limit uvicorn lacks (serverproto.py).
+        http=protocol_class(settings.header_timeout_seconds, settings.max_header_bytes),
         lifespan="on",
         access_log=settings.access_log,
         log_level=settings.log_level,
@@ -73,10 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         proxy_headers=False,
         backlog=4096,
         timeout_keep_alive=30,
-        # In-flight streams get this long to finish on SIGTERM before they are cut.
-        timeout_graceful_shutdown=30,
+        # In-flight streams get this long to finish on SIGTERM before they are cut; the operator
+        # gives the pod this plus its preStop pause (operator/render/router.py).
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
-    server = uvicorn.Server(server_config)
-    server.run()
-    # uvicorn sets `started` only after a successful lifespan startup and bind.
-    return 0 if server.started else 1
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def listen_sockets(settings: RouterSettings) -> list[socket.socket]:
+    """The tenant port and, when set, the metrics port: one server, one event loop, two sockets."""
+    ports = [settings.port] + ([settings.metrics_port] if settings.metrics_port is not None else [])
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sockets = []
+    for port in ports:
+        sock = socket.create_server((settings.host, port), family=family, backlog=4096)
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return sockets

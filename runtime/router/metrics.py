@@ -161,6 +161,12 @@ class RouterMetrics:
     def backend_finished(self, track: str, backend: str) -> None:
         self._hot.in_flight[(track, backend)] -= 1
 
+    def forget_backends(self, current: set[str]) -> None:
+        """Drop the idle in-flight series of backends that are gone (pods come and go)."""
+        in_flight = self._hot.in_flight
+        for key in [k for k, v in in_flight.items() if not v and k[1] not in current]:
+            del in_flight[key]
+
     def reject(self, reason: str) -> None:
         self._child(self.rejections, reason).inc()
 

@@ -28,6 +28,23 @@ class RouterSettings:
     upstream_connect_timeout_seconds: float = 5.0
     # How long a backend that refused a connection is skipped (unless nothing else is left).
     eject_seconds: float = 5.0
+    # /metrics is served only on this port, never on the tenant port; None (embedding, tests):
+    # on every port the server listens on.
+    metrics_port: int | None = None
+    # Whether answers carry x-pixtral-backend (the pod address that served them).
+    debug_headers: bool = False
+    # A client has this long for its request line and headers, and this many bytes for them (431).
+    header_timeout_seconds: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    # ... and this long, from the first byte, for its whole body (408).
+    body_timeout_seconds: float = 60.0
+    # Request bodies all requests of the process may hold at once (body.py); None: derived from
+    # memory_limit_bytes.
+    body_budget_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+    # In-flight requests get this long to finish on SIGTERM (the operator's preStop and
+    # terminationGracePeriodSeconds are derived from the same request timeout).
+    graceful_shutdown_seconds: float = 30.0
 
     @property
     def mode(self) -> str:
@@ -49,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "these files instead of watching the Secret (env PIXTRAL_ROUTER_API_KEYS_DIR)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help="log level (env PIXTRAL_ROUTER_LOG_LEVEL, default info)")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve /metrics on this port only (env PIXTRAL_ROUTER_METRICS_PORT; default: the main port)")
+    p.add_argument("--debug-headers", action="store_true", default=None,
+                   help="add x-pixtral-backend (the serving pod's address) to answers (env PIXTRAL_ROUTER_DEBUG_HEADERS=1)")
+    p.add_argument("--graceful-shutdown-seconds", type=float,
+                   help="time in-flight requests get on SIGTERM (env PIXTRAL_ROUTER_GRACEFUL_SHUTDOWN_SECONDS, default 30)")
     p.add_argument("--access-log", action="store_true", default=None,
                    help="log every request (env PIXTRAL_ROUTER_ACCESS_LOG=1; off by default for throughput)")
     return p
@@ -74,7 +97,20 @@ def settings_from(argv: list[str], environ: Mapping[str, str]) -> RouterSettings
     access_log = args.access_log if args.access_log is not None else environ.get(
         "PIXTRAL_ROUTER_ACCESS_LOG", ""
     ).lower() in {"1", "true", "yes"}
+    metrics_port = _optional_int(args.metrics_port, environ, "PIXTRAL_ROUTER_METRICS_PORT", 1, 65535)
+    if metrics_port is not None and metrics_port == port:
+        raise SettingsError(f"the metrics port must differ from the tenant port {port}")
+    graceful = args.graceful_shutdown_seconds
+    if graceful is None:
+        graceful = _optional_float(environ, "PIXTRAL_ROUTER_GRACEFUL_SHUTDOWN_SECONDS", 30.0)
     return RouterSettings(
+        metrics_port=metrics_port,
+        debug_headers=_flag(args.debug_headers, environ, "PIXTRAL_ROUTER_DEBUG_HEADERS"),
+        graceful_shutdown_seconds=graceful,
+        memory_limit_bytes=_optional_int(None, environ, "PIXTRAL_ROUTER_MEMORY_LIMIT_BYTES", 1, 1 << 50),
+        body_budget_bytes=_optional_int(None, environ, "PIXTRAL_ROUTER_BODY_BUDGET_BYTES", 1, 1 << 50),
+        header_timeout_seconds=_optional_float(environ, "PIXTRAL_ROUTER_HEADER_TIMEOUT_SECONDS", 10.0),
+        body_timeout_seconds=_optional_float(environ, "PIXTRAL_ROUTER_BODY_TIMEOUT_SECONDS", 60.0),
         host=args.host or environ.get("PIXTRAL_ROUTER_HOST") or "0.0.0.0",
         port=port,
         namespace=namespace,
@@ -84,3 +120,35 @@ def settings_from(argv: list[str], environ: Mapping[str, str]) -> RouterSettings
         log_level=args.log_level or environ.get("PIXTRAL_ROUTER_LOG_LEVEL", "info").lower(),
         access_log=access_log,
     )
+
+
+def _flag(value: bool | None, environ: Mapping[str, str], name: str) -> bool:
+    if value is not None:
+        return value
+    return environ.get(name, "").lower() in {"1", "true", "yes"}
+
+
+def _optional_int(value: int | None, environ: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    text = value if value is not None else environ.get(name) or None
+    if text is None:
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {text!r}") from None
+    if not low <= number <= high:
+        raise SettingsError(f"{name} must be in {low}..{high}, got {number}")
+    return number
+
+
+def _optional_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    text = environ.get(name) or None
+    if text is None:
+        return default
+    try:
+        number = float(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {text!r}") from None
+    if not number > 0:
+        raise SettingsError(f"{name} must be > 0, got {number}")
+    return number

@@ -8,8 +8,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from .choice import CANARY, STABLE
-from .config import RouterConfig
+from .config import CANARY, STABLE, RouterConfig
 from .metrics import RouterMetrics
 from .tenancy import Authenticator, TenantLimiter
 
@@ -76,6 +75,8 @@ class RouterState:
         self.rng = rng or random.Random()
         self._clock = clock
         self.metrics = metrics
+        # Called with every backend of every track after a change (the app prunes per-backend state).
+        self.on_backends_changed: Callable[[set[str]], None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -112,6 +113,8 @@ class RouterState:
     def set_backends(self, track: str, backends: Sequence[str]) -> None:
         self.pool.set_track(track, backends)
         self._export_ready()
+        if self.on_backends_changed is not None:
+            self.on_backends_changed({b for bs in self.pool.ready.values() for b in bs})
         log.info("ready backends of %s: %s", track, ", ".join(backends) or "none")
 
     def _export_ready(self) -> None:

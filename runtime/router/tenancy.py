@@ -1,12 +1,14 @@
 """Tenants: who is calling (API key -> tenant) and whether they may call now (rate, concurrency).
 
-Keys are compared with `hmac.compare_digest` against every configured key, without stopping at
-the first match, so the time taken does not reveal which key (or how much of it) matched.
-Keys never appear in logs, errors or metrics; only tenant names do.
+A presented key is looked up by its SHA-256 digest (one dict lookup, whatever the number of
+tenants) and the stored digest is compared with `hmac.compare_digest`: the time taken depends on
+the digest, never on how much of a real key a guess shares. Keys never appear in logs, errors
+or metrics; only tenant names do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import time
@@ -34,7 +36,10 @@ class Authenticator:
 
     def __init__(self, keys: Mapping[str, str] | None, *, required: bool) -> None:
         self.required = required
-        self._entries = [(tenant, key.encode()) for tenant, key in (keys or {}).items()]
+        self._by_digest: dict[bytes, tuple[str, bytes]] = {}
+        for tenant, key in (keys or {}).items():
+            digest = hashlib.sha256(key.encode()).digest()
+            self._by_digest[digest] = (tenant, digest)
 
     def authenticate(self, authorization: bytes | None) -> str:
         if not self.required:
@@ -44,14 +49,11 @@ class Authenticator:
             raise AuthenticationError(
                 "Missing API key: send it as `Authorization: Bearer <key>`.", code="missing_api_key"
             )
-        matched: str | None = None
-        for tenant, key in self._entries:
-            # No early exit: every key is compared every time.
-            if hmac.compare_digest(token, key) and matched is None:
-                matched = tenant
-        if matched is None:
+        digest = hashlib.sha256(token).digest()
+        entry = self._by_digest.get(digest)
+        if entry is None or not hmac.compare_digest(entry[1], digest):
             raise AuthenticationError("Incorrect API key provided.")
-        return matched
+        return entry[0]
 
 
 class _Bucket:
@@ -83,20 +85,35 @@ class TenantLimiter:
         return self._policy.limits_for(tenant)
 
     def acquire(self, tenant: str) -> None:
-        """Take one request slot or raise RateLimited (with a Retry-After); pair with release()."""
-        limits = self._policy.limits_for(tenant)
-        now = self._clock()
+        """Take a token and a concurrency slot at once (`take_token` + `enter`); pair with release()."""
+        self.check_slot(tenant)
+        self.take_token(tenant)
+        self.enter(tenant)
+
+    def _bucket(self, tenant: str, limits: Limits) -> _Bucket:
         bucket = self._buckets.get(tenant)
-        capacity = float(limits.requests_per_minute)
         if bucket is None:
-            bucket = self._buckets[tenant] = _Bucket(capacity, now)
+            bucket = self._buckets[tenant] = _Bucket(float(limits.requests_per_minute), self._clock())
+        return bucket
+
+    def check_slot(self, tenant: str) -> None:
+        """Raise RateLimited when the tenant has no concurrency slot free (nothing is taken)."""
+        limits = self._policy.limits_for(tenant)
+        bucket = self._bucket(tenant, limits)
         if limits.max_concurrent and bucket.in_flight >= limits.max_concurrent:
             raise RateLimited(
                 f"Tenant {tenant!r} has {bucket.in_flight} requests in flight; the limit is {limits.max_concurrent}.",
                 retry_after_seconds=1,
                 code="concurrency_limit_exceeded",
             )
+
+    def take_token(self, tenant: str) -> None:
+        """One request of the tenant's requests-per-minute, or RateLimited with a Retry-After."""
+        limits = self._policy.limits_for(tenant)
+        bucket = self._bucket(tenant, limits)
+        capacity = float(limits.requests_per_minute)
         if capacity:
+            now = self._clock()
             rate = capacity / 60.0
             bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
             bucket.updated = now
@@ -107,7 +124,11 @@ class TenantLimiter:
                     retry_after_seconds=math.ceil(wait),
                 )
             bucket.tokens -= 1.0
-        bucket.in_flight += 1
+
+    def enter(self, tenant: str) -> None:
+        """Take a concurrency slot (once the body is in); pair with release()."""
+        self.check_slot(tenant)
+        self._buckets[tenant].in_flight += 1
 
     def release(self, tenant: str) -> None:
         bucket = self._buckets.get(tenant)

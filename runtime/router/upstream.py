@@ -5,8 +5,10 @@ the benchmark machine, a minimal proxy spent ~80 us of CPU per request in uvicor
 with aiohttp's client and several ms with httpx's (docs/benchmarks.md, "Router"). The upstreams are
 our own runtimes (vLLM behind uvicorn) on plain HTTP/1.1, so the client needs only: a keep-alive
 pool per backend, Content-Length and chunked bodies (httptools decodes both), streaming with
-backpressure, and a clear split between "could not connect" (safe to retry on another pod) and
-"failed after sending" (not retried).
+backpressure, HEAD and 1xx answers, and a clear split between "could not connect" (safe to retry
+on another pod) and "failed after sending" (not retried). A pooled connection the backend closed
+while it sat idle is retried once on a fresh connection to the same backend: it says nothing
+about the backend's health.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ class UpstreamError(Exception):
 
 
 class UpstreamConnectError(UpstreamError):
-    """No connection could be used: the backend never saw the request (safe to retry elsewhere)."""
+    """No connection could be opened: the backend never saw the request (safe to retry elsewhere)."""
+
+
+class _StaleConnection(UpstreamError):
+    """A pooled connection was closed by the backend before any byte of the answer."""
 
 
 # Stop reading from the backend while this much is buffered and not yet relayed to the client.
@@ -36,7 +42,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "transport", "parser", "status", "headers", "chunked", "content_length", "headers_done", "complete",
         "closed", "error", "_waiter", "_body", "_buffered", "_paused", "reused", "received_any", "idle_since",
-        "keep_alive",
+        "keep_alive", "head", "informational",
     )
 
     def __init__(self) -> None:
@@ -45,6 +51,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
+        self.head = False
         self._reset()
 
     def _reset(self) -> None:
@@ -57,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self.error: Exception | None = None
         self.received_any = False
         self.keep_alive = True
+        self.informational = False
         self._waiter: asyncio.Future | None = None
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -81,11 +89,18 @@ class _Connection(asyncio.Protocol):
             self._wake()
         elif not self.complete:
             if not self.received_any and self.reused:
-                self._fail(UpstreamConnectError("pooled connection was closed by the backend"))
+                self._fail(_StaleConnection("pooled connection was closed by the backend"))
             else:
                 self._fail(UpstreamError(f"backend closed the connection{': ' + str(exc) if exc else ''}"))
 
     # -- httptools callbacks --
+    def on_message_begin(self) -> None:
+        if self.informational:  # the real answer follows a 1xx: start its headers afresh
+            self.informational = False
+            self.headers = []
+            self.chunked = False
+            self.content_length = None
+
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name == b"content-length":
@@ -95,12 +110,24 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints: informational, the answer comes after it.
+            self.informational = True
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.headers_done = True
+        if self.head:
+            # An answer to HEAD has no body whatever its Content-Length says; the parser does not
+            # know the method, so the connection is not reused after it.
+            self.complete = True
+            self.keep_alive = False
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.head:
+            return
         self._body.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -109,6 +136,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.informational:
+            return
         self.complete = True
         self._wake()
 
@@ -223,8 +252,8 @@ class UpstreamPool:
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
-    async def _acquire(self, key: tuple[str, int]) -> _Connection:
-        idle = self._idle.get(key)
+    async def _acquire(self, key: tuple[str, int], *, fresh: bool = False) -> _Connection:
+        idle = None if fresh else self._idle.get(key)
         if idle:
             now = time.monotonic()
             while idle:
@@ -249,7 +278,6 @@ class UpstreamPool:
                       headers: list[tuple[bytes, bytes]], body: bytes) -> UpstreamResponse:
         """Send a request and wait for the response headers."""
         key = (host, port)
-        conn = await self._acquire(key)
         host_line = self._host_lines.get(key)
         if host_line is None:
             host_line = self._host_lines[key] = b" HTTP/1.1\r\nhost: " + authority(host, port) + b"\r\n"
@@ -259,17 +287,45 @@ class UpstreamPool:
         if body or method not in (b"GET", b"HEAD"):
             head += (b"content-length: ", str(len(body)).encode(), b"\r\n")
         head.append(b"\r\n")
-        if body:
-            head.append(body)
+        head_bytes = b"".join(head)
+        conn = await self._acquire(key)
         try:
-            assert conn.transport is not None
-            conn.transport.write(b"".join(head))
+            return await self._send(conn, key, method, head_bytes, body)
+        except _StaleConnection:
+            # The backend closed an idle keep-alive connection as we took it: it never read the
+            # request. Once more on a new connection; if that cannot be opened, it is a connect failure.
+            conn = await self._acquire(key, fresh=True)
+            try:
+                return await self._send(conn, key, method, head_bytes, body)
+            except _StaleConnection as exc:  # cannot happen on a fresh connection; reported plainly
+                raise UpstreamError(str(exc)) from None
+
+    async def _send(self, conn: _Connection, key: tuple[str, int], method: bytes, head: bytes,
+                    body: bytes) -> UpstreamResponse:
+        conn.head = method == b"HEAD"
+        try:
+            transport = conn.transport
+            assert transport is not None
+            # Head and body in two writes: joining them would copy a body of up to hundreds of MB.
+            if body:
+                transport.write(head)
+                transport.write(body)
+            else:
+                transport.write(head)
             while not conn.headers_done:
                 await conn._wait()
         except BaseException:
             conn.close()
             raise
         return UpstreamResponse(conn, self, key)
+
+    def forget(self, keep: set[tuple[str, int]]) -> None:
+        """Drop what the pool holds for backends not in `keep` (they left the EndpointSlices)."""
+        for key in [k for k in self._idle if k not in keep]:
+            for conn in self._idle.pop(key):
+                conn.close()
+        for key in [k for k in self._host_lines if k not in keep]:
+            del self._host_lines[key]
 
     def close(self) -> None:
         self._closed = True

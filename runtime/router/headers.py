@@ -1,0 +1,33 @@
+"""Which headers cross the router, both ways (RFC 9110 7.6.1).
+
+Hop-by-hop headers, and any header a `Connection` header names, belong to one connection and are
+not forwarded; neither are the ones the router sets itself (Host, Content-Length) or the tenant's
+key (the runtime has no business with it).
+"""
+
+from __future__ import annotations
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization", b"te",
+     b"trailer", b"transfer-encoding", b"upgrade"}
+)
+DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"expect"}
+DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server", b"content-length"}
+
+
+def connection_listed(headers: Headers) -> frozenset[bytes]:
+    names: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            names.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return frozenset(names)
+
+
+def forwarded(headers: Headers, drop: frozenset[bytes]) -> Headers:
+    """`headers` (names lower-case) without `drop` and without what their Connection header lists."""
+    listed = connection_listed(headers)
+    if listed:
+        drop = drop | listed
+    return [(name, value) for name, value in headers if name not in drop]
