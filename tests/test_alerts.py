@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from test_chart import ALL_VALUES_FILE, by_kind, one, render  # noqa: F401  (fixtures)
-from test_chart import helm  # noqa: F401
+from test_chart import (  # noqa: F401  (fixtures)
+    ALL_VALUES_FILE,
+    by_kind,
+    helm,  # noqa: F401
+    one,
+    render,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = REPO_ROOT / "charts" / "pixtral-operator" / "files" / "alerts.yaml"
@@ -66,11 +70,11 @@ def test_every_alert_is_documented():
         assert f"`{name}`" in operations, f"docs/operations.md does not explain {name}"
 
 
-def test_prometheus_rule_is_off_by_default(render):
+def test_prometheus_rule_is_off_by_default(render):  # noqa: F811  (the fixture imported above)
     assert by_kind(render(), "PrometheusRule") == []
 
 
-def test_prometheus_rule_carries_the_alerts_file_unchanged(render):
+def test_prometheus_rule_carries_the_alerts_file_unchanged(render):  # noqa: F811  (the fixture imported above)
     objects = render(values_files=(ALL_VALUES_FILE,), namespace="platform")
     rule = one(objects, "PrometheusRule")
     assert rule["metadata"]["namespace"] == "platform"

@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from test_chart import ALL_VALUES_FILE, by_kind, one, render  # noqa: F401  (fixtures)
-from test_chart import helm  # noqa: F401
+from test_chart import (  # noqa: F401  (fixtures)
+    ALL_VALUES_FILE,
+    by_kind,
+    helm,  # noqa: F401
+    one,
+    render,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_FILE = REPO_ROOT / "charts" / "pixtral-operator" / "files" / "dashboard.json"
@@ -108,11 +112,11 @@ def test_dashboard_covers_what_operators_look_at():
     assert "by (tenant, code)" in queries and "by (track)" in queries
 
 
-def test_dashboard_is_off_by_default(render):
+def test_dashboard_is_off_by_default(render):  # noqa: F811  (the fixture imported above)
     assert [o for o in by_kind(render(), "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")] == []
 
 
-def test_dashboard_configmap_carries_the_file_and_the_sidecar_label(render):
+def test_dashboard_configmap_carries_the_file_and_the_sidecar_label(render):  # noqa: F811  (the fixture imported above)
     objects = render(values_files=(ALL_VALUES_FILE,), namespace="platform")
     (config_map,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
