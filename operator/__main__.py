@@ -11,6 +11,8 @@ from typing import Any
 from pixtral_operator._version import __version__
 from pixtral_operator.settings import OperatorSettings
 
+FINALIZER = "serving.pixtral.dev/finalizer"
+
 
 def parse_args(argv: list[str], settings: OperatorSettings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pixtral-operator", description="Reconciles PixtralDeployment resources.")
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="serving.pixtral.dev", key="last-handled-configuration"
         )
+        # The timers need a finalizer (kopf stops them before the object goes); ours, not kopf's default name.
+        settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 30

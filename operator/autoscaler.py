@@ -26,6 +26,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from pixtral_operator.events import Event
+
 # Decision reasons (CamelCase, shown in status.autoscaler.<track>.reason and in Events).
 SCALE_UP = "ScaleUp"
 SCALE_FROM_ZERO = "ScaleFromZero"
@@ -217,13 +219,6 @@ class TrackState:
             last_scale_direction=direction,
             last_reason=reason,
         )
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # "Normal" or "Warning", as Kubernetes Events have it
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

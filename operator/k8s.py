@@ -6,6 +6,7 @@ It is synchronous: kopf runs sync handlers in worker threads."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -15,10 +16,26 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
-from pixtral_operator.render.labels import FIELD_MANAGER
+from pixtral_operator.render.labels import AUTOSCALER_FIELD_MANAGER, FIELD_MANAGER
 from pixtral_operator.spec import GROUP, KIND, VERSION
 
 log = logging.getLogger(__name__)
+
+
+class ApplyError(Exception):
+    """The API server refused an apply; `message` is its own explanation (from the Status body)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _server_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(exc.reason or exc)
 
 
 class Kube(Protocol):
@@ -29,6 +46,7 @@ class Kube(Protocol):
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
+    def claim_replicas(self, namespace: str, name: str, replicas: int) -> bool: ...
     def list_nodes(self) -> list[dict[str, Any]] | None: ...
     def kind_exists(self, api_version: str, kind: str) -> bool: ...
 
@@ -70,13 +88,16 @@ class KubeApi:
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         resource = self._resource(obj["apiVersion"], obj["kind"])
         meta = obj["metadata"]
-        result = resource.server_side_apply(
-            body=dict(obj),
-            name=meta["name"],
-            namespace=meta.get("namespace"),
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
-        )
+        try:
+            result = resource.server_side_apply(
+                body=dict(obj),
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+            )
+        except ApiException as exc:
+            raise ApplyError(exc.status or 0, _server_message(exc)) from exc
         return result.to_dict()
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
@@ -94,9 +115,30 @@ class KubeApi:
         )
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """The autoscaler's write: through /scale, under its own field manager."""
         client.AppsV1Api(self._api_client).patch_namespaced_deployment_scale(
-            name, namespace, {"spec": {"replicas": replicas}}
+            name, namespace, {"spec": {"replicas": replicas}}, field_manager=AUTOSCALER_FIELD_MANAGER
         )
+
+    def claim_replicas(self, namespace: str, name: str, replicas: int) -> bool:
+        """Make the autoscaler's field manager an owner of a Deployment's spec.replicas at `replicas`
+        (its live value), by applying that one field. Not forced: a 409 means another manager set a
+        different value meanwhile (the autoscaler itself), which already owns the field: False."""
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
+        try:
+            self._resource("apps/v1", "Deployment").server_side_apply(
+                body=body, name=name, namespace=namespace, field_manager=AUTOSCALER_FIELD_MANAGER, force_conflicts=False
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise ApplyError(exc.status or 0, _server_message(exc)) from exc
+        return True
 
     def list_nodes(self) -> list[dict[str, Any]] | None:
         """None when the operator may not list nodes (the GPU check is skipped then)."""

@@ -1,8 +1,9 @@
 """The one idempotent reconcile: spec -> checks -> children -> status.
 
-Create, update, resume and the periodic resync all call `reconcile()`. It writes only what differs:
-children whose rendered hash (annotation) and replica count match are left alone, and the status is
-patched only when it changed, so a reconcile of an unchanged object performs no write at all."""
+Create, update, resume and the periodic resync all call `reconcile()`. It writes only what differs
+(`children.sync`: a child whose hash matches and whose live object still holds every rendered field is
+left alone, a hand edit of such a field is applied back), and the status is patched only when it
+changed, so a reconcile of an unchanged object performs no write at all."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from pixtral_operator import children as CH
 from pixtral_operator import conditions as C
 from pixtral_operator.capacity import gpu_verdict
+from pixtral_operator.drift import controlled_by
+from pixtral_operator.events import Event
 from pixtral_operator.k8s import Kube, owner_of
 from pixtral_operator.render import desired_children, obsolete_children
 from pixtral_operator.render import labels as L
 from pixtral_operator.render.router import endpoint_url
 from pixtral_operator.settings import OperatorSettings
-from pixtral_operator.spec import PixtralSpec, SpecProblem, TrackSpec, parse
+from pixtral_operator.spec import TRACKS, PixtralSpec, SpecProblem, TrackSpec, parse
 from pixtral_operator.validation import spec_problems
 
 log = logging.getLogger(__name__)
@@ -35,21 +39,18 @@ OWNED_STATUS_KEYS = (
     "endpoint",
     "canary",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
+# The autoscaler loop's status keys: removed by the reconcile while autoscaling is off.
+AUTOSCALER_STATUS_KEYS = ("autoscaler", "queue")
 
 
 @dataclasses.dataclass
 class Outcome:
     status: dict[str, Any]
     events: list[Event]
-    problems: list[SpecProblem]
+    problems: list[SpecProblem | CH.ChildProblem]
     writes: int = 0
+    # An apply was refused: the status says so; the caller retries later (children.retry_delay).
+    retry: bool = False
 
 
 def utcnow() -> str:
@@ -85,27 +86,13 @@ def check_spec(spec: PixtralSpec, kube: Kube) -> list[SpecProblem]:
     return problems
 
 
-def _track_replicas(spec: PixtralSpec, track: TrackSpec, live: Mapping[str, Any] | None) -> int:
-    """While autoscaling is on, the autoscaler owns the count: keep what the Deployment has."""
+def _initial_replicas(spec: PixtralSpec, track: TrackSpec) -> int:
+    """The count a track's Deployment is rendered with. While autoscaling is on this is only the count
+    it is created with: afterwards the autoscaler owns the field and the reconcile never applies it."""
     if not spec.autoscaling.enabled:
         return track.replicas
     a = spec.autoscaling
-    if live is not None:
-        current = int((live.get("spec") or {}).get("replicas", 0))
-        return max(a.min_replicas, min(a.max_replicas, current))
     return max(a.min_replicas, min(a.max_replicas, track.replicas))
-
-
-def _needs_write(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
-    if live is None:
-        return True
-    want = desired["metadata"]["annotations"][L.SPEC_HASH_ANNOTATION]
-    have = ((live.get("metadata") or {}).get("annotations") or {}).get(L.SPEC_HASH_ANNOTATION)
-    if want != have:
-        return True
-    if desired["kind"] == "Deployment":
-        return (live.get("spec") or {}).get("replicas") != desired["spec"]["replicas"]
-    return False
 
 
 def _deployment_state(dep: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -136,7 +123,7 @@ def build_status(
     generation: int,
     old_status: Mapping[str, Any],
     deployments: Mapping[str, Mapping[str, Any] | None],
-    problems: list[SpecProblem],
+    problems: list[SpecProblem] | list[CH.ChildProblem],
     now: str,
     advisories: list[SpecProblem] | None = None,
 ) -> dict[str, Any]:
@@ -155,7 +142,9 @@ def build_status(
         conds.append(C.Condition(C.DEGRADED, False, "AsExpected", "the spec is valid for this cluster"))
 
     rolling = [n for n, s in (("stable", stable), ("router", router), ("canary", canary)) if s and not s["rolled_out"]]
-    if problems:
+    if problems and problems[0].reason in (CH.CHILD_CONFLICT, CH.APPLY_FAILED):
+        conds.append(C.Condition(C.PROGRESSING, False, problems[0].reason, "the children are not all applied; see Degraded"))
+    elif problems:
         conds.append(C.Condition(C.PROGRESSING, False, "SpecRejected", "the last spec change was not applied; see Degraded"))
     elif rolling:
         detail = ", ".join(
@@ -221,18 +210,19 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
 
     capacity = gpu_verdict(spec, kube.list_nodes(), strict=settings.strict_gpu_check)
     problems = spec_problems(name, body.get("spec") or {}) + capacity.blocking + check_spec(spec, kube)
+    deployment_names = {track: L.track_deployment_name(name, track) for track in TRACKS}
+    deployment_names["router"] = L.router_name(name)
     live_deps: dict[str, dict[str, Any] | None] = {
-        track: kube.get("apps/v1", "Deployment", namespace, L.track_deployment_name(name, track))
-        for track in ("stable", "canary")
+        part: kube.get("apps/v1", "Deployment", namespace, dep_name) for part, dep_name in deployment_names.items()
     }
-    live_deps["router"] = kube.get("apps/v1", "Deployment", namespace, L.router_name(name))
+    retry = False
 
     if problems:
         # Leave whatever runs untouched: a bad change must not take a serving deployment down.
         for p in problems:
             log.warning("%s/%s: %s", namespace, name, p.message)
     else:
-        replicas = {t.track: _track_replicas(spec, t, live_deps.get(t.track)) for t in spec.tracks()}
+        replicas = {t.track: _initial_replicas(spec, t) for t in spec.tracks()}
         children = desired_children(
             spec,
             settings,
@@ -240,22 +230,28 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
             replicas,
             service_monitor_available=kube.kind_exists("monitoring.coreos.com/v1", "ServiceMonitor"),
         )
-        for child in children:
-            cmeta = child["metadata"]
-            live = (
-                live_deps.get(_track_of(child, name))
-                if child["kind"] == "Deployment"
-                else kube.get(child["apiVersion"], child["kind"], namespace, cmeta["name"])
-            )
-            if _needs_write(child, live):
-                applied = kube.apply(child)
-                writes += 1
-                verb = "Created" if live is None else "Updated"
-                events.append(Event("Normal", verb, f"{verb} {child['kind']} {cmeta['name']}"))
-                if child["kind"] == "Deployment":
-                    live_deps[_track_of(child, name)] = applied
-        for api_version, kind, child_name in obsolete_children(spec):
-            if kube.get(api_version, kind, namespace, child_name) is not None:
+        by_name = {dep_name: part for part, dep_name in deployment_names.items()}
+        live = {
+            (c["kind"], c["metadata"]["name"]): live_deps[by_name[c["metadata"]["name"]]]
+            if c["kind"] == "Deployment"
+            else kube.get(c["apiVersion"], c["kind"], namespace, c["metadata"]["name"])
+            for c in children
+        }
+        autoscaled = {L.track_deployment_name(name, t.track) for t in spec.tracks()} if spec.autoscaling.enabled else set()
+        synced = CH.sync(children, kube, meta["uid"], autoscaled, live)
+        writes += synced.writes
+        events += synced.events
+        problems = synced.problems
+        retry = synced.failed
+        for (kind, child_name), obj in synced.live.items():
+            if kind == "Deployment":
+                live_deps[by_name[child_name]] = obj
+        for p in problems:
+            log.warning("%s/%s: %s", namespace, name, p.message)
+        for api_version, kind, child_name in obsolete_children(spec) if not problems else ():
+            obj = kube.get(api_version, kind, namespace, child_name)
+            # Only what this PixtralDeployment controls: a namesake of someone else's stays.
+            if obj is not None and controlled_by(obj, meta["uid"]):
                 kube.delete(api_version, kind, namespace, child_name)
                 writes += 1
                 events.append(Event("Normal", "Deleted", f"Deleted {kind} {child_name} (no canary in the spec)"))
@@ -267,17 +263,16 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
         bad = (cond["type"] == C.DEGRADED and cond["status"] == "True") or (
             cond["type"] in (C.READY, C.CANARY_READY) and cond["status"] != "True"
         )
-        if cond["type"] == C.PROGRESSING:
+        if cond["type"] == C.PROGRESSING or any(e.reason == cond["reason"] for e in events):
             continue
         events.append(Event("Warning" if bad else "Normal", cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
-    if {k: old_status.get(k) for k in OWNED_STATUS_KEYS} != {k: status.get(k) for k in OWNED_STATUS_KEYS}:
-        kube.patch_status(namespace, name, status)
+    patch = dict(status)
+    if not spec.autoscaling.enabled:
+        # A merge patch removes a key set to null: the autoscaler's report goes with the autoscaler.
+        patch.update({k: None for k in AUTOSCALER_STATUS_KEYS if old_status.get(k) is not None})
+    if {k: old_status.get(k) for k in OWNED_STATUS_KEYS} != {k: status.get(k) for k in OWNED_STATUS_KEYS} or len(
+        patch
+    ) > len(status):
+        kube.patch_status(namespace, name, patch)
         writes += 1
-    return Outcome(status=status, events=events, problems=problems, writes=writes)
-
-
-def _track_of(deployment: Mapping[str, Any], name: str) -> str:
-    dep_name = deployment["metadata"]["name"]
-    if dep_name == L.router_name(name):
-        return "router"
-    return dep_name[len(name) + 1 :]
+    return Outcome(status=status, events=events, problems=problems, writes=writes, retry=retry)

@@ -1,10 +1,19 @@
-"""A recording in-memory stand-in for pixtral_operator.k8s.KubeApi, for unit tests of reconcile()."""
+"""A recording in-memory stand-in for pixtral_operator.k8s.KubeApi, for unit tests of reconcile().
+
+Server-side apply is modelled where the operator depends on it: the owners of a Deployment's
+`spec.replicas` are kept in managedFields as the API server keeps them. An apply that sets the field
+takes it (or shares it at an equal value); an apply that leaves it out gives up the applier's share,
+and a field nobody owns any more is reset to its default (1), as the API server does. An update
+through /scale that changes the value moves the field to the scaler's manager."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
 from typing import Any
+
+from pixtral_operator.k8s import ApplyError
+from pixtral_operator.render.labels import AUTOSCALER_FIELD_MANAGER, FIELD_MANAGER
 
 # kind -> resource, for recording the API request (and so the RBAC permission) each call is.
 RESOURCES = {
@@ -37,6 +46,10 @@ class FakeKube:
         self.nodes = nodes
         self.kinds = kinds or set()
         self._uid = 0
+        # (kind, name) -> (HTTP status, message) the API server answers to an apply of that object.
+        self.refuse: dict[tuple[str, str], tuple[int, str]] = {}
+        # Called after every get (kind, name): lets a test act between a read and the write after it.
+        self.after_get: Any = None
 
     # --- reads
     def _request(self, verb: str, api_version: str, kind: str, subresource: str = "") -> None:
@@ -46,7 +59,10 @@ class FakeKube:
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         self._request("get", api_version, kind)
         obj = self.objects.get((api_version, kind, namespace, name))
-        return copy.deepcopy(obj) if obj is not None else None
+        obj = copy.deepcopy(obj) if obj is not None else None
+        if self.after_get is not None:
+            self.after_get(kind, name)
+        return obj
 
     def list_nodes(self) -> list[dict[str, Any]] | None:
         self.requests.add(("list", "", "nodes"))
@@ -59,6 +75,9 @@ class FakeKube:
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        if (obj["kind"], meta["name"]) in self.refuse:
+            self._request("patch", obj["apiVersion"], obj["kind"])
+            raise ApplyError(*self.refuse[(obj["kind"], meta["name"])])
         old = self.objects.get(key)
         # Server-side apply is a PATCH; for an object that does not exist yet the API server also
         # authorizes `create`.
@@ -81,6 +100,8 @@ class FakeKube:
             new["metadata"]["generation"] = old["metadata"]["generation"] + (1 if changed else 0)
             if "status" in old:
                 new["status"] = old["status"]
+        if obj["kind"] == "Deployment":
+            self._apply_replicas(old, new, FIELD_MANAGER)
         self.objects[key] = new
         self.writes.append(("apply", obj["kind"], meta["name"]))
         return copy.deepcopy(new)
@@ -93,12 +114,49 @@ class FakeKube:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self._request("patch", "serving.pixtral.dev/v1alpha1", "PixtralDeployment", "status")
         self.writes.append(("status", "PixtralDeployment", name))
-        self.statuses[(namespace, name)] = copy.deepcopy(dict(status))
+        # A merge patch (RFC 7386), as KubeApi sends it: null removes a key.
+        merged = dict(self.statuses.get((namespace, name), {}))
+        for key, value in copy.deepcopy(dict(status)).items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        self.statuses[(namespace, name)] = merged
 
-    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+    def scale_deployment(self, namespace: str, name: str, replicas: int, manager: str = AUTOSCALER_FIELD_MANAGER) -> None:
+        """An update through /scale (the autoscaler's; `manager` "kubectl" for a hand `kubectl scale`)."""
         self._request("patch", "apps/v1", "Deployment", "scale")
         self.writes.append(("scale", "Deployment", name))
-        self.objects[("apps/v1", "Deployment", namespace, name)]["spec"]["replicas"] = replicas
+        dep = self.objects[("apps/v1", "Deployment", namespace, name)]
+        if dep["spec"].get("replicas") != replicas:
+            dep["spec"]["replicas"] = replicas
+            _set_replica_owners(dep, {manager})
+
+    def claim_replicas(self, namespace: str, name: str, replicas: int) -> bool:
+        self._request("patch", "apps/v1", "Deployment")
+        self.writes.append(("claim", "Deployment", name))
+        dep = self.objects[("apps/v1", "Deployment", namespace, name)]
+        owners = replica_owners(dep)
+        if dep["spec"].get("replicas") != replicas and owners - {AUTOSCALER_FIELD_MANAGER}:
+            return False  # 409: another manager owns a different value
+        if dep["spec"].get("replicas") != replicas:
+            owners = set()
+        dep["spec"]["replicas"] = replicas
+        _set_replica_owners(dep, owners | {AUTOSCALER_FIELD_MANAGER})
+        return True
+
+    def _apply_replicas(self, old: dict[str, Any] | None, new: dict[str, Any], manager: str) -> None:
+        owners = replica_owners(old) if old is not None else set()
+        if "replicas" in new["spec"]:
+            same = old is not None and old["spec"].get("replicas") == new["spec"]["replicas"]
+            owners = (owners | {manager}) if same else {manager}  # forced: the field is taken
+        else:
+            owners.discard(manager)
+            if owners and old is not None:
+                new["spec"]["replicas"] = old["spec"]["replicas"]
+            else:
+                new["spec"]["replicas"] = 1  # nobody owns it: the API server's default
+        _set_replica_owners(new, owners)
 
     # --- helpers for tests
     def add(self, obj: dict[str, Any]) -> None:
@@ -111,6 +169,20 @@ class FakeKube:
 
     def kinds_named(self) -> set[tuple[str, str]]:
         return {(k[1], k[3]) for k in self.objects}
+
+
+def replica_owners(dep: Mapping[str, Any]) -> set[str]:
+    return {
+        e["manager"]
+        for e in (dep.get("metadata") or {}).get("managedFields") or ()
+        if "f:replicas" in (e.get("fieldsV1") or {}).get("f:spec", {})
+    }
+
+
+def _set_replica_owners(dep: dict[str, Any], owners: set[str]) -> None:
+    dep["metadata"]["managedFields"] = [
+        {"manager": m, "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}} for m in sorted(owners)
+    ]
 
 
 def gpu_node(name: str, gpus: int = 4, product: str = "NVIDIA-A100-SXM4-80GB") -> dict[str, Any]:

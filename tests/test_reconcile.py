@@ -1,10 +1,13 @@
 """reconcile(): children applied once, no write when nothing changed, conditions with
 observedGeneration, and specs only the operator can judge -> Degraded without touching what runs."""
 
+import json
+
 import pytest
-from fakekube import FakeKube, gpu_node, pxd
+from fakekube import FakeKube, gpu_node, pxd, replica_owners
 from pixtral_operator.conditions import find
 from pixtral_operator.reconcile import reconcile
+from pixtral_operator.render.labels import AUTOSCALER_FIELD_MANAGER, FIELD_MANAGER
 from pixtral_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()
@@ -189,3 +192,160 @@ def test_scale_to_zero_is_ready_when_router_is():
     out = reconcile(feed_status(kube, body), kube, SETTINGS, now="t1")
     ready = find(out.status["conditions"], "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
+
+
+# --- drift: a hand edit of a field the operator renders is applied back by the next pass
+
+
+def test_hand_edit_of_the_router_configmap_is_reverted():
+    kube = FakeKube(nodes=NODES)
+    kube.add({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys", "namespace": "team"}})
+    body = pxd(spec={"router": {"apiKeysSecretRef": {"name": "keys"}}})
+    reconcile(body, kube, SETTINGS, now="t0")
+    cm = kube.objects[("v1", "ConfigMap", "team", "demo-router")]
+    config = json.loads(cm["data"]["config.json"])
+    assert config["tenancy"]["apiKeysSecret"] == "keys"
+    del config["tenancy"]["apiKeysSecret"]  # would leave the endpoint open
+    cm["data"]["config.json"] = json.dumps(config)
+    kube.writes.clear()
+    out = reconcile(feed_status(kube, body), kube, SETTINGS, now="t1")
+    assert kube.writes == [("apply", "ConfigMap", "demo-router")]
+    live = json.loads(kube.objects[("v1", "ConfigMap", "team", "demo-router")]["data"]["config.json"])
+    assert live["tenancy"]["apiKeysSecret"] == "keys"
+    assert [e.reason for e in out.events] == ["Updated"]
+
+
+def test_hand_edit_of_a_runtime_image_is_reverted_and_server_defaults_are_not_drift():
+    kube = FakeKube(nodes=NODES)
+    body = pxd(spec={"engine": {"image": "runtime:1"}})
+    reconcile(body, kube, SETTINGS, now="t0")
+    dep = kube.objects[("apps/v1", "Deployment", "team", "demo-stable")]
+    # Fields the API server adds are not the operator's: no write for them.
+    dep["spec"]["progressDeadlineSeconds"] = 600
+    dep["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
+    dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["successThreshold"] = 1
+    kube.writes.clear()
+    reconcile(feed_status(kube, body), kube, SETTINGS, now="t1")
+    assert kube.writes == []
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "someone-else:latest"
+    reconcile(feed_status(kube, body), kube, SETTINGS, now="t2")
+    assert kube.writes == [("apply", "Deployment", "demo-stable")]
+    image = kube.objects[("apps/v1", "Deployment", "team", "demo-stable")]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "runtime:1"
+
+
+# --- replicas: one owner per field
+
+
+AUTOSCALED = {"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4}}
+
+
+def test_reconcile_never_writes_an_autoscaled_tracks_replicas_even_under_a_concurrent_scale():
+    kube = FakeKube(nodes=NODES)
+    body = pxd(spec=AUTOSCALED)
+    reconcile(body, kube, SETTINGS, now="t0")
+    kube.scale_deployment("team", "demo-stable", 2)
+
+    def autoscaler_scales_meanwhile(kind, name):
+        if (kind, name) == ("Deployment", "demo-stable"):
+            kube.after_get = None
+            kube.scale_deployment("team", "demo-stable", 3)
+
+    kube.after_get = autoscaler_scales_meanwhile
+    # A spec change that rewrites the Deployment, read before the autoscaler's patch lands.
+    changed = feed_status(kube, pxd(spec={**AUTOSCALED, "engine": {"maxNumSeqs": 32}}, generation=2))
+    reconcile(changed, kube, SETTINGS, now="t1")
+    dep = kube.objects[("apps/v1", "Deployment", "team", "demo-stable")]
+    assert ("apply", "Deployment", "demo-stable") in kube.writes
+    assert dep["spec"]["replicas"] == 3  # the autoscaler's value, not the 2 read before it
+    assert replica_owners(dep) == {AUTOSCALER_FIELD_MANAGER}
+
+
+def test_turning_autoscaling_on_hands_replicas_over_without_resetting_them():
+    kube = FakeKube(nodes=NODES)
+    reconcile(pxd(spec={"replicas": 3}), kube, SETTINGS, now="t0")
+    dep = kube.objects[("apps/v1", "Deployment", "team", "demo-stable")]
+    assert replica_owners(dep) == {FIELD_MANAGER}
+    on = {"replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4},
+          "engine": {"maxNumSeqs": 32}}
+    reconcile(pxd(spec=on, generation=2), kube, SETTINGS, now="t1")
+    dep = kube.objects[("apps/v1", "Deployment", "team", "demo-stable")]
+    # Left out of the apply while its only owner was the operator, the field would reset to 1.
+    assert dep["spec"]["replicas"] == 3
+    assert replica_owners(dep) == {AUTOSCALER_FIELD_MANAGER}
+    # Turning it off gives the field back to the spec.
+    reconcile(pxd(spec={"replicas": 2}, generation=3), kube, SETTINGS, now="t2")
+    dep = kube.objects[("apps/v1", "Deployment", "team", "demo-stable")]
+    assert dep["spec"]["replicas"] == 2 and replica_owners(dep) == {FIELD_MANAGER}
+
+
+def test_autoscaler_status_keys_go_when_autoscaling_is_turned_off():
+    kube = FakeKube(nodes=NODES)
+    body = pxd(spec=AUTOSCALED)
+    reconcile(body, kube, SETTINGS, now="t0")
+    kube.patch_status("team", "demo", {"autoscaler": {"stable": {"desired": 1}}, "queue": 0.0})
+    reconcile(feed_status(kube, body), kube, SETTINGS, now="t1")
+    assert "autoscaler" in kube.statuses[("team", "demo")]  # still on: the autoscaler's keys stay
+    off = feed_status(kube, pxd(spec={"replicas": 1}, generation=2))
+    reconcile(off, kube, SETTINGS, now="t2")
+    assert "autoscaler" not in kube.statuses[("team", "demo")] and "queue" not in kube.statuses[("team", "demo")]
+    kube.writes.clear()
+    reconcile(feed_status(kube, pxd(spec={"replicas": 1}, generation=2)), kube, SETTINGS, now="t3")
+    assert kube.writes == []
+
+
+# --- never adopt what is not ours
+
+
+def foreign_service(name: str, owner: dict | None = None) -> dict:
+    meta = {"name": name, "namespace": "team"}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {"selector": {"app": "theirs"}}}
+
+
+def test_a_namesake_the_operator_does_not_own_is_a_child_conflict_and_left_untouched():
+    kube = FakeKube(nodes=NODES)
+    other = {"apiVersion": "serving.pixtral.dev/v1alpha1", "kind": "PixtralDeployment", "name": "other",
+             "uid": "other-uid", "controller": True}
+    kube.add(foreign_service("demo-router", other))
+    before = kube.get("v1", "Service", "team", "demo-router")
+    out = reconcile(pxd(), kube, SETTINGS, now="t0")
+    degraded = find(out.status["conditions"], "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ChildConflict")
+    assert "Service team/demo-router" in degraded["message"] and "PixtralDeployment other" in degraded["message"]
+    assert kube.get("v1", "Service", "team", "demo-router") == before
+    assert [w for w in kube.writes if w[0] != "status"] == []
+    assert any(e.type == "Warning" and e.reason == "ChildConflict" for e in out.events)
+
+
+def test_a_namesake_of_a_removed_track_is_not_deleted():
+    kube = FakeKube(nodes=NODES)
+    kube.add(foreign_service("demo-canary"))
+    reconcile(pxd(), kube, SETTINGS, now="t0")
+    assert ("Service", "demo-canary") in kube.kinds_named()
+    assert ("delete", "Service", "demo-canary") not in kube.writes
+
+
+# --- apply failures
+
+
+def test_a_refused_apply_is_a_condition_naming_the_child_and_the_servers_message():
+    kube = FakeKube(nodes=NODES)
+    message = 'Deployment.apps "demo-stable" is invalid: spec.template.spec.containers[0].image: Required value'
+    kube.refuse[("Deployment", "demo-stable")] = (422, message)
+    out = reconcile(pxd(), kube, SETTINGS, now="t0")
+    assert out.retry
+    degraded = find(out.status["conditions"], "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
+    assert "Deployment team/demo-stable" in degraded["message"] and message in degraded["message"]
+    assert find(out.status["conditions"], "Progressing")["reason"] == "ApplyFailed"
+    assert kube.statuses[("team", "demo")]["conditions"] == out.status["conditions"]  # status is not stale
+    warnings = [e for e in out.events if e.type == "Warning" and e.reason == "ApplyFailed"]
+    assert len(warnings) == 1 and message in warnings[0].message
+    # The children after it were not applied; once the server accepts, everything is.
+    assert ("Deployment", "demo-router") not in kube.kinds_named()
+    del kube.refuse[("Deployment", "demo-stable")]
+    again = reconcile(feed_status(kube, pxd()), kube, SETTINGS, now="t1")
+    assert not again.retry and find(again.status["conditions"], "Degraded")["status"] == "False"
+    assert ("Deployment", "demo-router") in kube.kinds_named()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 from pixtral_operator import metrics
+from pixtral_operator.children import retry_delay
+from pixtral_operator.inflight import InFlight
 from pixtral_operator.k8s import KubeApi
-from pixtral_operator.reconcile import reconcile
+from pixtral_operator.reconcile import Outcome, reconcile
 from pixtral_operator.scaler import Scaler
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import GROUP, PLURAL, VERSION
@@ -18,24 +21,40 @@ from pixtral_operator.spec import GROUP, PLURAL, VERSION
 log = logging.getLogger(__name__)
 
 
-def run_reconcile(body: Any, kube: KubeApi, settings: OperatorSettings) -> None:
+# Waiting longer than this for another reconcile of the same object means that one is stuck on the
+# API server; kopf retries the change later.
+INFLIGHT_WAIT_SECONDS = 120.0
+
+
+def run_reconcile(
+    body: Any, kube: KubeApi, settings: OperatorSettings, inflight: InFlight, *, retry: int = 0, wait: bool = True
+) -> Outcome | None:
+    """One reconcile, never two at once for one object. `wait` False (the resync): skip the pass when
+    another reconcile of the object is running, it reads the same state. A refused apply is in the
+    status and an Event already; the retry backs off (children.retry_delay)."""
     plain = _plain(body)
-    namespace = plain["metadata"]["namespace"]
-    started = time.monotonic()
-    try:
-        outcome = reconcile(plain, kube, settings)
-    except ApiException as exc:
-        metrics.RECONCILES.labels(namespace, "error").inc()
-        if exc.status == 409:
-            raise kopf.TemporaryError(f"conflict while applying children: {exc.reason}", delay=2) from exc
-        raise kopf.TemporaryError(f"Kubernetes API error {exc.status}: {exc.reason}", delay=10) from exc
-    finally:
-        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+    namespace, name = plain["metadata"]["namespace"], plain["metadata"]["name"]
+    with inflight.hold((namespace, name), timeout=INFLIGHT_WAIT_SECONDS if wait else 0) as mine:
+        if not mine:
+            if wait:
+                raise kopf.TemporaryError("another reconcile of this object is still running", delay=retry_delay(retry))
+            return None
+        started = time.monotonic()
+        try:
+            outcome = reconcile(plain, kube, settings)
+        except ApiException as exc:
+            metrics.RECONCILES.labels(namespace, "error").inc()
+            raise kopf.TemporaryError(f"Kubernetes API error {exc.status}: {exc.reason}", delay=retry_delay(retry)) from exc
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
     metrics.RECONCILES.labels(namespace, "degraded" if outcome.problems else "ok").inc()
     metrics.WRITES.labels(namespace).inc(outcome.writes)
-    metrics.DEGRADED.labels(namespace, plain["metadata"]["name"]).set(1 if outcome.problems else 0)
+    metrics.DEGRADED.labels(namespace, name).set(1 if outcome.problems else 0)
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if outcome.retry:
+        raise kopf.TemporaryError(outcome.problems[-1].message, delay=retry_delay(retry))
+    return outcome
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -55,18 +74,27 @@ def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: KubeApi, scaler: Scaler) -> None:
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL, registry=registry)
+    inflight = InFlight()
+
+    def after(body: kopf.Body) -> None:
+        # Autoscaling off: the autoscaler's memory and gauges go (the reconcile cleared its status keys).
+        if not _autoscaling_enabled(body.get("spec") or {}):
+            scaler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
 
     @kopf.on.create(**resource, id="reconcile")
     @kopf.on.update(**resource, id="reconcile")
     @kopf.on.resume(**resource, id="reconcile")
-    def on_change(body: kopf.Body, **_: Any) -> None:
-        run_reconcile(body, kube, settings)
+    def on_change(body: kopf.Body, retry: int, **_: Any) -> None:
+        run_reconcile(body, kube, settings, inflight, retry=retry)
+        after(body)
 
-    # Children change on their own (pods become ready, nodes appear, a Secret gets created):
-    # a periodic pass refreshes the status and re-judges the spec. It writes nothing when nothing changed.
+    # Children change on their own (pods become ready, nodes appear, a Secret gets created, someone
+    # edits one by hand): a periodic pass refreshes the status, re-judges the spec and applies back
+    # what drifted. It writes nothing when nothing changed.
     @kopf.timer(**resource, id="resync", interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
-    def resync(body: kopf.Body, **_: Any) -> None:
-        run_reconcile(body, kube, settings)
+    def resync(body: kopf.Body, retry: int, **_: Any) -> None:
+        run_reconcile(body, kube, settings, inflight, retry=retry, wait=False)
+        after(body)
 
     @kopf.timer(**resource, id="autoscale", interval=settings.autoscale_seconds, when=_autoscaling_enabled)
     async def autoscale(body: kopf.Body, **_: Any) -> None:
@@ -93,4 +121,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
 
     @kopf.on.delete(**resource, id="forget", optional=True)
     def forget(body: kopf.Body, **_: Any) -> None:
-        scaler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        scaler.forget(namespace, name)
+        inflight.forget((namespace, name))
+        # A deleted object's Degraded gauge would keep its alert firing.
+        with contextlib.suppress(KeyError):
+            metrics.DEGRADED.remove(namespace, name)

@@ -1,0 +1,133 @@
+"""Bring the children of one PixtralDeployment to their rendered form, and nothing else.
+
+- Drift: a child is applied when its rendered hash changed or when the live object no longer holds
+  every rendered field (`drift.covers`), so a hand edit of a field the operator sets is reverted by
+  the next reconcile or resync; an unchanged child is not written.
+- Ownership: a live object with a child's name that this PixtralDeployment does not control is never
+  written or deleted; the reconcile reports ChildConflict instead.
+- Replicas: while the autoscaler owns a track, its Deployment is applied without `spec.replicas`.
+  Server-side apply would reset a field its only owner stops applying, so before the operator's
+  field manager lets go, the autoscaler's manager is made a co-owner at the live value.
+- Failures: an apply the API server refuses stops the pass; the reconcile turns it into a Degraded
+  condition naming the child and the server's message, and an Event."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from pixtral_operator.drift import controlled_by, covers, replicas_managers
+from pixtral_operator.events import Event
+from pixtral_operator.k8s import ApplyError, Kube
+from pixtral_operator.render import labels as L
+
+CHILD_CONFLICT = "ChildConflict"
+APPLY_FAILED = "ApplyFailed"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildProblem:
+    field: str  # "<Kind>/<name>": the child, where a spec problem names a spec field
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass
+class SyncResult:
+    live: dict[tuple[str, str], dict[str, Any] | None]  # (kind, name) -> the object after this pass
+    events: list[Event]
+    problems: list[ChildProblem]
+    writes: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return any(p.reason == APPLY_FAILED for p in self.problems)
+
+
+def conflicts(
+    children: list[Mapping[str, Any]], live: Mapping[tuple[str, str], Mapping[str, Any] | None], owner_uid: str
+) -> list[ChildProblem]:
+    """Pure: children whose name is taken by an object this PixtralDeployment does not control."""
+    out = []
+    for child in children:
+        kind, name = child["kind"], child["metadata"]["name"]
+        obj = live.get((kind, name))
+        if obj is not None and not controlled_by(obj, owner_uid):
+            refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+            holder = next((f"{r.get('kind')} {r.get('name')}" for r in refs if r.get("controller")), None)
+            out.append(
+                ChildProblem(
+                    f"{kind}/{name}",
+                    CHILD_CONFLICT,
+                    f"{kind} {child['metadata'].get('namespace')}/{name} exists and is "
+                    f"{'controlled by ' + holder if holder else 'not owned by this PixtralDeployment'}; "
+                    "it is left untouched (rename or delete it)",
+                )
+            )
+    return out
+
+
+def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    """Pure: whether the live object lacks the rendered one (new hash, or an owned field changed)."""
+    if live is None:
+        return True
+    want = desired["metadata"]["annotations"][L.SPEC_HASH_ANNOTATION]
+    have = ((live.get("metadata") or {}).get("annotations") or {}).get(L.SPEC_HASH_ANNOTATION)
+    return want != have or not covers(desired, live)
+
+
+def without_replicas(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(deployment))
+    out["spec"].pop("replicas", None)
+    return out
+
+
+def sync(
+    children: list[Mapping[str, Any]],
+    kube: Kube,
+    owner_uid: str,
+    autoscaled: Collection[str],
+    live: Mapping[tuple[str, str], dict[str, Any] | None],
+) -> SyncResult:
+    """Apply what differs, in order. `autoscaled`: names of the Deployments whose replicas the
+    autoscaler owns; `live`: every child's live object, read by the caller."""
+    result = SyncResult(live=dict(live), events=[], problems=conflicts(children, live, owner_uid))
+    if result.problems:
+        return result
+    for child in children:
+        kind, meta = child["kind"], child["metadata"]
+        key = (kind, meta["name"])
+        current = live.get(key)
+        desired: Mapping[str, Any] = child
+        try:
+            if kind == "Deployment" and meta["name"] in autoscaled and current is not None:
+                desired = without_replicas(child)
+                if replicas_managers(current) <= {L.FIELD_MANAGER}:
+                    # Hand the field over at its live value before the apply below stops claiming it.
+                    replicas = int((current.get("spec") or {}).get("replicas", 0))
+                    if kube.claim_replicas(meta["namespace"], meta["name"], replicas):
+                        result.writes += 1
+            if not needs_apply(desired, current):
+                continue
+            applied = kube.apply(desired)
+            result.writes += 1
+            if kind == "Deployment" and meta["name"] in autoscaled and current is None:
+                # Created with the initial count; the autoscaler co-owns it from now on.
+                kube.claim_replicas(meta["namespace"], meta["name"], int(child["spec"]["replicas"]))
+                result.writes += 1
+        except ApplyError as error:
+            message = f"{kind} {meta['namespace']}/{meta['name']}: the API server refused the apply: {error.message}"
+            result.problems.append(ChildProblem(f"{kind}/{meta['name']}", APPLY_FAILED, message))
+            result.events.append(Event("Warning", APPLY_FAILED, message))
+            return result
+        result.live[key] = applied
+        verb = "Created" if current is None else "Updated"
+        result.events.append(Event("Normal", verb, f"{verb} {kind} {meta['name']}"))
+    return result
+
+
+def retry_delay(retry: int, base: float = 5.0, cap: float = 300.0) -> float:
+    """Seconds before retrying a failed reconcile: doubling from `base`, at most `cap`."""
+    return min(cap, base * 2 ** max(0, retry))
