@@ -170,6 +170,12 @@ class InClusterOperator:
                                     check=False).stdout
 
     def stop(self) -> None:
+        # PixtralDeployments first, while the operator runs to remove its finalizer: deleting the
+        # namespace with the operator already gone leaves them, and the namespace, Terminating.
+        deleted = self.cluster.kubectl("delete", "pixtraldeployments", "--all", "-n", self.namespace, "--wait=true",
+                                       "--timeout=120s", check=False, timeout=150)
+        if deleted.returncode != 0:
+            print(f"PixtralDeployments in {self.namespace} not finalized in 120s: {deleted.stderr.strip()}")
         self.cluster.helm("uninstall", self.RELEASE, "-n", self.namespace, "--wait", "--timeout", "2m",
                           check=False, timeout=150)
 
