@@ -50,6 +50,9 @@ def test_vllm_serve_form_puts_the_model_first_and_renders_every_managed_flag():
     assert flag_value(argv, "--host") == "10.0.0.7"
     assert flag_value(argv, "--port") == "8000"
     assert "--revision" not in argv
+    # vLLM fetches no remote media (an empty list would mean any domain) and reads no local files.
+    assert flag_value(argv, "--allowed-media-domains") == "pixtral.invalid"
+    assert flag_value(argv, "--allowed-local-media-path") == ""
 
 
 def test_random_weights_change_only_the_load_format():

@@ -222,7 +222,10 @@ def test_only_the_supervisors_own_health_poll_lines_are_dropped_from_the_log():
 def test_vllm_runs_unbuffered_with_our_environment():
     from pixtral_runtime.supervisor.main import child_environment
 
-    assert child_environment({"VLLM_CPU_KVCACHE_SPACE": "1"}) == {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    assert child_environment({"VLLM_CPU_KVCACHE_SPACE": "1"}) == {
+        "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1", "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}
+    # A redirect would take a media fetch past the allowed domains: off even when asked for.
+    assert child_environment({"VLLM_MEDIA_URL_ALLOW_REDIRECTS": "1"})["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0"
 
 
 async def test_a_child_that_dies_makes_supervise_return_1_with_its_last_lines(capsys):

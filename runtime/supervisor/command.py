@@ -44,7 +44,15 @@ MANAGED_FLAGS: dict[str, tuple[str, ...]] = {
     "--host": (),
     "--port": (),
     "--revision": (),
+    # Media fetching: the router admits data URLs only (docs/router.md, "URL policy"); vLLM refuses
+    # remote hosts and local files on its own as well, and extra args cannot widen that.
+    "--allowed-media-domains": (),
+    "--allowed-local-media-path": (),
 }
+
+# A host name that can never resolve (RFC 6761 `.invalid`): vLLM treats an empty domain list as
+# "any domain", so "none" is spelled as a list with only this name.
+NO_MEDIA_DOMAIN = "pixtral.invalid"
 
 # Real vLLM flags that happen to be prefixes of managed ones; argparse matches them exactly, so
 # they do not reach the managed flag and stay allowed.
@@ -116,6 +124,9 @@ def engine_flags(settings: RuntimeSettings) -> list[str]:
         "--max-num-seqs", str(settings.max_num_seqs),
         "--host", settings.host,
         "--port", str(settings.vllm_port),
+        "--allowed-media-domains", NO_MEDIA_DOMAIN,
+        # The default, stated so that it is managed: no image from the pod's own files.
+        "--allowed-local-media-path", "",
     ]
     if settings.revision:
         flags += ["--revision", settings.revision]

@@ -319,8 +319,9 @@ async def supervise(settings: RuntimeSettings, command: Sequence[str], env: Mapp
 
 def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """vLLM's environment: ours, with Python output unbuffered so its log lines reach the pod log
-    (and the crash report's tail) as they are written, not in 8 KiB blocks."""
-    return {**environ, "PYTHONUNBUFFERED": "1"}
+    (and the crash report's tail) as they are written, not in 8 KiB blocks, and media URL
+    redirects off (a redirect would lead a fetch past the allowed domains; docs/router.md)."""
+    return {**environ, "PYTHONUNBUFFERED": "1", "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}
 
 
 def resolve_command(settings: RuntimeSettings, environ: Mapping[str, str]) -> tuple[list[str], LaunchForm]:
