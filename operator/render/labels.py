@@ -24,6 +24,8 @@ AUTOSCALER_FIELD_MANAGER = "pixtral-autoscaler"
 RUNTIME_HTTP_PORT = 8000
 RUNTIME_HEALTH_PORT = 8081
 ROUTER_HTTP_PORT = 8080
+# The router's /metrics, apart from the tenant port (docs/router.md, "Isolation").
+ROUTER_METRICS_PORT = 9090
 ROUTER_SERVICE_PORT = 80
 TRACK_HEADER = "x-pixtral-track"
 

@@ -15,6 +15,11 @@ CONFIG_KEY = "config.json"
 # The API-key Secret is mounted here and the router reads the keys from its files, so neither the
 # router nor the operator needs to read Secrets through the API (docs/router.md).
 API_KEYS_DIR = "/etc/pixtral-router/api-keys"
+# A terminating router pod keeps serving this long (preStop) while the endpoints drop it.
+PRESTOP_SECONDS = 5
+# After the graceful shutdown, time for the process to exit before SIGKILL.
+SHUTDOWN_MARGIN_SECONDS = 5
+MAX_GRACE_SECONDS = 3600
 
 
 def _limits(limits: TenantLimits) -> dict[str, int]:
@@ -121,8 +126,15 @@ def router_role_binding(spec: PixtralSpec) -> dict[str, Any]:
     }
 
 
+def graceful_shutdown_seconds(spec: PixtralSpec) -> int:
+    """How long the router's streams get to finish on SIGTERM: the longest allowed request, within
+    the grace period's cap."""
+    return min(spec.router.request_timeout_seconds, MAX_GRACE_SECONDS - PRESTOP_SECONDS - SHUTDOWN_MARGIN_SECONDS)
+
+
 def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str, Any]:
     name = L.router_name(spec.name)
+    graceful = graceful_shutdown_seconds(spec)
     labels = L.common_labels(spec.name, "router")
     container = {
         "name": "router",
@@ -133,13 +145,22 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
         "env": [
             {"name": "PIXTRAL_ROUTER_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "PIXTRAL_ROUTER_PORT", "value": str(L.ROUTER_HTTP_PORT)},
+            {"name": "PIXTRAL_ROUTER_METRICS_PORT", "value": str(L.ROUTER_METRICS_PORT)},
+            # The body memory budget is a share of this (docs/router.md, "Memory").
+            {"name": "PIXTRAL_ROUTER_MEMORY_LIMIT_BYTES",
+             "valueFrom": {"resourceFieldRef": {"containerName": "router", "resource": "limits.memory"}}},
+            {"name": "PIXTRAL_ROUTER_GRACEFUL_SHUTDOWN_SECONDS", "value": str(graceful)},
             {"name": "PIXTRAL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "PIXTRAL_ROUTER_CONFIGMAP", "value": name},
         ],
-        "ports": [{"name": "http", "containerPort": L.ROUTER_HTTP_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": L.ROUTER_HTTP_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": L.ROUTER_METRICS_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
+        # Endpoints drop a terminating pod only after a moment (the EndpointSlice controller, then
+        # every kube-proxy): the router keeps serving through it, then drains on SIGTERM.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         "securityContext": container_security_context(),
         # The router writes no files; the Kubernetes client and Python get a scratch /tmp all the same.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
@@ -161,7 +182,7 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
             "template": {
                 "metadata": {
                     "labels": labels,
-                    "annotations": L.scrape_annotations(L.ROUTER_HTTP_PORT),
+                    "annotations": L.scrape_annotations(L.ROUTER_METRICS_PORT),
                 },
                 "spec": {
                     "securityContext": pod_security_context(),
@@ -170,8 +191,8 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
                     "automountServiceAccountToken": True,
                     "containers": [container],
                     "volumes": volumes,
-                    # Streams in flight finish before the router exits.
-                    "terminationGracePeriodSeconds": min(spec.router.request_timeout_seconds + 10, 3600),
+                    # preStop, then uvicorn's graceful shutdown (streams in flight finish), then a margin.
+                    "terminationGracePeriodSeconds": PRESTOP_SECONDS + graceful + SHUTDOWN_MARGIN_SECONDS,
                     "enableServiceLinks": False,
                 },
             },
