@@ -216,13 +216,20 @@ def events_with_reason(cluster: Cluster, namespace: str, name: str, reason: str)
     return [e for e in pxd_events(cluster, namespace, name) if e.get("reason") == reason]
 
 
+def router_metrics_url(router: str) -> str:
+    """A router pod's /metrics: on its metrics port, not the tenant port of `router`."""
+    from pixtral_operator.render.labels import ROUTER_METRICS_PORT
+
+    return f"{router.rsplit(':', 1)[0]}:{ROUTER_METRICS_PORT}/metrics"
+
+
 def router_gauge(router: str, metric: str, track: str | None = None, timeout: float = 5) -> float:
     """A router gauge read from its /metrics: the sum of its series, or of one track's."""
-    text = httpx.get(f"{router}/metrics", timeout=timeout).text
+    text = httpx.get(router_metrics_url(router), timeout=timeout).text
     labels = rf'\{{[^}}]*track="{re.escape(track)}"[^}}]*\}}' if track else r"(?:\{[^}]*\})?"
     values = re.findall(rf"^{re.escape(metric)}{labels}\s+(\S+)", text, re.MULTILINE)
     if not values:
-        raise AssertionError(f"{router}/metrics has no {metric} sample" + (f" for track {track}" if track else ""))
+        raise AssertionError(f"{router_metrics_url(router)} has no {metric} sample" + (f" for track {track}" if track else ""))
     return sum(float(v) for v in values)
 
 

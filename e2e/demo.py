@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     cluster_ip = cluster.rest.get(f"/api/v1/namespaces/{TENANT_NAMESPACE}/services/{NAME}-router")["spec"]["clusterIP"]
     answer = body["choices"][0]["message"]["content"]
     print()
-    print(f"HTTP 200 in {result['elapsed_ms']:.0f} ms from track {result['headers'].get('x-pixtral-track')} "
-          f"(pod {result['headers'].get('x-pixtral-backend')}), usage {body.get('usage')}")
+    # The serving pod's address is not shown to tenants (the router's --debug-headers would add it).
+    print(f"HTTP 200 in {result['elapsed_ms']:.0f} ms from track {result['headers'].get('x-pixtral-track')}, "
+          f"usage {body.get('usage')}")
     print(f"answer (random weights, so random tokens): {answer!r}")
     print()
     print(cluster.kubectl("get", "pxd", "-n", TENANT_NAMESPACE, "-o", "wide").stdout)

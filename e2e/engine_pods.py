@@ -86,7 +86,8 @@ def router_pod(name: str, image: str, config: Mapping[str, Any]) -> dict[str, An
     """`pixtral-runtime router --config` with a static configuration from a ConfigMap of the same name."""
     container = {
         "name": "router", "image": image, "command": ["pixtral-runtime", "router", "--config", "/etc/router/router.json",
-                                                      "--host", "0.0.0.0", "--port", str(ROUTER_HTTP_PORT)],
+                                                      "--host", "0.0.0.0", "--port", str(ROUTER_HTTP_PORT),
+                                                      "--debug-headers"],
         "ports": [{"name": "http", "containerPort": ROUTER_HTTP_PORT}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1},
         "volumeMounts": [{"name": "config", "mountPath": "/etc/router", "readOnly": True},

@@ -127,7 +127,7 @@ def test_router_follows_configmap_secret_and_endpointslices(cluster, namespace, 
     with open(log, "wb") as f:
         router = subprocess.Popen(
             [str(BIN), "router", "--namespace", namespace, "--configmap", CONFIGMAP, "--host", "127.0.0.1",
-             "--port", str(port)],
+             "--port", str(port), "--debug-headers"],
             env=cluster.env(), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     url = f"http://127.0.0.1:{port}"
