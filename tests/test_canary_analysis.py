@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pixtral_operator import canary_analysis as A
 from pixtral_operator.canary_analysis import Policy, StepState, TrackWindow, Window, decide
 
@@ -136,7 +135,7 @@ policies = st.builds(
 def test_properties_of_any_sequence_of_checks(policy, sequence):
     verdicts = run(policy, sequence)
     weights = [v.weight for v in verdicts]
-    for verdict, window, before in zip(verdicts, sequence, [StepState.start(0)] + [v.state for v in verdicts]):
+    for verdict, window, before in zip(verdicts, sequence, [StepState.start(0), *(v.state for v in verdicts[:-1])], strict=True):
         reason, _ = A.check(policy, window)
         # The weight only rises, by one step, on a passed check; it only falls on a rollback, to 0.
         if verdict.action == A.ADVANCE:
