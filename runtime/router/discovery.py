@@ -16,6 +16,7 @@ import asyncio
 import base64
 import logging
 import os
+import random
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -28,7 +29,15 @@ log = logging.getLogger("pixtral_runtime.router.discovery")
 
 CONFIG_KEY = "config.json"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-WATCH_TIMEOUT_SECONDS = 60  # the server ends each watch; the thread re-checks its stop flag then
+# The server ends each watch after this long; the thread re-lists then (and re-checks its stop flag).
+WATCH_TIMEOUT_SECONDS = 30
+# Client-side socket timeouts (connect, read). A watch that has been silent for longer than the
+# server's own timeout plus this slack is a dead connection (a half-open TCP connection never
+# errors by itself): the thread gives up on it and re-lists. Without them a half-open API
+# connection froze backends, config and keys silently.
+CONNECT_TIMEOUT_SECONDS = 5.0
+LIST_READ_TIMEOUT_SECONDS = 15.0
+WATCH_READ_SLACK_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 30.0
 # How often the mounted key files are re-read. The kubelet itself refreshes a Secret volume about
 # once a minute, so this adds little to a rotation's delay.
@@ -105,12 +114,27 @@ def api_keys_from_files(directory: str) -> dict[str, str]:
 
 
 # ---- the watch threads -----------------------------------------------------------------------------
+def backoff_seconds(failures: int, rng: random.Random) -> float:
+    """Delay before the next list after `failures` failures in a row: doubling from 1 s up to
+    MAX_BACKOFF_SECONDS, each drawn from its upper half, so that every router replica (and every
+    watch of one) does not re-list at the same moment after an API server restart."""
+    ceiling = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(failures, 8))
+    return ceiling * rng.uniform(0.5, 1.0)
+
+
 class _WatchThread:
     """list + watch one kind of object, forever, with backoff; `on_snapshot` gets the full current set."""
 
     def __init__(self, name: str, list_fn: Callable[..., Any], kwargs: dict[str, Any],
-                 on_snapshot: Callable[[dict[str, dict]], None], serialize: Callable[[Any], dict]) -> None:
+                 on_snapshot: Callable[[dict[str, dict]], None], serialize: Callable[[Any], dict], *,
+                 watch_timeout: int = WATCH_TIMEOUT_SECONDS, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+                 list_read_timeout: float = LIST_READ_TIMEOUT_SECONDS,
+                 watch_read_slack: float = WATCH_READ_SLACK_SECONDS, rng: random.Random | None = None) -> None:
         self.name = name
+        self._watch_timeout = watch_timeout
+        self._list_timeout = (connect_timeout, list_read_timeout)
+        self._watch_read_timeout = (connect_timeout, watch_timeout + watch_read_slack)
+        self._rng = rng or random.Random()
         self._list_fn = list_fn
         self._kwargs = kwargs
         self._on_snapshot = on_snapshot
@@ -133,7 +157,7 @@ class _WatchThread:
         failures = 0
         while not self._stop.is_set():
             try:
-                listing = self._list_fn(**self._kwargs)
+                listing = self._list_fn(_request_timeout=self._list_timeout, **self._kwargs)
                 objects = {}
                 for item in listing.items:
                     obj = self._serialize(item)
@@ -143,7 +167,7 @@ class _WatchThread:
                 self._watch = watch.Watch()
                 for event in self._watch.stream(
                     self._list_fn, resource_version=listing.metadata.resource_version,
-                    timeout_seconds=WATCH_TIMEOUT_SECONDS, **self._kwargs,
+                    timeout_seconds=self._watch_timeout, _request_timeout=self._watch_read_timeout, **self._kwargs,
                 ):
                     if self._stop.is_set():
                         return
@@ -160,7 +184,7 @@ class _WatchThread:
                 if self._stop.is_set():
                     return  # stop() closed the stream under us
                 failures += 1
-                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(failures, 8))
+                delay = backoff_seconds(failures, self._rng)
                 log.warning("watch %s failed (%s: %s); retrying in %.1fs", self.name,
                             exc.__class__.__name__, str(exc)[:200], delay)
                 self._stop.wait(delay)
