@@ -1,0 +1,132 @@
+"""Affinity routing as pure functions: requests that carry the same images and open with the same
+text go to the backend that already holds them in vLLM's caches (the multimodal processor cache
+and the prefix cache, image tokens included), by consistent hashing with bounded loads.
+
+Consistent hashing (each backend owns many points on a ring; a key goes to the first point at or
+after its hash) keeps a key on one backend while backends come and go: adding one of n moves about
+1/n of the keys. Bounded loads (Mirrokni, Thorup, Zadimoghaddam, 2018) caps every backend at
+ceil((1 + epsilon) * mean load): a key whose backend is full walks on to the next one, so a hot
+image cannot pile its traffic on one replica. epsilon trades cache hits (large) for balance (small).
+
+The key hashes what vLLM's caches match on: each image's payload (a data URL's base64 text, or the
+URL itself) in order, then the request's leading text. A request with neither has no key and is
+routed by least outstanding requests (`choice.choose_backend`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import hashlib
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+# Points per backend on the ring: with 64, the share of keys a backend owns stays within about
+# +-20% of 1/n for the handful of replicas a track runs (tests/test_router_affinity.py measures it).
+POINTS_PER_BACKEND = 64
+# Leading text that goes into the key: enough to tell conversations and system prompts apart, little
+# enough that hashing stays cheap for long prompts.
+LEADING_TEXT_CHARS = 512
+DEFAULT_EPSILON = 0.25
+
+
+def _point(data: bytes) -> int:
+    # sha256, not hash(): every router replica and restart puts a key at the same place.
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+
+
+def _texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [part["text"] for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str)]
+    return []
+
+
+def leading_text(body: Mapping[str, Any]) -> str:
+    """The first LEADING_TEXT_CHARS characters of the request's text, in message order."""
+    pieces: list[str] = []
+    size = 0
+    for message in body.get("messages") or ():
+        for text in _texts(message.get("content") if isinstance(message, Mapping) else None):
+            pieces.append(text)
+            size += len(text)
+            if size >= LEADING_TEXT_CHARS:
+                return "".join(pieces)[:LEADING_TEXT_CHARS]
+    return "".join(pieces)
+
+
+def affinity_key(image_urls: Iterable[str], text: str) -> int | None:
+    """The request's place on the ring, from its image URLs (as admission found them, in order)
+    and its leading text; None when it has no image: text-only requests gain little from affinity
+    and would crowd the image requests' backends."""
+    digest = hashlib.sha256()
+    images = 0
+    for url in image_urls:
+        payload = url.partition(",")[2] if url.startswith("data:") else url
+        digest.update(len(payload).to_bytes(8, "big"))
+        digest.update(payload.encode("latin-1", "replace"))
+        images += 1
+    if images == 0:
+        return None
+    digest.update(b"\0text\0" + text.encode("utf-8", "replace"))
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
+class Ring:
+    """The points of a fixed set of backends, sorted."""
+
+    __slots__ = ("backends", "owners", "points")
+
+    def __init__(self, backends: Sequence[str], points_per_backend: int = POINTS_PER_BACKEND):
+        pairs = sorted((_point(f"{backend}#{i}".encode()), backend)
+                       for backend in backends for i in range(points_per_backend))
+        self.points = [p for p, _ in pairs]
+        self.owners = [b for _, b in pairs]
+        self.backends = tuple(sorted(set(backends)))
+
+    def walk(self, key: int) -> Iterable[str]:
+        """Distinct backends in ring order from the key's position."""
+        if not self.points:
+            return
+        start = bisect.bisect_left(self.points, key)
+        seen: set[str] = set()
+        for i in range(len(self.points)):
+            owner = self.owners[(start + i) % len(self.points)]
+            if owner not in seen:
+                seen.add(owner)
+                yield owner
+                if len(seen) == len(self.backends):
+                    return
+
+
+@functools.lru_cache(maxsize=128)
+def ring_for(backends: tuple[str, ...]) -> Ring:
+    """One ring per backend set (the set changes only when pods come and go)."""
+    return Ring(backends)
+
+
+def capacity(total_outstanding: int, backends: int, epsilon: float) -> int:
+    """The most requests one backend may hold once this one is placed."""
+    return max(1, math.ceil((1 + epsilon) * (total_outstanding + 1) / backends))
+
+
+def choose_affine_backend(
+    key: int,
+    backends: Sequence[str],
+    outstanding: Mapping[str, int],
+    epsilon: float = DEFAULT_EPSILON,
+    exclude: Collection[str] = (),
+) -> str | None:
+    """The first backend in ring order from `key` whose load stays within the bound; None when no
+    backend is usable (all excluded)."""
+    usable = tuple(sorted(b for b in backends if b not in exclude))
+    if not usable:
+        return None
+    limit = capacity(sum(outstanding.get(b, 0) for b in usable), len(usable), epsilon)
+    for backend in ring_for(usable).walk(key):
+        if outstanding.get(backend, 0) + 1 <= limit:
+            return backend
+    # Unreachable: some backend holds at most the mean load, which is below the bound.
+    return min(usable, key=lambda b: outstanding.get(b, 0))

@@ -1,0 +1,104 @@
+"""Affinity routing (runtime/router/affinity.py): the key, the ring's spread and stability, and the
+load bound, as examples and properties."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pixtral_runtime.router import affinity as A
+
+BACKENDS = ("10.88.0.11:8000", "10.88.0.12:8000", "10.88.0.13:8000", "10.88.0.14:8000")
+
+
+def data_url(payload: str, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{payload}"
+
+
+def test_same_images_and_text_give_the_same_key_and_backend():
+    key = A.affinity_key([data_url("AAAA"), data_url("BBBB")], "Describe")
+    assert key == A.affinity_key([data_url("AAAA"), data_url("BBBB")], "Describe")
+    assert A.choose_affine_backend(key, BACKENDS, {}) == A.choose_affine_backend(key, BACKENDS, {})
+
+
+def test_the_key_follows_payloads_their_order_and_the_text():
+    base = A.affinity_key([data_url("AAAA"), data_url("BBBB")], "Describe")
+    assert A.affinity_key([data_url("BBBB"), data_url("AAAA")], "Describe") != base
+    assert A.affinity_key([data_url("AAAA"), data_url("BBBC")], "Describe") != base
+    assert A.affinity_key([data_url("AAAA"), data_url("BBBB")], "Compare") != base
+    # The payload is what the caches see; the declared type is not part of it.
+    assert A.affinity_key([data_url("AAAA", "image/jpeg"), data_url("BBBB")], "Describe") == base
+    # Payload boundaries count: AAAA+BBBB is not AAA+ABBBB.
+    assert A.affinity_key([data_url("AAA"), data_url("ABBBB")], "Describe") != base
+    assert A.affinity_key(["https://images.example/cat.png"], "") != A.affinity_key(["https://images.example/dog.png"], "")
+
+
+def test_text_only_requests_have_no_key():
+    assert A.affinity_key([], "Hello there") is None
+
+
+def test_leading_text_reads_messages_in_order_and_stops_at_the_limit():
+    body = {"messages": [
+        {"role": "system", "content": "You are terse. "},
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+    ]}
+    assert A.leading_text(body) == "You are terse. What is this?"
+    long = {"messages": [{"role": "user", "content": "x" * 5000}, {"role": "user", "content": "tail"}]}
+    assert A.leading_text(long) == "x" * A.LEADING_TEXT_CHARS
+    assert A.leading_text({"messages": [{"role": "user", "content": None}, "not a message"]}) == ""
+
+
+def test_keys_spread_evenly_over_backends():
+    rng = random.Random(7)
+    counts = dict.fromkeys(BACKENDS, 0)
+    for _ in range(20_000):
+        counts[A.choose_affine_backend(rng.getrandbits(64), BACKENDS, {}, epsilon=1e9)] += 1
+    for backend, count in counts.items():
+        assert abs(count / 20_000 - 0.25) <= 0.25 * 0.2, (backend, counts)
+
+
+def test_removing_a_backend_moves_only_its_keys():
+    rng = random.Random(11)
+    keys = [rng.getrandbits(64) for _ in range(5_000)]
+    before = {k: A.choose_affine_backend(k, BACKENDS, {}) for k in keys}
+    remaining = BACKENDS[:3]
+    after = {k: A.choose_affine_backend(k, remaining, {}) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(before[k] == BACKENDS[3] for k in moved)
+    assert all(after[k] == before[k] for k in keys if before[k] != BACKENDS[3])
+
+
+def test_a_hot_key_spills_once_its_backend_is_over_the_bound():
+    key = A.affinity_key([data_url("HOT")], "")
+    home = A.choose_affine_backend(key, BACKENDS, {})
+    outstanding = dict.fromkeys(BACKENDS, 0)
+    placed = []
+    for _ in range(40):
+        backend = A.choose_affine_backend(key, BACKENDS, outstanding, epsilon=0.25)
+        outstanding[backend] += 1
+        placed.append(backend)
+    assert placed[0] == home
+    assert outstanding[home] <= A.capacity(39, len(BACKENDS), 0.25)
+    assert len(set(placed)) > 1
+
+
+def test_excluded_backends_are_skipped_and_none_when_all_are():
+    key = A.affinity_key([data_url("AAAA")], "")
+    home = A.choose_affine_backend(key, BACKENDS, {})
+    assert A.choose_affine_backend(key, BACKENDS, {}, exclude={home}) not in (home, None)
+    assert A.choose_affine_backend(key, BACKENDS, {}, exclude=set(BACKENDS)) is None
+
+
+backend_sets = st.lists(st.from_regex(r"10\.88\.0\.[0-9]{1,3}:8000", fullmatch=True), min_size=1, max_size=8, unique=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(backend_sets, st.integers(0, 2**64 - 1), st.data(), st.floats(0.01, 3))
+def test_the_choice_never_exceeds_the_bound(backends, key, data, epsilon):
+    outstanding = {b: data.draw(st.integers(0, 50)) for b in backends}
+    excluded = set(data.draw(st.lists(st.sampled_from(backends), max_size=len(backends) - 1)))
+    chosen = A.choose_affine_backend(key, backends, outstanding, epsilon, exclude=excluded)
+    usable = [b for b in backends if b not in excluded]
+    assert chosen in usable
+    assert outstanding[chosen] + 1 <= A.capacity(sum(outstanding[b] for b in usable), len(usable), epsilon)
