@@ -175,7 +175,7 @@ def brief(summary: dict) -> str:
             f"{summary['out_tok_per_s']} tok/s TTFT p50 {summary['ttft_p50_ms']} ms p99 {summary['ttft_p99_ms']} ms")
 
 
-async def ab_runs(args: argparse.Namespace, direct: str, router: str, result: dict) -> None:
+async def ab_runs(args: argparse.Namespace, direct: str, router: str, result: dict, outfile: str = "serve_ab.json") -> None:
     auth = {"Authorization": f"Bearer {serve_config.BENCH_API_KEY}"}
     async with load.client_session() as s:
         result["warmup"] = {"direct": await load.warm_up(s, direct, model=MODEL_NAME),
@@ -186,7 +186,8 @@ async def ab_runs(args: argparse.Namespace, direct: str, router: str, result: di
             for rep in range(args.reps):
                 for path, base, headers in (("direct", direct, None), ("router", router, auth)):
                     # Each run needs about n / 15 req/s plus the tail; skip what cannot finish in time.
-                    if elapsed() + n / 12 + 15 > args.deadline - args.drain_reserve:
+                    reserve = args.drain_reserve if args.mode == "serve-ab" else args.replica_reserve
+                    if elapsed() + n / 12 + 15 > args.deadline - reserve:
                         log(f"skipping {path} c{conc} rep {rep}: not enough time left")
                         continue
                     w = load.Workload(concurrency=conc, requests=n, tag=f"ab {path} c{conc} r{rep}")
@@ -195,7 +196,7 @@ async def ab_runs(args: argparse.Namespace, direct: str, router: str, result: di
                     summary.update(path=path, rep=rep, finished_at_s=round(elapsed(), 1))
                     result["runs"].append(summary)
                     log(f"{path}: {brief(summary)}")
-                    save(args, "serve_ab.json", result)
+                    save(args, outfile, result)
 
 
 async def drain_under_load(args: argparse.Namespace, sup: Supervisor) -> dict:
@@ -322,13 +323,23 @@ def replicas(args: argparse.Namespace) -> int:
     result["readiness"] = []
     try:
         # One after the other: vLLM sizes its KV cache from the memory it sees while profiling.
-        for e in engines:
+        for i, e in enumerate(engines):
             e.start()
             ready = e.wait_ready(args.deadline - 90)
             result["readiness"].append(ready)
             log(f"engine {e.vllm}: {ready}")
             if not ready["ready"]:
                 return 1
+            if i == 0 and args.ab_first:
+                # More direct/router pairs on the first engine alone, before the second one starts.
+                ab = {"mode": "serve-ab", "engine_gpu_memory_utilization": args.replica_gpu_memory}
+                result["ab_first"] = ab
+                router_proc, router = start_router(args, [e.vllm], 8079, {})
+                try:
+                    asyncio.run(ab_runs(args, e.vllm, router, ab, outfile="replicas_ab.json"))
+                finally:
+                    router_proc.terminate()
+                    router_proc.wait(10)
         result["startup_log"] = [e.startup_lines() for e in engines]
         save(args, "replicas.json", result)
         extra = json.loads(args.router_extra)
@@ -361,10 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drain-tokens", type=int, default=256)
     ap.add_argument("--drain-timeout", type=float, default=90)
     ap.add_argument("--drain-reserve", type=float, default=75, help="seconds kept for the drain test")
+    ap.add_argument("--ab-first", action="store_true",
+                    help="replicas: run the direct/router A/B (--conc, --requests, --reps) on the first engine first")
     ap.add_argument("--replica-gpu-memory", type=float, default=0.45)
     ap.add_argument("--replica-conc", type=int, default=64)
     ap.add_argument("--replica-requests", type=int, default=384)
-    ap.add_argument("--pools", type=lambda s: [int(x) for x in s.split(",")], default=[0, 16],
+    ap.add_argument("--replica-reserve", type=float, default=200,
+                    help="seconds an --ab-first A/B leaves for the second engine's start and the replica runs")
+    ap.add_argument("--pools", type=lambda s: [int(x) for x in s.split(",")], default=[0, 16, 128],
                     help="image pools per workload: 0 = unique images, N = drawn from N images")
     ap.add_argument("--router-extra", default="{}", help="JSON merged into the router config")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
