@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pixtral_operator.events import Event
+from pixtral_operator.spec import Autoscaling, PixtralSpec
 
 # Decision reasons (CamelCase, shown in status.autoscaler.<track>.reason and in Events).
 SCALE_UP = "ScaleUp"
@@ -43,21 +44,11 @@ STEADY = "Steady"
 
 SCALING_REASONS = frozenset({SCALE_UP, SCALE_FROM_ZERO, SCALE_DOWN_AFTER_WINDOW, ABOVE_MAX, BELOW_MIN})
 
-# Defaults of spec.autoscaling (the CRD carries the same defaults; these cover a spec that was
-# stored before a field existed).
-DEFAULT_MIN_REPLICAS = 1
-DEFAULT_MAX_REPLICAS = 4
-DEFAULT_TARGET_QUEUE_PER_REPLICA = 8
-DEFAULT_SCALE_UP_WINDOW_SECONDS = 0
-DEFAULT_SCALE_DOWN_WINDOW_SECONDS = 300
-DEFAULT_MAX_SCALE_UP_STEP = 4
 # An operator setting, not a spec field: readings further apart than this do not count as one
 # continuous observation (the operator was down, or metrics were missing in between).
 DEFAULT_MAX_READING_GAP_SECONDS = 120.0
-
-
-class PolicyError(ValueError):
-    """spec.autoscaling holds a value the autoscaler cannot work with; the message names the field."""
+# spec.autoscaling's defaults live once, in spec.py (the CRD states them for the API server).
+_SPEC_DEFAULTS = Autoscaling()
 
 
 class StateError(ValueError):
@@ -66,64 +57,30 @@ class StateError(ValueError):
 
 @dataclass(frozen=True)
 class Policy:
-    """The scaling bounds and windows of one track (from spec.autoscaling)."""
+    """The scaling bounds and windows of one track. The CRD guarantees the ranges (minimums, min <=
+    max), so nothing is checked again here."""
 
-    min_replicas: int = DEFAULT_MIN_REPLICAS
-    max_replicas: int = DEFAULT_MAX_REPLICAS
-    target_queue_per_replica: int = DEFAULT_TARGET_QUEUE_PER_REPLICA
-    scale_up_window_seconds: float = DEFAULT_SCALE_UP_WINDOW_SECONDS
-    scale_down_window_seconds: float = DEFAULT_SCALE_DOWN_WINDOW_SECONDS
-    max_scale_up_step: int = DEFAULT_MAX_SCALE_UP_STEP
+    min_replicas: int = _SPEC_DEFAULTS.min_replicas
+    max_replicas: int = _SPEC_DEFAULTS.max_replicas
+    target_queue_per_replica: int = _SPEC_DEFAULTS.target_queue_per_replica
+    scale_up_window_seconds: float = _SPEC_DEFAULTS.scale_up_window_seconds
+    scale_down_window_seconds: float = _SPEC_DEFAULTS.scale_down_window_seconds
+    max_scale_up_step: int = _SPEC_DEFAULTS.max_scale_up_step
     max_reading_gap_seconds: float = DEFAULT_MAX_READING_GAP_SECONDS
 
-    def __post_init__(self) -> None:
-        checks = [
-            ("minReplicas", self.min_replicas, 0),
-            ("maxReplicas", self.max_replicas, 1),
-            ("targetQueuePerReplica", self.target_queue_per_replica, 1),
-            ("scaleUpWindowSeconds", self.scale_up_window_seconds, 0),
-            ("scaleDownWindowSeconds", self.scale_down_window_seconds, 0),
-            ("maxScaleUpStep", self.max_scale_up_step, 1),
-            ("maxReadingGapSeconds", self.max_reading_gap_seconds, 0),
-        ]
-        for name, value, lowest in checks:
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise PolicyError(f"spec.autoscaling.{name} must be a number, got {value!r}")
-            if value < lowest:
-                raise PolicyError(f"spec.autoscaling.{name} must be >= {lowest}, got {value}")
-        for name, value in (
-            ("minReplicas", self.min_replicas),
-            ("maxReplicas", self.max_replicas),
-            ("targetQueuePerReplica", self.target_queue_per_replica),
-            ("maxScaleUpStep", self.max_scale_up_step),
-        ):
-            if not isinstance(value, int):
-                raise PolicyError(f"spec.autoscaling.{name} must be an integer, got {value!r}")
-        if self.min_replicas > self.max_replicas:
-            raise PolicyError(
-                f"spec.autoscaling.minReplicas ({self.min_replicas}) must not exceed "
-                f"maxReplicas ({self.max_replicas})"
-            )
-
     @classmethod
-    def from_spec(cls, autoscaling: dict[str, Any] | None, **overrides: Any) -> Policy:
-        """Build a policy from the CR's ``spec.autoscaling`` dict (missing fields take the defaults).
-
-        ``overrides`` replace single fields, e.g. the canary track's bounds or the operator's
-        ``max_reading_gap_seconds`` setting.
-        """
-        spec = autoscaling or {}
-        if not isinstance(spec, dict):
-            raise PolicyError(f"spec.autoscaling must be an object, got {type(spec).__name__}")
+    def for_track(cls, spec: PixtralSpec, track: str, **overrides: Any) -> Policy:
+        """The policy of one track: stable's spec.autoscaling, with the canary's own bounds for the
+        canary (`PixtralSpec.autoscaling_bounds`). `overrides` set single fields (operator settings)."""
+        a = spec.autoscaling
+        low, high = spec.autoscaling_bounds(track)
         values: dict[str, Any] = {
-            "min_replicas": spec.get("minReplicas", DEFAULT_MIN_REPLICAS),
-            "max_replicas": spec.get("maxReplicas", DEFAULT_MAX_REPLICAS),
-            "target_queue_per_replica": spec.get("targetQueuePerReplica", DEFAULT_TARGET_QUEUE_PER_REPLICA),
-            "scale_up_window_seconds": spec.get("scaleUpWindowSeconds", DEFAULT_SCALE_UP_WINDOW_SECONDS),
-            "scale_down_window_seconds": spec.get(
-                "scaleDownWindowSeconds", DEFAULT_SCALE_DOWN_WINDOW_SECONDS
-            ),
-            "max_scale_up_step": spec.get("maxScaleUpStep", DEFAULT_MAX_SCALE_UP_STEP),
+            "min_replicas": low,
+            "max_replicas": high,
+            "target_queue_per_replica": a.target_queue_per_replica,
+            "scale_up_window_seconds": a.scale_up_window_seconds,
+            "scale_down_window_seconds": a.scale_down_window_seconds,
+            "max_scale_up_step": a.max_scale_up_step,
         }
         values.update(overrides)
         return cls(**values)
@@ -483,7 +440,6 @@ __all__ = [
     "Decision",
     "Event",
     "Policy",
-    "PolicyError",
     "Signal",
     "StateError",
     "TrackState",

@@ -91,8 +91,8 @@ def _initial_replicas(spec: PixtralSpec, track: TrackSpec) -> int:
     it is created with: afterwards the autoscaler owns the field and the reconcile never applies it."""
     if not spec.autoscaling.enabled:
         return track.replicas
-    a = spec.autoscaling
-    return max(a.min_replicas, min(a.max_replicas, track.replicas))
+    low, high = spec.autoscaling_bounds(track.track)
+    return max(low, min(high, track.replicas))
 
 
 def _deployment_state(dep: Mapping[str, Any] | None) -> dict[str, Any]:

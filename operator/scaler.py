@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pixtral_operator import metrics
-from pixtral_operator.autoscaler import Decision, Policy, PolicyError, Signal, StateError, TrackState, decide
+from pixtral_operator.autoscaler import Decision, Policy, Signal, StateError, TrackState, decide
 from pixtral_operator.k8s import Kube
 from pixtral_operator.prometheus import PrometheusClient, read_signal
 from pixtral_operator.render import labels as L
@@ -55,12 +55,8 @@ class Scaler:
         entries: dict[str, Any] = {}
         decisions: dict[str, Decision] = {}
         total_load = 0.0
-        try:
-            policy = Policy.from_spec(dict((body.get("spec") or {}).get("autoscaling") or {}))
-        except PolicyError as error:
-            log.warning("%s/%s: %s", namespace, name, error)
-            return TickResult({}, None)
         for track in spec.tracks():
+            policy = Policy.for_track(spec, track.track)
             dep_name = L.track_deployment_name(name, track.track)
             dep = await asyncio.to_thread(self.kube.get, "apps/v1", "Deployment", namespace, dep_name)
             if dep is None:

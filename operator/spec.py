@@ -73,11 +73,34 @@ class Autoscaling:
     prometheus_query: str | None = None
 
 
+# The defaults of spec.autoscaling, once (the CRD states the same ones for the API server).
+_AUTOSCALING = Autoscaling()
+
+
 @dataclasses.dataclass(frozen=True)
 class Canary:
     weight: int
-    replicas: int
+    replicas: int  # without autoscaling; resolved by canary_replicas()
     sticky_header: str | None
+    min_replicas: int = 0  # the canary's autoscaler bounds; resolved by canary_bounds()
+    max_replicas: int = 1
+
+
+def canary_replicas(weight: int, replicas: int | None) -> int:
+    """Canary pods without autoscaling: `canary.replicas` when set (kept at weight 0 too, for callers
+    pinning the canary with the track header), else one pod while it gets traffic and none at weight 0."""
+    if replicas is not None:
+        return replicas
+    return 1 if weight > 0 else 0
+
+
+def canary_bounds(weight: int, stable_max: int, min_replicas: int | None, max_replicas: int | None) -> tuple[int, int]:
+    """The canary's own autoscaler bounds. Default max: its weight's share of stable's maxReplicas,
+    rounded up, and at least 1, so a pinned request can still wake a canary at weight 0 (the default
+    min is 0: without traffic it holds no GPU)."""
+    low = 0 if min_replicas is None else min_replicas
+    high = max(1, -(-stable_max * weight // 100)) if max_replicas is None else max_replicas
+    return low, max(low, high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +149,13 @@ class PixtralSpec:
 
     def tracks(self) -> list[TrackSpec]:
         return [self.stable] + ([self.canary_track] if self.canary_track else [])
+
+    def autoscaling_bounds(self, track: str) -> tuple[int, int]:
+        """[min, max] replicas of a track while autoscaling is on: spec.autoscaling's for stable, the
+        canary's own for the canary."""
+        if track == "canary" and self.canary is not None:
+            return self.canary.min_replicas, self.canary.max_replicas
+        return self.autoscaling.min_replicas, self.autoscaling.max_replicas
 
     @property
     def images_per_prompt(self) -> int:
@@ -178,12 +208,33 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
         env=tuple(engine.get("env") or ()),
     )
 
+    autoscaling_view = Autoscaling(
+        enabled=bool(autoscaling.get("enabled", _AUTOSCALING.enabled)),
+        min_replicas=int(autoscaling.get("minReplicas", _AUTOSCALING.min_replicas)),
+        max_replicas=int(autoscaling.get("maxReplicas", _AUTOSCALING.max_replicas)),
+        target_queue_per_replica=int(autoscaling.get("targetQueuePerReplica", _AUTOSCALING.target_queue_per_replica)),
+        max_scale_up_step=int(autoscaling.get("maxScaleUpStep", _AUTOSCALING.max_scale_up_step)),
+        scale_up_window_seconds=int(autoscaling.get("scaleUpWindowSeconds", _AUTOSCALING.scale_up_window_seconds)),
+        scale_down_window_seconds=int(
+            autoscaling.get("scaleDownWindowSeconds", _AUTOSCALING.scale_down_window_seconds)
+        ),
+        prometheus_query=autoscaling.get("prometheusQuery"),
+    )
+
     canary = canary_track = None
     if canary_raw is not None:
+        weight = int(canary_raw.get("weight", 0))
+        c_auto = canary_raw.get("autoscaling") or {}
+        low, high = canary_bounds(
+            weight, autoscaling_view.max_replicas, c_auto.get("minReplicas"), c_auto.get("maxReplicas")
+        )
+        raw_replicas = canary_raw.get("replicas")
         canary = Canary(
-            weight=int(canary_raw.get("weight", 0)),
-            replicas=int(canary_raw.get("replicas", 1)),
+            weight=weight,
+            replicas=canary_replicas(weight, None if raw_replicas is None else int(raw_replicas)),
             sticky_header=canary_raw.get("stickyHeader"),
+            min_replicas=int(low),
+            max_replicas=int(high),
         )
         c_model = canary_raw.get("model") or {}
         c_engine = canary_raw.get("engine") or {}
@@ -212,16 +263,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
         gpu_product=resources.get("gpuProduct"),
         cpu=str(resources.get("cpu", "4")),
         memory=str(resources.get("memory", "48Gi")),
-        autoscaling=Autoscaling(
-            enabled=bool(autoscaling.get("enabled", False)),
-            min_replicas=int(autoscaling.get("minReplicas", 1)),
-            max_replicas=int(autoscaling.get("maxReplicas", 4)),
-            target_queue_per_replica=int(autoscaling.get("targetQueuePerReplica", 8)),
-            max_scale_up_step=int(autoscaling.get("maxScaleUpStep", 4)),
-            scale_up_window_seconds=int(autoscaling.get("scaleUpWindowSeconds", 0)),
-            scale_down_window_seconds=int(autoscaling.get("scaleDownWindowSeconds", 300)),
-            prometheus_query=autoscaling.get("prometheusQuery"),
-        ),
+        autoscaling=autoscaling_view,
         router=Router(
             replicas=int(router.get("replicas", 1)),
             image=router.get("image"),

@@ -12,13 +12,13 @@ import pytest
 from pixtral_operator.autoscaler import (
     Decision,
     Policy,
-    PolicyError,
     Signal,
     StateError,
     TrackState,
     decide,
     format_time,
 )
+from pixtral_operator.spec import parse
 
 TICK = 15.0
 T0 = 1_800_000_000.0
@@ -387,32 +387,28 @@ def test_bad_stored_state_names_the_field(data, field):
         TrackState.from_dict(data)
 
 
-def test_policy_from_spec_takes_defaults_and_overrides():
-    policy = Policy.from_spec({"enabled": True, "maxReplicas": 6})
+def test_policy_for_a_track_takes_the_spec_defaults_once():
+    policy = Policy.for_track(parse("d", "ns", {"autoscaling": {"enabled": True, "maxReplicas": 6}}), "stable")
     assert (policy.min_replicas, policy.max_replicas, policy.target_queue_per_replica) == (1, 6, 8)
-    assert (policy.scale_up_window_seconds, policy.scale_down_window_seconds, policy.max_scale_up_step) == (
-        0,
-        300,
-        4,
-    )
-    canary = Policy.from_spec({"maxReplicas": 6}, min_replicas=0, max_replicas=2)
-    assert (canary.min_replicas, canary.max_replicas) == (0, 2)
+    assert (policy.scale_up_window_seconds, policy.scale_down_window_seconds, policy.max_scale_up_step) == (0, 300, 4)
+    assert Policy() == Policy.for_track(parse("d", "ns", {}), "stable")  # one set of defaults
 
 
 @pytest.mark.parametrize(
-    ("spec", "message"),
+    ("canary", "bounds"),
     [
-        ({"minReplicas": 5, "maxReplicas": 2}, "minReplicas \\(5\\) must not exceed maxReplicas \\(2\\)"),
-        ({"targetQueuePerReplica": 0}, "targetQueuePerReplica must be >= 1"),
-        ({"maxReplicas": 0}, "maxReplicas must be >= 1"),
-        ({"maxScaleUpStep": 1.5}, "maxScaleUpStep must be an integer"),
-        ({"minReplicas": True}, "minReplicas must be a number"),
-        ({"scaleDownWindowSeconds": "5m"}, "scaleDownWindowSeconds must be a number"),
+        ({"weight": 20}, (0, 2)),  # the weight's share of maxReplicas 6, rounded up; min 0
+        ({"weight": 100}, (0, 6)),
+        ({"weight": 0}, (0, 1)),  # a pinned request may still wake it, no GPU held without one
+        ({"weight": 20, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}}, (1, 3)),
+        ({"weight": 20, "autoscaling": {"minReplicas": 4}}, (4, 4)),
     ],
 )
-def test_bad_policy_names_the_field(spec, message):
-    with pytest.raises(PolicyError, match=message):
-        Policy.from_spec(spec)
+def test_the_canary_has_its_own_bounds(canary, bounds):
+    spec = parse("d", "ns", {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}, "canary": canary})
+    policy = Policy.for_track(spec, "canary")
+    assert (policy.min_replicas, policy.max_replicas) == bounds
+    assert (Policy.for_track(spec, "stable").min_replicas, Policy.for_track(spec, "stable").max_replicas) == (2, 6)
 
 
 def test_status_entry_has_the_documented_fields():

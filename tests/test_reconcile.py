@@ -96,9 +96,9 @@ def test_canary_added_then_removed():
     assert out.status["canary"]["phase"] == "None"
 
 
-def test_servicemonitor_when_crd_exists():
-    kube = FakeKube(nodes=NODES, kinds={("monitoring.coreos.com/v1", "ServiceMonitor")})
-    reconcile(pxd(), kube, SETTINGS, now="t0")
+def test_servicemonitor_in_its_monitoring_mode():
+    kube = FakeKube(nodes=NODES)
+    reconcile(pxd(), kube, OperatorSettings(monitoring="servicemonitor"), now="t0")
     assert ("ServiceMonitor", "demo-runtime") in kube.kinds_named()
 
 
@@ -349,3 +349,21 @@ def test_a_refused_apply_is_a_condition_naming_the_child_and_the_servers_message
     again = reconcile(feed_status(kube, pxd()), kube, SETTINGS, now="t1")
     assert not again.retry and find(again.status["conditions"], "Degraded")["status"] == "False"
     assert ("Deployment", "demo-router") in kube.kinds_named()
+
+
+# --- canary replicas
+
+
+@pytest.mark.parametrize(
+    ("canary", "pods"),
+    [
+        ({"weight": 20}, 1),
+        ({"weight": 20, "replicas": 3}, 3),  # canary.replicas honoured
+        ({"weight": 0}, 0),  # no traffic, no GPU
+        ({"weight": 0, "replicas": 1}, 1),  # kept for callers that pin the canary
+    ],
+)
+def test_canary_replicas_without_autoscaling(canary, pods):
+    kube = FakeKube(nodes=NODES)
+    reconcile(pxd(spec={"canary": {**canary, "engine": {"image": "r:2"}}}), kube, SETTINGS, now="t0")
+    assert kube.get("apps/v1", "Deployment", "team", "demo-canary")["spec"]["replicas"] == pods

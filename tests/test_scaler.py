@@ -126,3 +126,31 @@ async def test_track_replicas_gauge_follows_the_tick_and_goes_with_the_object():
     assert track_replicas("desired") == 3 and track_replicas("ready") == 1
     scaler.forget("team", "demo")
     assert track_replicas("desired") is None and track_replicas("ready") is None
+
+
+async def test_the_canary_scales_within_its_own_bounds_and_the_stable_within_its():
+    spec = {**SPEC, "canary": {"weight": 20, "engine": {"image": "r:2"}}}  # canary bounds [0, ceil(3 * 0.2)] = [0, 1]
+    kube, body = setup(spec)
+    canary = kube.get("apps/v1", "Deployment", "team", "demo-canary")
+    assert canary["spec"]["replicas"] == 1  # created inside its own bounds
+    prom = CannedPrometheus()
+    prom.load = 50
+    result = await Scaler(kube, prom).tick(body, now=prom.now)
+    assert replicas(kube) == 3 and result.decisions["stable"].reason == "ScaleUp"
+    assert kube.get("apps/v1", "Deployment", "team", "demo-canary")["spec"]["replicas"] == 1
+    assert result.decisions["canary"].reason == "AtMax"
+    # The reconcile that follows leaves both counts to the autoscaler.
+    reconcile(pxd(spec=spec), kube, OperatorSettings(), now="t1")
+    assert replicas(kube) == 3
+
+
+async def test_a_weight_zero_canary_holds_no_pod_until_a_pinned_request_wakes_it():
+    spec = {**SPEC, "canary": {"weight": 0, "engine": {"image": "r:2"}}}
+    kube, body = setup(spec)
+    assert kube.get("apps/v1", "Deployment", "team", "demo-canary")["spec"]["replicas"] == 0
+    prom = CannedPrometheus()
+    prom.pods = 0
+    prom.pending = 1  # a request pinned to the canary waits at the router
+    result = await Scaler(kube, prom).tick(body, now=prom.now)
+    assert result.decisions["canary"].reason == "ScaleFromZero"
+    assert kube.get("apps/v1", "Deployment", "team", "demo-canary")["spec"]["replicas"] == 1
