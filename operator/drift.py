@@ -14,11 +14,15 @@ from typing import Any
 
 def covers(desired: Any, live: Any) -> bool:
     """True when `live` holds every field of `desired` with the same value. Lists must have the same
-    length and each element must cover (the operator renders whole lists: env, ports, volumes)."""
+    length and each element must cover (the operator renders whole lists: env, ports, volumes). A
+    field the API server leaves out because it holds its zero value (Go's `omitempty` on a plain
+    bool, number or string, e.g. a Service's `publishNotReadyAddresses: false`) is no drift."""
     if isinstance(desired, Mapping):
         if not isinstance(live, Mapping):
             return False
-        return all(key in live and covers(value, live[key]) for key, value in desired.items())
+        return all(
+            covers(value, live[key]) if key in live else _is_zero(value) for key, value in desired.items()
+        )
     if isinstance(desired, list | tuple):
         if not isinstance(live, list | tuple) or len(desired) != len(live):
             return False
@@ -26,6 +30,12 @@ def covers(desired: Any, live: Any) -> bool:
     if isinstance(desired, bool) or isinstance(live, bool):
         return desired is live
     return desired == live
+
+
+def _is_zero(value: Any) -> bool:
+    return value is None or value is False or (not isinstance(value, bool) and value in (0, "")) or (
+        isinstance(value, list | tuple | Mapping) and len(value) == 0
+    )
 
 
 def controlled_by(live: Mapping[str, Any], owner_uid: str) -> bool:
