@@ -306,3 +306,21 @@ async def test_stale_pooled_connections_do_not_eject_the_only_backend() -> None:
         server.close()
         await server.wait_closed()
     assert answered == 10
+
+
+# ---- item 10: limits for the deployment, not per replica ---------------------------------------
+
+async def test_two_router_replicas_together_hold_a_tenant_to_its_limit() -> None:
+    async with Recorder() as up:
+        cfg = config(up.url, tenancy={"defaultLimits": {"requestsPerMinute": 6, "maxConcurrent": 0}})
+        async with router(cfg) as first, router(cfg) as second:
+            for client in (first, second):
+                client.app.state.set_router_replicas(2)  # what each learns from the router Service's endpoints
+            codes = []
+            for i in range(12):  # the Service spreads requests over both
+                r = await (first, second)[i % 2].post("/v1/chat/completions", json=chat(), headers=AUTH)
+                codes.append(r.status_code)
+            assert codes.count(200) == 6 and codes.count(429) == 6
+            metrics = (await first.get(first.metrics_url)).text
+            assert "pixtral_router_limit_replicas 2.0" in metrics
+    assert len(up.requests) == 6

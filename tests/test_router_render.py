@@ -62,3 +62,12 @@ def test_the_body_budget_is_sized_from_the_containers_memory_limit() -> None:
     (memory,) = [e for e in container["env"] if e["name"] == "PIXTRAL_ROUTER_MEMORY_LIMIT_BYTES"]
     assert memory["valueFrom"]["resourceFieldRef"] == {"containerName": "router", "resource": "limits.memory"}
     assert container["resources"]["limits"]["memory"]
+
+
+def test_the_config_names_the_router_service_whose_endpoints_share_the_limits() -> None:
+    from pixtral_operator.render.router import router_config, router_service
+    from pixtral_runtime.router.config import parse_config
+
+    spec = parse("demo", "team", {})
+    config = parse_config(router_config(spec))
+    assert config.router_service == router_service(spec)["metadata"]["name"]

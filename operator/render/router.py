@@ -62,6 +62,8 @@ def router_config(spec: PixtralSpec) -> dict[str, Any]:
         "tenancy": tenancy,
         "requestTimeoutSeconds": spec.router.request_timeout_seconds,
         "pendingTimeoutSeconds": spec.router.pending_timeout_seconds,
+        # Its ready endpoints are the replicas that share each tenant's limits (docs/router.md, "Limits").
+        "routerService": router_service(spec)["metadata"]["name"],
     }
 
 

@@ -70,6 +70,8 @@ class RouterConfig:
     tenancy: TenancyPolicy = TenancyPolicy()
     request_timeout_seconds: float = 600.0
     pending_timeout_seconds: float = 120.0
+    # The router's own Service: its ready endpoints are the replicas that share each tenant's limits.
+    router_service: str | None = None
     # Static mode only (local use, tests): track -> base URLs, and tenant -> API key.
     backends: dict[str, tuple[str, ...]] | None = None
     api_keys: dict[str, str] | None = None
@@ -237,6 +239,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
         tenancy=tenancy,
         request_timeout_seconds=_number(data, "requestTimeoutSeconds", where, 600.0, minimum=0.001),
         pending_timeout_seconds=_number(data, "pendingTimeoutSeconds", where, 120.0, minimum=0.0),
+        router_service=_str(data, "routerService", where, None),
         backends=backends,
         api_keys=api_keys,
     )
@@ -245,7 +248,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
 KNOWN_TOP_LEVEL = frozenset(
     {
         "deployment", "servedModelName", "tracks", "canary", "overrideHeader", "admission", "tenancy",
-        "requestTimeoutSeconds", "pendingTimeoutSeconds", "backends", "apiKeys",
+        "requestTimeoutSeconds", "pendingTimeoutSeconds", "routerService", "backends", "apiKeys",
     }
 )
 

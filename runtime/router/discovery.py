@@ -113,6 +113,17 @@ def api_keys_from_files(directory: str) -> dict[str, str]:
     return keys
 
 
+def ready_endpoint_count(slices: Iterable[Mapping[str, Any]]) -> int:
+    """Ready endpoints (distinct addresses) across a Service's EndpointSlices."""
+    addresses = set()
+    for endpoint_slice in slices:
+        for endpoint in endpoint_slice.get("endpoints") or ():
+            if (endpoint.get("conditions") or {}).get("ready") is False or not endpoint.get("addresses"):
+                continue
+            addresses.add(endpoint["addresses"][0])
+    return len(addresses)
+
+
 # ---- the watch threads -----------------------------------------------------------------------------
 def backoff_seconds(failures: int, rng: random.Random) -> float:
     """Delay before the next list after `failures` failures in a row: doubling from 1 s up to
@@ -243,6 +254,7 @@ class KubernetesDiscovery:
         self._config_watch: _WatchThread | None = None
         self._secret: tuple[str | None, _WatchThread | _KeyFilesWatch | None] = (None, None)
         self._slices: dict[str, tuple[str, _WatchThread]] = {}
+        self._router_slices: tuple[str, _WatchThread] | None = None
 
     async def start(self) -> None:
         from kubernetes import client, config
@@ -263,7 +275,8 @@ class KubernetesDiscovery:
         self._config_watch.start()
 
     async def stop(self) -> None:
-        watches = [self._config_watch, self._secret[1], *(w for _, w in self._slices.values())]
+        watches = [self._config_watch, self._secret[1], *(w for _, w in self._slices.values()),
+                   self._router_slices[1] if self._router_slices else None]
         for w in watches:
             if w is not None:
                 w.stop()
@@ -289,6 +302,7 @@ class KubernetesDiscovery:
         self.state.apply_config(config)
         self._sync_secret_watch(config)
         self._sync_slice_watches(config)
+        self._sync_router_watch(config)
 
     def _sync_secret_watch(self, config: RouterConfig) -> None:
         wanted = config.tenancy.api_keys_secret
@@ -330,6 +344,30 @@ class KubernetesDiscovery:
         if secret is None:
             log.warning("API key Secret %s/%s not found: every request is refused until it exists",
                         self.namespace, name)
+
+    def _sync_router_watch(self, config: RouterConfig) -> None:
+        service = config.router_service
+        if self._router_slices is not None and self._router_slices[0] == service:
+            return
+        if self._router_slices is not None:
+            self._router_slices[1].stop()
+            self._router_slices = None
+        if service is None:
+            self.state.set_router_replicas(1)
+            return
+        watcher = _WatchThread(
+            f"endpointslices/{service}", self._discovery.list_namespaced_endpoint_slice,
+            {"namespace": self.namespace, "label_selector": f"{SERVICE_NAME_LABEL}={service}"},
+            self._threadsafe(lambda objs, svc=service: self._on_router_slices(svc, objs)),
+            self._api_client.sanitize_for_serialization,
+        )
+        self._router_slices = (service, watcher)
+        watcher.start()
+
+    def _on_router_slices(self, service: str, objects: dict[str, dict]) -> None:
+        if self._router_slices is None or self._router_slices[0] != service:
+            return
+        self.state.set_router_replicas(ready_endpoint_count(objects.values()))
 
     def _sync_slice_watches(self, config: RouterConfig) -> None:
         for track in (STABLE, CANARY):

@@ -117,6 +117,11 @@ class RouterMetrics:
         self.ready_backends = Gauge(
             "pixtral_router_ready_backends", "Ready backends known to the router, by track.", ["track"], registry=r
         )
+        self.router_replicas = Gauge(
+            "pixtral_router_limit_replicas",
+            "Ready router replicas this one shares each tenant's limits with (itself included).", registry=r,
+        )
+        self.router_replicas.set(1)
         self.config_loaded = Gauge(
             "pixtral_router_config_loaded", "1 once a valid configuration is loaded.", registry=r
         )

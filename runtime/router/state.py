@@ -110,6 +110,12 @@ class RouterState:
             # A count only: neither keys nor their tenants' names reach the log.
             log.info("API keys applied for %d tenant(s)", len(self.api_keys))
 
+    def set_router_replicas(self, replicas: int) -> None:
+        """Ready replicas of this router (its Service's endpoints): each enforces its share of the limits."""
+        if self.limiter is not None:
+            self.limiter.set_replicas(replicas)
+        self.metrics.router_replicas.set(max(1, replicas))
+
     def set_backends(self, track: str, backends: Sequence[str]) -> None:
         self.pool.set_track(track, backends)
         self._export_ready()

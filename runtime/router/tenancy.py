@@ -56,6 +56,23 @@ class Authenticator:
         return entry[0]
 
 
+def replica_share(limits: Limits, replicas: int) -> Limits:
+    """One router replica's part of a tenant's limits when `replicas` share the traffic.
+
+    Limits hold for the PixtralDeployment, not per replica: each of N ready replicas enforces
+    1/N of them (rounded up, at least 1), so a tenant spread over all replicas gets its limit in
+    total. The Service spreads connections, not tenants, so a tenant whose traffic lands unevenly
+    may be refused a little before its total (docs/router.md, "Limits").
+    """
+    if replicas <= 1:
+        return limits
+
+    def part(value: int) -> int:
+        return max(1, math.ceil(value / replicas)) if value else 0
+
+    return Limits(requests_per_minute=part(limits.requests_per_minute), max_concurrent=part(limits.max_concurrent))
+
+
 class _Bucket:
     __slots__ = ("tokens", "updated", "in_flight")
 
@@ -77,12 +94,26 @@ class TenantLimiter:
         self._policy = policy
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
+        self._replicas = 1
+        self._shares: dict[str, Limits] = {}
 
     def set_policy(self, policy: TenancyPolicy) -> None:
         self._policy = policy
+        self._shares = {}
+
+    def set_replicas(self, replicas: int) -> None:
+        """Ready router replicas sharing the limits (1 when unknown or none are ready yet)."""
+        replicas = max(1, replicas)
+        if replicas != self._replicas:
+            self._replicas = replicas
+            self._shares = {}
 
     def limits_for(self, tenant: str) -> Limits:
-        return self._policy.limits_for(tenant)
+        """This replica's part of the tenant's limits."""
+        share = self._shares.get(tenant)
+        if share is None:
+            share = self._shares[tenant] = replica_share(self._policy.limits_for(tenant), self._replicas)
+        return share
 
     def acquire(self, tenant: str) -> None:
         """Take a token and a concurrency slot at once (`take_token` + `enter`); pair with release()."""
@@ -98,7 +129,7 @@ class TenantLimiter:
 
     def check_slot(self, tenant: str) -> None:
         """Raise RateLimited when the tenant has no concurrency slot free (nothing is taken)."""
-        limits = self._policy.limits_for(tenant)
+        limits = self.limits_for(tenant)
         bucket = self._bucket(tenant, limits)
         if limits.max_concurrent and bucket.in_flight >= limits.max_concurrent:
             raise RateLimited(
@@ -109,7 +140,7 @@ class TenantLimiter:
 
     def take_token(self, tenant: str) -> None:
         """One request of the tenant's requests-per-minute, or RateLimited with a Retry-After."""
-        limits = self._policy.limits_for(tenant)
+        limits = self.limits_for(tenant)
         bucket = self._bucket(tenant, limits)
         capacity = float(limits.requests_per_minute)
         if capacity:
