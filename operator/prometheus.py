@@ -32,13 +32,13 @@ from typing import Any
 
 import httpx
 from pixtral_operator.autoscaler import Signal
+from pixtral_operator.spec import TRACKS
 
 ENGINE_WAITING_METRIC = "vllm:num_requests_waiting"
 ENGINE_RUNNING_METRIC = "vllm:num_requests_running"
 ROUTER_PENDING_METRIC = "pixtral_router_pending_requests"
 ROUTER_FALLBACK_METRIC = "pixtral_router_fallback_requests"
 
-TRACKS = ("stable", "canary")
 PLACEHOLDERS = ("namespace", "deployment", "track")
 DEFAULT_TIMEOUT_SECONDS = 5.0
 # Samples older than this (seconds) are stale: a few scrape intervals, well under Prometheus'
