@@ -97,3 +97,22 @@ def test_a_refused_apply_raises_a_temporary_error_with_backoff_after_reporting_i
     assert any(e["reason"] == "ApplyFailed" and e["type"] == "Warning" for e in posted_events)
     degraded = next(c for c in kube.statuses[("team", "demo")]["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "ApplyFailed"
+
+
+def degraded_gauge(name):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("pixtral_operator_degraded", {"namespace": "team", "name": name})
+
+
+def test_a_deleted_object_leaves_no_degraded_gauge():
+    from pixtral_operator.scaler import Scaler
+
+    kube = FakeKube(nodes=[gpu_node("gpu-0")])
+    inflight = InFlight()
+    handlers.run_reconcile(pxd(name="gone", spec={"router": {"apiKeysSecretRef": {"name": "missing"}}}), kube,
+                           SETTINGS, inflight)
+    assert degraded_gauge("gone") == 1
+    handlers.forget_object("team", "gone", Scaler(kube, None), inflight)
+    assert degraded_gauge("gone") is None
+    handlers.forget_object("team", "gone", Scaler(kube, None), inflight)  # twice is fine

@@ -57,6 +57,15 @@ def run_reconcile(
     return outcome
 
 
+def forget_object(namespace: str, name: str, scaler: Scaler, inflight: InFlight) -> None:
+    """A deleted PixtralDeployment leaves nothing behind in the operator: autoscaler memory and
+    gauges, its lock, and its Degraded gauge (whose alert would otherwise fire forever)."""
+    scaler.forget(namespace, name)
+    inflight.forget((namespace, name))
+    with contextlib.suppress(KeyError):
+        metrics.DEGRADED.remove(namespace, name)
+
+
 def _plain(body: Any) -> dict[str, Any]:
     """kopf's Body is a read-only view; reconcile() wants plain dicts."""
     return {
@@ -121,9 +130,4 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
 
     @kopf.on.delete(**resource, id="forget", optional=True)
     def forget(body: kopf.Body, **_: Any) -> None:
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        scaler.forget(namespace, name)
-        inflight.forget((namespace, name))
-        # A deleted object's Degraded gauge would keep its alert firing.
-        with contextlib.suppress(KeyError):
-            metrics.DEGRADED.remove(namespace, name)
+        forget_object(body["metadata"]["namespace"], body["metadata"]["name"], scaler, inflight)
