@@ -223,13 +223,7 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
             log.warning("%s/%s: %s", namespace, name, p.message)
     else:
         replicas = {t.track: _initial_replicas(spec, t) for t in spec.tracks()}
-        children = desired_children(
-            spec,
-            settings,
-            owner_of(body),
-            replicas,
-            service_monitor_available=kube.kind_exists("monitoring.coreos.com/v1", "ServiceMonitor"),
-        )
+        children = desired_children(spec, settings, owner_of(body), replicas)
         by_name = {dep_name: part for part, dep_name in deployment_names.items()}
         live = {
             (c["kind"], c["metadata"]["name"]): live_deps[by_name[c["metadata"]["name"]]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 
 from pixtral_operator._version import __version__
@@ -27,6 +28,33 @@ _FALSE = ("", "0", "false", "no", "off")
 
 class SettingsError(ValueError):
     """An operator setting with a value it cannot take; the message names the variable."""
+
+
+# How Prometheus finds the runtime and router pods (docs/settings.md#monitoring): pod annotations for a
+# `kubernetes_sd` scrape config, or one Prometheus Operator PodMonitor per PixtralDeployment. Never
+# both, since a Prometheus that honours annotations and selects the PodMonitor would scrape twice.
+MONITORING_MODES = ("annotations", "podmonitor")
+_LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def _monitoring(env: Mapping[str, str]) -> str:
+    value = env.get("PIXTRAL_MONITORING", "annotations").strip().lower() or "annotations"
+    if value not in MONITORING_MODES:
+        raise SettingsError(f"PIXTRAL_MONITORING={env['PIXTRAL_MONITORING']!r}: expected one of {', '.join(MONITORING_MODES)}")
+    return value
+
+
+def _labels(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """`key=value,key2=value2` -> pairs, each a valid Kubernetes label."""
+    out = []
+    for item in _names(env.get(name, "")):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not _LABEL_NAME.match(key) or len(key.rpartition("/")[0]) > 253 or not _LABEL_VALUE.match(value):
+            raise SettingsError(f"{name}: {item!r} is not a Kubernetes label key=value (e.g. release=kube-prometheus-stack)")
+        out.append((key, value))
+    return tuple(out)
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -58,6 +86,9 @@ class OperatorSettings:
     # False: a GPU capacity finding is advisory (operator/capacity.py), so node pools that scale from
     # zero see pending pods; True: it refuses the spec.
     strict_gpu_check: bool = False
+    monitoring: str = "annotations"
+    # Extra labels on the PodMonitor: what the Prometheus resource's podMonitorSelector asks for.
+    monitor_labels: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -78,4 +109,6 @@ class OperatorSettings:
             resync_seconds=float(env.get("PIXTRAL_RESYNC_SECONDS", "5")),
             autoscale_seconds=float(env.get("PIXTRAL_AUTOSCALE_SECONDS", "2")),
             strict_gpu_check=_flag(env, "PIXTRAL_STRICT_GPU_CHECK", False),
+            monitoring=_monitoring(env),
+            monitor_labels=_labels(env, "PIXTRAL_MONITOR_LABELS"),
         )

@@ -27,7 +27,7 @@ RESOURCES = {
     "NetworkPolicy": "networkpolicies",
     "Role": "roles",
     "RoleBinding": "rolebindings",
-    "ServiceMonitor": "servicemonitors",
+    "PodMonitor": "podmonitors",
     "PixtralDeployment": "pixtraldeployments",
 }
 

@@ -53,7 +53,7 @@ NAMESPACED_PERMISSIONS = {
     ("", "secrets"): {"get"},
     ("", "persistentvolumeclaims"): {"get"},
     ("", "events"): {"create"},
-    ("monitoring.coreos.com", "servicemonitors"): APPLY,
+    ("monitoring.coreos.com", "podmonitors"): APPLY,
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
 }
 CLUSTER_PERMISSIONS = {
@@ -348,6 +348,9 @@ def test_default_render(render):
         "PIXTRAL_RUNTIME_IMAGE": "ghcr.io/pixtral-operator/pixtral-runtime:0.1.0",
         "PIXTRAL_ROUTER_IMAGE": "ghcr.io/pixtral-operator/pixtral-router:0.1.0",
         "PIXTRAL_METRICS_FROM_NAMESPACES": "monitoring",
+        "PIXTRAL_STRICT_GPU_CHECK": "false",
+        "PIXTRAL_MONITORING": "annotations",
+        "PIXTRAL_MONITOR_LABELS": "",
         "PIXTRAL_PEERING": "",
         "PIXTRAL_LOG_LEVEL": "INFO",
         "PIXTRAL_HEALTH_PORT": "8080",
@@ -480,6 +483,9 @@ def test_every_option_reaches_the_objects(render):
         "PIXTRAL_RUNTIME_IMAGE": "registry.example.com/platform/pixtral-runtime:0.1.0-rc1",
         "PIXTRAL_ROUTER_IMAGE": "registry.example.com/platform/pixtral-router:0.1.0-rc1",
         "PIXTRAL_METRICS_FROM_NAMESPACES": "observability,openshift-monitoring",
+        "PIXTRAL_STRICT_GPU_CHECK": "true",
+        "PIXTRAL_MONITORING": "podmonitor",
+        "PIXTRAL_MONITOR_LABELS": "example.com/team=ml,release=kube-prometheus-stack",
         "PIXTRAL_PEERING": "pixtral-ha",
         "PIXTRAL_LOG_LEVEL": "DEBUG",
         "PIXTRAL_HEALTH_PORT": "8181",
@@ -525,6 +531,8 @@ def test_metrics_service_can_be_turned_off(render):
         (("serviceMonitor.enabled=true", "metrics.service.enabled=false"),
          "serviceMonitor.enabled needs metrics.service.enabled"),
         (("serviceAccount.create=false",), "serviceAccount.name is required when serviceAccount.create is false"),
+        (("workloadMonitoring.mode=both",), "'/workloadMonitoring/mode': value must be one of"),
+        (("workloadMonitoring.labels.release=not valid",), "'/workloadMonitoring/labels/release'"),
     ],
 )
 def test_helm_refuses_bad_values_naming_them(helm, set_values, expected_in_error):

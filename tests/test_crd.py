@@ -111,7 +111,7 @@ EVERY_CHILD = {  # a spec that renders every kind of child
 
 def _children(name, raw):
     spec = parse(name, "team", raw)
-    return desired_children(spec, OperatorSettings(), OWNER, {"stable": 1, "canary": 1}, service_monitor_available=True)
+    return desired_children(spec, OperatorSettings(monitoring="podmonitor"), OWNER, {"stable": 1, "canary": 1})
 
 
 def _root_rules():

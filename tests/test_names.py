@@ -12,7 +12,7 @@ OWNER = {"apiVersion": "serving.pixtral.dev/v1alpha1", "kind": "PixtralDeploymen
 
 def children_of(name: str) -> set[tuple[str, str]]:
     spec = parse(name, "team", {"canary": {"weight": 10}})
-    objs = desired_children(spec, OperatorSettings(), OWNER, {"stable": 1, "canary": 1}, service_monitor_available=True)
+    objs = desired_children(spec, OperatorSettings(monitoring="podmonitor"), OWNER, {"stable": 1, "canary": 1})
     return {(o["kind"], o["metadata"]["name"]) for o in objs}
 
 

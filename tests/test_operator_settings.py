@@ -36,3 +36,20 @@ def test_strict_gpu_check_is_off_by_default_and_parsed_as_a_flag():
 def test_a_flag_that_is_not_a_boolean_names_the_variable():
     with pytest.raises(S.SettingsError, match="PIXTRAL_STRICT_GPU_CHECK='maybe'"):
         OperatorSettings.from_env({"PIXTRAL_STRICT_GPU_CHECK": "maybe"})
+
+
+def test_monitoring_mode_defaults_to_annotations_and_refuses_unknown_modes():
+    assert OperatorSettings.from_env({}).monitoring == "annotations"
+    assert OperatorSettings.from_env({"PIXTRAL_MONITORING": "PodMonitor"}).monitoring == "podmonitor"
+    for bad in ("both", "servicemonitor"):
+        with pytest.raises(S.SettingsError, match=f"PIXTRAL_MONITORING='{bad}'.*annotations, podmonitor"):
+            OperatorSettings.from_env({"PIXTRAL_MONITORING": bad})
+
+
+def test_monitor_labels_are_parsed_and_checked():
+    s = OperatorSettings.from_env({"PIXTRAL_MONITOR_LABELS": "release=kube-prometheus-stack, example.com/team=ml,empty="})
+    assert s.monitor_labels == (("release", "kube-prometheus-stack"), ("example.com/team", "ml"), ("empty", ""))
+    assert OperatorSettings.from_env({}).monitor_labels == ()
+    for bad in ("release", "bad key=x", "k=not valid", "-k=v"):
+        with pytest.raises(S.SettingsError, match="PIXTRAL_MONITOR_LABELS"):
+            OperatorSettings.from_env({"PIXTRAL_MONITOR_LABELS": bad})

@@ -40,6 +40,8 @@ def everything_the_operator_does() -> set[tuple[str, str, str]]:
     }
     body = pxd(spec=spec)
     reconcile(body, kube, SETTINGS, now="t0")  # creates every child
+    # The PodMonitor of the podmonitor mode.
+    reconcile(pxd(name="monitored", spec=spec), kube, OperatorSettings(monitoring="podmonitor"), now="t0")
     reconcile(pxd(spec={**spec, "router": {"apiKeysSecretRef": {"name": "keys"}, "replicas": 2}}, generation=2),
               kube, SETTINGS, now="t1")  # updates one
     no_canary = {k: v for k, v in spec.items() if k != "canary"}

@@ -32,7 +32,7 @@ def test_first_reconcile_creates_children_and_status():
     out = reconcile(pxd(), kube, SETTINGS, now="2026-01-01T00:00:00Z")
     kinds = {k for k, _ in kube.kinds_named()}
     assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "PodDisruptionBudget"} <= kinds
-    assert ("ServiceMonitor", "demo-runtime") not in kube.kinds_named()
+    assert ("PodMonitor", "demo-runtime") not in kube.kinds_named()
     assert out.status["observedGeneration"] == 1
     assert out.status["endpoint"] == "http://demo-router.team.svc:80/v1"
     assert out.status["selector"] == "app.kubernetes.io/component=runtime,serving.pixtral.dev/deployment=demo,serving.pixtral.dev/track=stable"
@@ -96,10 +96,10 @@ def test_canary_added_then_removed():
     assert out.status["canary"]["phase"] == "None"
 
 
-def test_servicemonitor_in_its_monitoring_mode():
+def test_podmonitor_in_its_monitoring_mode():
     kube = FakeKube(nodes=NODES)
-    reconcile(pxd(), kube, OperatorSettings(monitoring="servicemonitor"), now="t0")
-    assert ("ServiceMonitor", "demo-runtime") in kube.kinds_named()
+    reconcile(pxd(), kube, OperatorSettings(monitoring="podmonitor"), now="t0")
+    assert ("PodMonitor", "demo-runtime") in kube.kinds_named()
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Renderers: kinds, names, labels, owner references, GPU requests and the vLLM-relevant settings."""
 
+import dataclasses
 import json
 
 from pixtral_operator.render import desired_children, obsolete_children, spec_hash
@@ -16,10 +17,13 @@ OWNER = {
 }
 
 
-def render(spec=None, replicas=None, **kw):
+POD_MONITOR = dataclasses.replace(SETTINGS, monitoring="podmonitor")
+
+
+def render(spec=None, replicas=None, settings=SETTINGS):
     s = parse("demo", "team", spec or {})
     reps = replicas or {t.track: t.replicas for t in s.tracks()}
-    return {(o["kind"], o["metadata"]["name"]): o for o in desired_children(s, SETTINGS, OWNER, reps, **kw)}
+    return {(o["kind"], o["metadata"]["name"]): o for o in desired_children(s, settings, OWNER, reps)}
 
 
 def env_of(container):
@@ -43,7 +47,7 @@ def test_children_kinds_and_names():
 
 
 def test_every_child_is_owned_labelled_and_hashed():
-    for obj in render({"canary": {"weight": 10, "engine": {"image": "x:2"}}}, service_monitor_available=True).values():
+    for obj in render({"canary": {"weight": 10, "engine": {"image": "x:2"}}}, settings=POD_MONITOR).values():
         meta = obj["metadata"]
         assert meta["namespace"] == "team"
         assert meta["ownerReferences"] == [
@@ -194,9 +198,9 @@ def test_router_config_defaults_match_settings_doc():
     assert "apiKeysSecret" not in config["tenancy"]
 
 
-def test_service_monitor_only_when_available():
-    assert ("ServiceMonitor", "demo-runtime") not in render()
-    assert ("ServiceMonitor", "demo-runtime") in render(service_monitor_available=True)
+def test_monitor_object_only_in_its_mode():
+    assert not {k for k in render() if k[0].endswith("Monitor")}
+    assert ("PodMonitor", "demo-runtime") in render(settings=POD_MONITOR)
 
 
 def test_hash_is_stable_and_sensitive():
@@ -207,3 +211,136 @@ def test_hash_is_stable_and_sensitive():
     assert a["metadata"]["annotations"][h] == b["metadata"]["annotations"][h]
     assert a["metadata"]["annotations"][h] != c["metadata"]["annotations"][h]
     assert spec_hash({"a": 1, "b": 2}) == spec_hash({"b": 2, "a": 1})
+
+
+# --- the Prometheus Operator path: the PodMonitor's relabelings give the samples exactly the labels
+# the default autoscaler queries select (operator/prometheus.py)
+
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+from pixtral_operator import prometheus as P  # noqa: E402
+from pixtral_operator.render import policy  # noqa: E402
+
+
+def _relabel(labels, rules):
+    """Prometheus' `keep` and `replace` actions (regex (.*) and $1 by default; a label whose new value
+    is empty is dropped). None: the target is dropped."""
+    labels = dict(labels)
+    for rule in rules:
+        value = ";".join(labels.get(name, "") for name in rule["sourceLabels"])
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if rule["action"] == "keep":
+            if not match:
+                return None
+            continue
+        assert rule["action"] == "replace"
+        if match:
+            result = match.expand(rule.get("replacement", "$1").replace("$1", r"\1"))
+            if result:
+                labels[rule["targetLabel"]] = result
+            else:
+                labels.pop(rule["targetLabel"], None)
+    return labels
+
+
+def _targets(monitor, pod_template):
+    """The target labels of one pod, per endpoint that scrapes it: what the Prometheus Operator always
+    sets (namespace, pod, job, instance, container), then the endpoint's relabelings; `__` labels are
+    dropped after relabeling. An endpoint scrapes only pods with a container port of its name."""
+    ports = {p["name"]: p["containerPort"] for c in pod_template["spec"]["containers"] for p in c["ports"]}
+    meta = {policy.prometheus_pod_label(k): v for k, v in pod_template["metadata"]["labels"].items()}
+    meta |= {"namespace": "team", "pod": "pod-0", "job": "team/demo-runtime", "container": "c"}
+    out = []
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        if endpoint["port"] not in ports:
+            continue
+        labels = _relabel({**meta, "instance": f"10.0.0.1:{ports[endpoint['port']]}"}, endpoint["relabelings"])
+        if labels is not None:
+            out.append(({k: v for k, v in labels.items() if not k.startswith("__")}, ports[endpoint["port"]]))
+    return out
+
+
+def _scraped(series, target):
+    """honor_labels false: a series label the target also has moves to exported_<name>."""
+    out = dict(target)
+    for name, value in series.items():
+        out[f"exported_{name}" if name in target else name] = value
+    return out
+
+
+def _matchers(query):
+    """label -> (op, value) of a query's first selector."""
+    selector = re.search(r"\{([^}]*)\}", query).group(1)
+    return {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(r'(\w+)(=~|=)"([^"]*)"', selector)}
+
+
+def _selects(matchers, labels):
+    for name, (op, value) in matchers.items():
+        if name == "__name__":
+            continue
+        have = labels.get(name, "")
+        if (op == "=" and have != value) or (op == "=~" and not re.fullmatch(value, have)):
+            return False
+    return True
+
+
+def _monitored(spec=None):
+    objs = render(spec, settings=POD_MONITOR)
+    return objs, objs[("PodMonitor", "demo-runtime")]
+
+
+def test_relabeled_runtime_samples_carry_exactly_the_labels_the_queries_select():
+    objs, monitor = _monitored({"canary": {"weight": 10}})
+    assert "podTargetLabels" not in monitor["spec"]
+    for track in ("stable", "canary"):
+        pod = objs[("Deployment", f"demo-{track}")]["spec"]["template"]
+        ((labels, port),) = _targets(monitor, pod)  # one endpoint scrapes it, on vLLM's port
+        assert port == L.RUNTIME_HTTP_PORT
+        engine = _matchers(P.default_queries("team", "demo", track).engine_load)
+        selected = {k for k in engine if k != "__name__"}
+        assert selected == {"namespace", "deployment", "track"}
+        assert {k: labels[k] for k in selected} == {"namespace": "team", "deployment": "demo", "track": track}
+        assert _selects(engine, labels)
+        assert not [k for k in labels if k.startswith("serving_pixtral_dev")]
+        other = "canary" if track == "stable" else "stable"
+        assert not _selects(_matchers(P.default_queries("team", "demo", other).engine_load), labels)
+
+
+def test_relabeled_router_samples_keep_the_routers_own_track():
+    objs, monitor = _monitored()
+    router_pod = objs[("Deployment", "demo-router")]["spec"]["template"]
+    ((target, port),) = _targets(monitor, router_pod)  # the metrics port only, not the tenant port
+    assert port == L.ROUTER_METRICS_PORT
+    assert "track" not in target and target["deployment"] == "demo"
+    for track in ("stable", "canary"):
+        sample = _scraped({"deployment": "demo", "track": track}, target)
+        assert _selects(_matchers(P.default_queries("team", "demo", track).router_pending), sample)
+
+
+def test_monitor_scrapes_the_ports_the_annotations_name():
+    annotated = render({"canary": {"weight": 10}})
+    objs, monitor = _monitored({"canary": {"weight": 10}})
+    for name in ("demo-stable", "demo-canary", "demo-router"):
+        template = objs[("Deployment", name)]["spec"]["template"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        ((_, port),) = _targets(monitor, template)
+        assert str(port) == annotated[("Deployment", name)]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+
+
+def test_selector_labels_from_the_settings_are_on_the_monitor():
+    settings = dataclasses.replace(POD_MONITOR, monitor_labels=(("release", "kube-prometheus-stack"),))
+    labels = render(settings=settings)[("PodMonitor", "demo-runtime")]["metadata"]["labels"]
+    assert labels["release"] == "kube-prometheus-stack"
+    assert labels[L.DEPLOYMENT_LABEL] == "demo"
+
+
+@pytest.mark.parametrize("mode, annotated, monitors", [("annotations", True, set()), ("podmonitor", False, {"PodMonitor"})])
+def test_annotations_or_a_monitor_object_never_both(mode, annotated, monitors):
+    objs = render({"canary": {"weight": 10}}, settings=dataclasses.replace(SETTINGS, monitoring=mode))
+    assert {kind for kind, _ in objs if kind.endswith("Monitor")} == monitors
+    deployments = [o for (kind, _), o in objs.items() if kind == "Deployment"]
+    assert len(deployments) == 3
+    for obj in deployments:
+        annotations = obj["spec"]["template"]["metadata"].get("annotations") or {}
+        assert ("prometheus.io/scrape" in annotations) is annotated

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pixtral_operator.render import labels as L
-from pixtral_operator.render.policy import runtime_network_policy, runtime_pdb, service_monitor
+from pixtral_operator.render.policy import runtime_network_policy, runtime_pdb, workload_monitor
 from pixtral_operator.render.router import (
     router_configmap,
     router_deployment,
@@ -45,8 +45,6 @@ def desired_children(
     settings: OperatorSettings,
     owner: Mapping[str, Any],
     replicas: Mapping[str, int],
-    *,
-    service_monitor_available: bool = False,
 ) -> list[dict[str, Any]]:
     """Every child of the PixtralDeployment, in apply order (the NetworkPolicy before the runtime pods
     it isolates, RBAC before the pods that use it).
@@ -65,8 +63,9 @@ def desired_children(
         router_deployment(spec, settings),
         router_service(spec),
     ]
-    if service_monitor_available:
-        objs.append(service_monitor(spec))
+    monitor = workload_monitor(spec, settings)
+    if monitor is not None:
+        objs.append(monitor)
     return [_finish(o, owner) for o in objs]
 
 

@@ -42,7 +42,7 @@ CHILD_SUFFIXES = {
     "RoleBinding": (ROUTER_SUFFIX,),
     "PodDisruptionBudget": (RUNTIME_SUFFIX,),
     "NetworkPolicy": (RUNTIME_SUFFIX,),
-    "ServiceMonitor": (RUNTIME_SUFFIX,),
+    "PodMonitor": (RUNTIME_SUFFIX,),
 }
 
 
@@ -64,7 +64,7 @@ def router_name(name: str) -> str:
 
 
 def runtime_policy_name(name: str) -> str:
-    """The runtime pods' PodDisruptionBudget, NetworkPolicy and ServiceMonitor."""
+    """The runtime pods' PodDisruptionBudget and NetworkPolicy, and the PodMonitor."""
     return child_name(name, RUNTIME_SUFFIX)
 
 

@@ -1,7 +1,9 @@
-"""PodDisruptionBudget and NetworkPolicy for the runtime pods, and the optional ServiceMonitor."""
+"""PodDisruptionBudget and NetworkPolicy for the runtime pods, and how Prometheus finds the pods: the
+prometheus.io annotations or a ServiceMonitor/PodMonitor (docs/settings.md#monitoring)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pixtral_operator.render import labels as L
@@ -68,14 +70,55 @@ def runtime_network_policy(spec: PixtralSpec, settings: OperatorSettings) -> dic
     }
 
 
-def service_monitor(spec: PixtralSpec) -> dict[str, Any]:
+# What the default autoscaler queries select (operator/prometheus.py: `deployment`, `track`, besides the
+# `namespace` and `pod` labels every Prometheus Operator target has) <- the pod label each comes from.
+QUERY_LABELS = {"deployment": L.DEPLOYMENT_LABEL, "track": L.TRACK_LABEL}
+MONITORING_API_VERSION = "monitoring.coreos.com/v1"
+MONITOR_KINDS = {"podmonitor": "PodMonitor"}
+# component label -> the container port serving /metrics: vLLM's own port, the router's metrics port.
+METRICS_PORT_NAMES = {"runtime": "http", "router": "metrics"}
+SCRAPE_INTERVAL = "15s"
+
+
+def prometheus_pod_label(pod_label: str) -> str:
+    """The `__meta_kubernetes_pod_label_*` name Prometheus' Kubernetes discovery gives a pod label."""
+    return "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", pod_label)
+
+
+def monitor_relabelings(component: str) -> list[dict[str, Any]]:
+    """Keep the pods of one component, then copy the pod labels to exactly the target labels the
+    queries select (`podTargetLabels` would name them `serving_pixtral_dev_deployment`/`_track`). A
+    router pod has no track label, so its target gets none and the router's own per-request `track`
+    label survives the scrape."""
+    keep = {"action": "keep", "sourceLabels": [prometheus_pod_label(L.COMPONENT_LABEL)], "regex": component}
+    return [keep] + [
+        {"action": "replace", "sourceLabels": [prometheus_pod_label(pod_label)], "targetLabel": target}
+        for target, pod_label in QUERY_LABELS.items()
+    ]
+
+
+def pod_scrape_annotations(settings: OperatorSettings, port: int) -> dict[str, str]:
+    """The prometheus.io/* pod annotations, only when no monitor object does the same job."""
+    return L.scrape_annotations(port) if settings.monitoring == "annotations" else {}
+
+
+def pod_monitor(spec: PixtralSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """Scrapes the runtime pods of both tracks and the router pods, each on its metrics port."""
+    labels = {**dict(settings.monitor_labels), **L.common_labels(spec.name, "monitoring")}
     return {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "ServiceMonitor",
-        "metadata": {"name": L.runtime_policy_name(spec.name), "namespace": spec.namespace, "labels": L.common_labels(spec.name, "monitoring")},
+        "apiVersion": MONITORING_API_VERSION,
+        "kind": "PodMonitor",
+        "metadata": {"name": L.runtime_policy_name(spec.name), "namespace": spec.namespace, "labels": labels},
         "spec": {
             "selector": {"matchLabels": {L.DEPLOYMENT_LABEL: spec.name}},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
-            "podTargetLabels": [L.DEPLOYMENT_LABEL, L.TRACK_LABEL],
+            "podMetricsEndpoints": [
+                {"port": port, "path": "/metrics", "interval": SCRAPE_INTERVAL, "relabelings": monitor_relabelings(component)}
+                for component, port in METRICS_PORT_NAMES.items()
+            ],
         },
     }
+
+
+def workload_monitor(spec: PixtralSpec, settings: OperatorSettings) -> dict[str, Any] | None:
+    """The monitor object `settings.monitoring` asks for; None in the annotations mode."""
+    return pod_monitor(spec, settings) if settings.monitoring == "podmonitor" else None

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pixtral_operator.render import labels as L
+from pixtral_operator.render.policy import pod_scrape_annotations
 from pixtral_operator.render.security import container_security_context, pod_security_context
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import PixtralSpec, TenantLimits
@@ -184,7 +185,7 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
             "template": {
                 "metadata": {
                     "labels": labels,
-                    "annotations": L.scrape_annotations(L.ROUTER_METRICS_PORT),
+                    "annotations": pod_scrape_annotations(settings, L.ROUTER_METRICS_PORT),
                 },
                 "spec": {
                     "securityContext": pod_security_context(),

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from pixtral_operator.render import labels as L
+from pixtral_operator.render.policy import pod_scrape_annotations
 from pixtral_operator.render.security import container_security_context, pod_security_context
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import MODEL_MOUNT_PATH, PixtralSpec, TrackSpec
@@ -172,7 +173,7 @@ def track_deployment(spec: PixtralSpec, track: TrackSpec, settings: OperatorSett
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": L.scrape_annotations(L.RUNTIME_HTTP_PORT),
+                    "annotations": pod_scrape_annotations(settings, L.RUNTIME_HTTP_PORT),
                 },
                 "spec": pod_spec,
             },

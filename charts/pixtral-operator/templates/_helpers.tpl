@@ -122,7 +122,7 @@ to check that the referenced ones exist; the router gets its API keys from a Sec
   resources: ["events"]
   verbs: ["create"]
 - apiGroups: ["monitoring.coreos.com"]
-  resources: ["servicemonitors"]
+  resources: ["podmonitors"]
   verbs: ["get", "create", "patch"]
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
@@ -143,4 +143,13 @@ to check that the referenced ones exist; the router gets its API keys from a Sec
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+
+{{/* A label map as the operator's `key=value,key2=value2` setting (sorted by key, as range is). */}}
+{{- define "pixtral-operator.labelList" -}}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
 {{- end }}
