@@ -401,6 +401,25 @@ def test_cluster_wide_rbac_is_exactly_the_operator_needs(render):
                                     "namespace": "pixtral-system"}]
 
 
+def test_install_doc_lists_every_permission_with_the_call_that_needs_it():
+    """docs/install.md#permissions: one row per (group, resources) with exactly the granted verbs."""
+    text = (REPO_ROOT / "docs" / "install.md").read_text()
+    section = text[text.index("## Permissions"):]
+    section = section[:section.index("\n## ", 1)]
+    documented: dict[tuple[str, str], set[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or cells[0] in ("API group", "---"):
+            continue
+        group, resources, verbs, call = cells
+        assert call, f"{resources}: no call named"
+        for resource in resources.split(", "):
+            key = ("" if group == '""' else group, resource)
+            assert key not in documented, f"{key} listed twice"
+            documented[key] = set(verbs.split())
+    assert documented == NAMESPACED_PERMISSIONS | CLUSTER_PERMISSIONS
+
+
 def test_operator_holds_what_it_grants_to_routers():
     granted = NAMESPACED_PERMISSIONS
     for key, verbs in ROUTER_PERMISSIONS.items():
