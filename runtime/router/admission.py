@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from . import parts, urlpolicy
+from . import parts, scan, urlpolicy
 from .config import AdmissionPolicy
 from .errors import AdmissionError, BodyTooLarge
 
@@ -85,20 +85,52 @@ def image_urls(body: dict[str, Any]) -> list[tuple[str, str]]:
 
 def decoded_size(b64: str) -> int:
     """Bytes that a base64 text decodes to, computed from its length (no decoding)."""
-    n = len(b64)
-    padding = 2 if b64.endswith("==") else 1 if b64.endswith("=") else 0
-    return n * 3 // 4 - padding
+    return decoded_size_of(len(b64), b64[-2:])
 
 
-def check_data_url(url: str, param: str, policy: AdmissionPolicy) -> None:
-    header, sep, payload = url.partition(",")
-    if not sep:
+class _DataUrl:
+    """A data URL as text (small bodies) or as the bytes of a long literal (`scan.py`)."""
+
+    __slots__ = ("header", "payload")
+
+    def __init__(self, header: str, payload: str | memoryview) -> None:
+        self.header = header
+        self.payload = payload
+
+    @classmethod
+    def parse(cls, url: str | memoryview) -> _DataUrl | None:
+        if isinstance(url, str):
+            header, sep, payload = url.partition(",")
+            return cls(header, payload) if sep else None
+        comma = bytes(url[:1024]).find(b",")  # media type and parameters come before it
+        if comma < 0:
+            return None
+        return cls(bytes(url[:comma]).decode("ascii", "replace"), url[comma + 1:])
+
+    def size(self) -> int:
+        payload = self.payload
+        tail = payload[-2:] if isinstance(payload, str) else bytes(payload[-2:]).decode("ascii", "replace")
+        return decoded_size_of(len(payload), tail)
+
+    def prefix(self, chars: int) -> bytes:
+        part = self.payload[:chars]
+        return part.encode("ascii") if isinstance(part, str) else part  # type: ignore[return-value]
+
+
+def decoded_size_of(length: int, tail: str) -> int:
+    padding = 2 if tail.endswith("==") else 1 if tail.endswith("=") else 0
+    return length * 3 // 4 - padding
+
+
+def check_data_url(url: str | memoryview, param: str, policy: AdmissionPolicy) -> None:
+    data_url = _DataUrl.parse(url)
+    if data_url is None:
         raise AdmissionError("image_undecodable", f"{param} is not a valid data URL (no comma).", param=param)
-    if not header.lower().endswith(";base64"):
+    if not data_url.header.lower().endswith(";base64"):
         raise AdmissionError(
             "image_undecodable", f"{param}: only base64 data URLs are supported for images.", param=param
         )
-    size = decoded_size(payload)
+    size = data_url.size()
     if size > policy.max_image_bytes:
         raise AdmissionError(
             "image_too_large",
@@ -109,9 +141,10 @@ def check_data_url(url: str, param: str, policy: AdmissionPolicy) -> None:
     # Decoding all of a 10 MB image would hold the event loop for a long time (hundreds of ms on
     # a busy core). A header that needs more bytes (e.g. a JPEG behind a large EXIF block) gets them.
     width = height = None
-    for chars in (_HEADER_B64_CHARS, len(payload)):
+    payload_length = len(data_url.payload)
+    for chars in (_HEADER_B64_CHARS, payload_length):
         try:
-            raw = binascii.a2b_base64(payload[:chars].encode("ascii"), strict_mode=True)
+            raw = binascii.a2b_base64(data_url.prefix(chars), strict_mode=True)
         except (binascii.Error, UnicodeEncodeError, ValueError):
             raise AdmissionError(
                 "image_undecodable", f"{param}: the data URL is not valid base64.", param=param
@@ -125,7 +158,7 @@ def check_data_url(url: str, param: str, policy: AdmissionPolicy) -> None:
                 f"{param}: image dimensions exceed the limit of {policy.max_image_pixels} pixels.", param=param,
             ) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
-            if chars >= len(payload):
+            if chars >= payload_length:
                 raise AdmissionError(
                     "image_undecodable", f"{param}: the image could not be decoded (unknown or corrupt format).",
                     param=param,
@@ -148,9 +181,11 @@ def _image_size(raw: bytes) -> tuple[int, int]:
             return image.size
 
 
-def check_images(body: dict[str, Any], policy: AdmissionPolicy) -> list[str]:
+def check_images(body: dict[str, Any], policy: AdmissionPolicy,
+                 big: dict[str, memoryview] | None = None) -> list[str]:
     """Validate every image of a chat request; returns the remote hosts they name (for
-    `urlpolicy.check_addresses` once resolved), empty with data URLs only."""
+    `urlpolicy.check_addresses` once resolved), empty with data URLs only. `big`: the long string
+    literals `scan.shrink` cut out, by placeholder."""
     images = image_urls(body)
     if len(images) > policy.images_per_prompt:
         raise AdmissionError(
@@ -160,6 +195,15 @@ def check_images(body: dict[str, Any], policy: AdmissionPolicy) -> list[str]:
         )
     hosts: list[str] = []
     for param, url in images:
+        literal = big.get(url) if big and url.startswith(scan.PLACEHOLDER_PREFIX) else None
+        if literal is not None:
+            # Only a data URL is that long; its scheme is checked like any other.
+            scheme = bytes(literal[:16]).split(b":", 1)[0].decode("ascii", "replace")
+            urlpolicy.check_url(scheme + ":", param, policy)
+            if scheme.lower() != "data":
+                raise AdmissionError("image_url_not_allowed", f"{param}: the URL is too long.", param=param)
+            check_data_url(literal, param, policy)
+            continue
         host = urlpolicy.check_url(url, param, policy)
         if host is None:
             check_data_url(url, param, policy)
@@ -171,9 +215,13 @@ def check_images(body: dict[str, Any], policy: AdmissionPolicy) -> list[str]:
 def admit_body(path_kind: str, body: bytes, policy: AdmissionPolicy) -> tuple[dict[str, Any], list[str]]:
     """Parse and admit a request body for `chat` or `completions`: (the parsed body, the remote
     image hosts still to be resolved and checked)."""
-    data = parse_json_body(body)
-    hosts = check_images(data, policy) if path_kind == "chat" else []
-    return data, hosts
+    reduced = scan.shrink(body) if path_kind == "chat" else None
+    if reduced is None:
+        data = parse_json_body(body)
+        return data, check_images(data, policy) if path_kind == "chat" else []
+    document, big = reduced
+    data = parse_json_body(document)
+    return data, check_images(data, policy, big)
 
 
 def admit(path_kind: str, body: bytes, policy: AdmissionPolicy) -> dict[str, Any]:
