@@ -72,6 +72,11 @@ def render(crd: Mapping[str, Any]) -> str:
         " ".join(schema.get("description", "").split()),
         "",
     ]
+    root_rules = schema.get("x-kubernetes-validations") or ()
+    if root_rules:
+        lines += ["Object rules (checked by the API server):", ""]
+        lines += [f"- {r['message']}" for r in root_rules]
+        lines.append("")
     spec_rules = schema["properties"]["spec"].get("x-kubernetes-validations") or ()
     if spec_rules:
         lines += ["Cross-field rules (checked by the API server):", ""]
