@@ -218,3 +218,26 @@ def test_operator_check_accepts_the_edge_of_each_rule(name, raw):
 )
 def test_positive_quantity(value, positive):
     assert V.is_positive_quantity(value) is positive
+
+
+@pytest.mark.parametrize(
+    "name, raw, reason, field",
+    [
+        ("a" * 60, {}, "NameTooLong", "metadata.name"),
+        ("demo", {"engine": {"env": [{"name": "HF_HOME", "value": "/x"}]}}, "ReservedEnvName", "spec.engine.env[0].name"),
+        ("demo", {"canary": {"weight": 5, "engine": {"extraArgs": ["--port=1"]}}}, "ManagedExtraArg", "spec.canary.engine.extraArgs[0]"),
+        ("demo", {"resources": {"memory": "lots"}}, "InvalidQuantity", "spec.resources.memory"),
+    ],
+)
+def test_an_object_stored_before_the_rule_is_degraded_and_nothing_is_applied(name, raw, reason, field):
+    from fakekube import FakeKube, gpu_node, pxd
+    from pixtral_operator.conditions import find
+    from pixtral_operator.reconcile import reconcile
+
+    kube = FakeKube(nodes=[gpu_node("gpu-0")])
+    out = reconcile(pxd(name=name, spec=raw), kube, OperatorSettings(), now="t0")
+    degraded = find(out.status["conditions"], "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", reason)
+    assert field in degraded["message"]
+    assert kube.kinds_named() == set()
+    assert any(e.type == "Warning" and e.reason == reason for e in out.events)
