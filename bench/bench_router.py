@@ -1,6 +1,7 @@
 """Router benchmark: direct to a minimal upstream vs through one router process on one pinned core.
 
     python bench/bench_router.py [--duration 10] [--rates 500,1000,2000] [--streams 1000] [--hold 30]
+    python bench/bench_router.py --hardening [--baseline e03b236] [--duration 10]
 
 Processes (all on 127.0.0.1, all stopped by PID at the end):
   router            `pixtral-runtime router --config ...`, pinned to core 0 (`taskset -c 0`)
@@ -13,6 +14,13 @@ loop (saturation), and p50/p99 at fixed offered rates over 32 connections (below
 the router's CPU time per request (its one-core capacity, even when the shared machine is busy);
 1,000 streams held for 30 s: errors, events, router peak RSS. Results go to
 bench/results/router.json and the "Router" section of docs/benchmarks.md.
+
+`--hardening` runs the current router and a baseline (a git commit, checked out in a worktree
+under /tmp) side by side, alternating, on the same machine in one run: plain requests, 1 MB image
+bodies, 1,000 tenant keys (the last key presented), and the event-loop stall: the largest gap
+between the chunks of a stream (one every 5 ms) while 50 MB image bodies are admitted (and
+refused for their pixel count, so that the upstream never receives them). Results:
+bench/results/router_hardening.json and the "Router hardening" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -326,8 +334,263 @@ machine: [router.md](router.md#performance-notes).
     path.write_text(current)
 
 
+HARDENING_START = "<!-- bench_router_hardening:start -->"
+HARDENING_END = "<!-- bench_router_hardening:end -->"
+STALL_INTERVAL = 0.005
+
+
+def png_data_url(target_bytes: int, size: int = 64) -> str:
+    """A data URL of about `target_bytes` decoded bytes: a real PNG header (size x size) and padding."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (10, 120, 200)).save(buf, format="PNG")
+    raw = buf.getvalue() + os.urandom(max(0, target_bytes - len(buf.getvalue())))
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+def wrk_lua(path: Path, body: bytes, key: str) -> Path:
+    body_file = path.with_suffix(".body")
+    body_file.write_bytes(body)
+    path.write_text(
+        f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*a"); f:close()\n'
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
+    return path
+
+
+async def stall_probe(url: str, big_body: bytes, posts: int) -> dict:
+    """The largest gap between the chunks of one stream (a chunk every STALL_INTERVAL) while
+    `posts` large bodies are posted one after another through the same router."""
+    import aiohttp
+
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    chunks = 200_000
+    stream_body = json.dumps({**CHAT, "stream": True, "max_tokens": chunks, "chunk_interval": STALL_INTERVAL})
+    gaps: list[float] = []
+    statuses: list[int] = []
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.post(url, data=stream_body, headers=headers) as stream:
+            stop = asyncio.Event()
+
+            async def read_stream() -> None:
+                last = None
+                async for _ in stream.content.iter_any():
+                    now = time.perf_counter()
+                    if last is not None and not stop.is_set():
+                        gaps.append(now - last)
+                    last = now
+                    if stop.is_set():
+                        return
+
+            reader = asyncio.create_task(read_stream())
+            await asyncio.sleep(1.0)
+            quiet = len(gaps)
+            for _ in range(posts):
+                async with session.post(url, data=big_body, headers=headers) as r:
+                    statuses.append(r.status)
+                    await r.read()
+            stop.set()
+            reader.cancel()
+    quiet_gaps, loaded_gaps = sorted(gaps[:quiet]), sorted(gaps[quiet:])
+    return {
+        "posts": posts, "statuses": statuses,
+        "quiet_max_gap_ms": round(max(quiet_gaps) * 1e3, 1) if quiet_gaps else None,
+        "max_gap_ms": round(max(loaded_gaps) * 1e3, 1) if loaded_gaps else None,
+        "p99_gap_ms": round(loaded_gaps[int(len(loaded_gaps) * 0.99)] * 1e3, 1) if loaded_gaps else None,
+        "max_stall_ms": round((max(loaded_gaps) - STALL_INTERVAL) * 1e3, 1) if loaded_gaps else None,
+    }
+
+
+def baseline_tree(ref: str) -> tuple[Path, Path]:
+    """A worktree of `ref` under /tmp and a folder that maps `pixtral_runtime` onto its runtime/."""
+    tree = Path(tempfile.mkdtemp(prefix="bench-router-baseline-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree / "src"), ref],
+                   check=True, capture_output=True)
+    shim = tree / "path"
+    shim.mkdir()
+    (shim / "pixtral_runtime").symlink_to(tree / "src" / "runtime")
+    return tree, shim
+
+
+def hardening(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="bench-router-hardening-"))
+    tree, shim = baseline_tree(args.baseline)
+    baseline_commit = subprocess.run(["git", "-C", str(tree / "src"), "rev-parse", "--short", "HEAD"],
+                                     capture_output=True, text=True).stdout.strip()
+    current_commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True).stdout.strip()
+    up_port = free_port()
+    up_url = f"http://127.0.0.1:{up_port}"
+    keys = {f"tenant-{i:04d}": f"sk-bench-{i:04d}" for i in range(999)}
+    keys["bench"] = KEY  # the last of 1,000
+    config = {
+        "deployment": "bench", "servedModelName": "bench", "backends": {"stable": [up_url]}, "apiKeys": keys,
+        "tenancy": {"defaultLimits": {"requestsPerMinute": 0, "maxConcurrent": 0}},
+        "admission": {"maxBodyBytes": 64 * 1024 * 1024, "maxImageBytes": 48 * 1024 * 1024,
+                      "imagesPerPrompt": 4},
+    }
+    (work / "router.json").write_text(json.dumps(config))
+    image_1mb = png_data_url(768 * 1024)  # 1 MB of base64
+    # 50 MB of base64 whose header claims 3,000 x 3,000 pixels: refused (400) once admission has
+    # read the whole body, so the upstream never sees it and the stall is the router's alone.
+    image_50mb = png_data_url(37 * 1024 * 1024 + 512 * 1024, size=3000)
+    def chat_with(url: str) -> bytes:
+        return json.dumps({**CHAT, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]}]}).encode()
+    plain_lua = wrk_lua(work / "plain.lua", json.dumps(CHAT).encode(), KEY)
+    image_lua = wrk_lua(work / "image.lua", chat_with(image_1mb), KEY)
+    big_body = chat_with(image_50mb)
+    print(f"[bench] bodies: 1 MB image request {image_lua.with_suffix('.body').stat().st_size} bytes, "
+          f"large image request {len(big_body)} bytes", flush=True)
+    procs = Procs()
+    loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    results: dict = {"baseline": baseline_commit, "current": current_commit, "runs": {}}
+    try:
+        procs.start(["taskset", "-c", "1", PY, str(ROOT / "bench" / "upstream.py"), "--port", str(up_port)],
+                    work / "upstream.log")
+        wait_http(up_url + "/health")
+        routers = {}
+        for name, env in (("current", None), ("baseline", {**os.environ, "PYTHONPATH": str(shim)})):
+            port = free_port()
+            proc = procs.start(["taskset", "-c", "0", PY, "-m", "pixtral_runtime.cli", "router", "--config",
+                                str(work / "router.json"), "--host", "127.0.0.1", "--port", str(port),
+                                "--log-level", "warning"], work / f"router-{name}.log", env=env)
+            routers[name] = (f"http://127.0.0.1:{port}", proc)
+            wait_http(f"http://127.0.0.1:{port}/readyz")
+        chat_path = "/v1/chat/completions"
+        for url, _ in routers.values():
+            run_wrk(url + chat_path, args.connections, 3, plain_lua, "1")  # warm-up
+        # Alternating rounds: the shared machine's noise falls on both alike.
+        for round_ in range(2):
+            for name, (url, proc) in routers.items():
+                for phase, lua in (("plain", plain_lua), ("image_1mb", image_lua)):
+                    cpu0 = cpu_seconds(proc.pid)
+                    out = run_wrk(url + chat_path, args.connections if phase == "plain" else 8, args.duration, lua, "1")
+                    out["router_cpu_us_per_request"] = round(
+                        (cpu_seconds(proc.pid) - cpu0) / max(out["requests"], 1) * 1e6, 1)
+                    results["runs"].setdefault(name, {}).setdefault(phase, []).append(out)
+                    print(f"[bench] round {round_ + 1} {name} {phase}: {out}", flush=True)
+        for name, (url, proc) in routers.items():
+            here = str(Path(__file__).parent)
+            code = (f"import asyncio, json, sys; sys.path.insert(0, {here!r}); import bench_router as b; "
+                    f"body = open({str(work / 'big.body')!r}, 'rb').read(); "
+                    f"print(json.dumps(asyncio.run(b.stall_probe({url + chat_path!r}, body, 3))))")
+            (work / "big.body").write_bytes(big_body)
+            rss0 = rss_mb(proc.pid)
+            child = subprocess.run(["taskset", "-c", "1", PY, "-c", code], capture_output=True, text=True,
+                                   timeout=600)
+            if child.returncode:
+                raise RuntimeError(child.stderr[-2000:])
+            stall = json.loads(child.stdout.strip().splitlines()[-1])
+            stall["router_rss_after_mb"] = round(rss_mb(proc.pid), 1)
+            stall["router_rss_before_mb"] = round(rss0, 1)
+            results["runs"][name]["stall_50mb"] = stall
+            print(f"[bench] {name} loop stall with 50 MB bodies: {stall}", flush=True)
+    finally:
+        procs.stop_all()
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree / "src")],
+                       capture_output=True)
+        shutil.rmtree(tree, ignore_errors=True)
+
+    def best(name: str, phase: str) -> dict:
+        return max(results["runs"][name][phase], key=lambda r: r["requests_per_second"])
+
+    results.update(
+        when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        loadavg_before=" ".join(loadavg), duration_s=args.duration, connections=args.connections,
+    )
+    ratio = best("current", "plain")["requests_per_second"] / best("baseline", "plain")["requests_per_second"]
+    results["plain_throughput_ratio"] = round(ratio, 3)
+    stall = results["runs"]["current"]["stall_50mb"]["max_stall_ms"]
+    results["targets"] = {"throughput_within_10_percent": ratio >= 0.9,
+                          "loop_stall_below_10_ms": stall is not None and stall < 10}
+    out = ROOT / "bench" / "results" / "router_hardening.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_docs:
+        write_hardening_docs(results)
+    print(json.dumps({"plain_throughput_ratio": results["plain_throughput_ratio"], "targets": results["targets"]},
+                     indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def write_hardening_docs(results: dict) -> None:
+    rows = []
+    for phase, label in (("plain", f"plain chat request, {results['connections']} connections"),
+                         ("image_1mb", "1 MB image data URL, 8 connections")):
+        for name in ("baseline", "current"):
+            runs = results["runs"][name][phase]
+            rps = ", ".join(f"{r['requests_per_second']:.0f}" for r in runs)
+            cpu = ", ".join(f"{r['router_cpu_us_per_request']:.0f}" for r in runs)
+            errors = sum(r["socket_errors"] + r["non_2xx"] for r in runs)
+            rows.append(f"| {label} | {name} ({results[name]}) | {rps} | {cpu} | {errors} |")
+    stall_rows = "\n".join(
+        f"| {name} ({results[name]}) | {s['quiet_max_gap_ms']} ms | {s['max_gap_ms']} ms | {s['p99_gap_ms']} ms "
+        f"| {s['max_stall_ms']} ms | {', '.join(map(str, s['statuses']))} | {s['router_rss_after_mb']:.0f} MB |"
+        for name in ("baseline", "current") for s in [results["runs"][name]["stall_50mb"]]
+    )
+    targets = results["targets"]
+    ok = lambda flag: "met" if flag else "**missed**"  # noqa: E731
+    text = f"""{HARDENING_START}
+## Router hardening
+
+Command: `python bench/bench_router.py --hardening --baseline {results['baseline']}`: the router
+before the hardening (baseline, commit {results['baseline']}, from a git worktree) and the current
+one ({results['current']}) side by side in one run, on {results['machine']}, at {results['when']}
+(load average before: {results['loadavg_before']}). Both routers pinned to core 0, upstream and
+`wrk` to core 1, each phase {results['duration_s']} s, two alternating rounds (both numbers shown).
+Static config with 1,000 API keys; the key presented is the last one.
+
+| load | router | requests/s (round 1, 2) | router CPU us/request | errors |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Plain throughput, best round current / best round baseline: {results['plain_throughput_ratio']:.2f}
+(target >= 0.90: {ok(targets['throughput_within_10_percent'])}).
+
+**Event-loop stall**: one stream through the router with a chunk every 5 ms; meanwhile three
+requests of about 50 MB (one image data URL whose header claims 3,000 x 3,000 pixels, refused with
+a 400 after admission has read the whole body) are posted one after another through the same router.
+Gap = time between two chunks arriving at the client; stall = largest gap minus 5 ms.
+
+| router | largest gap, quiet | largest gap, 50 MB bodies | p99 gap | stall | statuses of the 50 MB requests | RSS after |
+|---|---|---|---|---|---|---|
+{stall_rows}
+
+Target: no stall above 10 ms: {ok(targets['loop_stall_below_10_ms'])}. Raw numbers:
+`bench/results/router_hardening.json`.
+{HARDENING_END}
+"""
+    path = ROOT / "docs" / "benchmarks.md"
+    current = path.read_text()
+    if HARDENING_START in current and HARDENING_END in current:
+        head, rest = current.split(HARDENING_START, 1)
+        current = head + text.rstrip("\n") + rest.split(HARDENING_END, 1)[1]
+    else:
+        marker = SECTION_END if SECTION_END in current else None
+        if marker:
+            head, tail = current.split(marker, 1)
+            current = head + marker + "\n\n" + text.rstrip("\n") + tail
+        else:
+            current = current.rstrip("\n") + "\n\n" + text
+    path.write_text(current)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="router benchmark (see module docstring)")
+    parser.add_argument("--hardening", action="store_true",
+                        help="current router vs --baseline side by side: plain, 1 MB images, 1,000 keys, loop stall")
+    parser.add_argument("--baseline", default="e03b236",
+                        help="git commit of the router to compare with (--hardening; default: before the hardening)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--streams", type=int, default=1000)
@@ -348,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         print("bench_router: needs two cores (router on one, load on the other)", file=sys.stderr)
         return 2
+    if args.hardening:
+        return hardening(args)
 
     work = Path(tempfile.mkdtemp(prefix="bench-router-"))
     up_port, router_port = free_port(), free_port()

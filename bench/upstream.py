@@ -1,8 +1,8 @@
 """A minimal OpenAI-shaped upstream for benchmarking the router: as little work per request as possible.
 
 POST /v1/chat/completions and /v1/completions answer a fixed chat completion JSON, or with
-`"stream": true` a fixed SSE stream of `max_tokens` chunks (default 8, at most 1000) spaced by
---chunk-interval seconds. GET /v1/models, /health. Raw ASGI on uvicorn (uvloop + httptools).
+`"stream": true` a fixed SSE stream of `max_tokens` chunks (default 8, at most 100,000) spaced by
+--chunk-interval seconds (or the request's `"chunk_interval"`). GET /v1/models, /health. Raw ASGI on uvicorn (uvloop + httptools).
 
     python bench/upstream.py --port 9101 [--chunk-interval 1.0]
 """
@@ -41,21 +41,23 @@ def make_app(chunk_interval: float):
                     return
         path = scope["path"]
         if scope["method"] == "POST":
-            body = b""
+            parts = []
             more = True
-            while more:
+            while more:  # a list, not +=: bodies of 50 MB arrive in many chunks
                 message = await receive()
-                body += message.get("body", b"")
+                parts.append(message.get("body", b""))
                 more = message.get("more_body", False)
+            body = b"".join(parts)
             # Cheap check first: only bodies that mention streaming are parsed.
-            if b'"stream"' in body:
+            if b'"stream"' in body[:4096]:
                 request = json.loads(body)
                 if request.get("stream"):
-                    chunks = min(int(request.get("max_tokens") or 8), 1000)
+                    chunks = min(int(request.get("max_tokens") or 8), 100_000)
+                    interval = float(request.get("chunk_interval", chunk_interval))
                     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
                     for _ in range(chunks):
-                        if chunk_interval:
-                            await asyncio.sleep(chunk_interval)
+                        if interval:
+                            await asyncio.sleep(interval)
                         await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
                     await send({"type": "http.response.body", "body": DONE})
                     return

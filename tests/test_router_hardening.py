@@ -324,3 +324,21 @@ async def test_two_router_replicas_together_hold_a_tenant_to_its_limit() -> None
             metrics = (await first.get(first.metrics_url)).text
             assert "pixtral_router_limit_replicas 2.0" in metrics
     assert len(up.requests) == 6
+
+
+async def test_read_body_fills_one_buffer_for_a_declared_length_and_counts_the_budget() -> None:
+    from pixtral_runtime.router.body import BodyBudget, Reservation, read_body
+
+    chunks = [b"a" * 1000, b"b" * 1000, b"c" * 500]
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():
+        return messages.pop(0)
+
+    budget = BodyBudget(10_000)
+    reservation = Reservation(budget)
+    body = await read_body(receive, 5000, 2500, reservation)
+    assert bytes(body) == b"".join(chunks) and isinstance(body, bytearray)
+    assert budget.used == 2500
+    reservation.release()
+    assert budget.used == 0
