@@ -21,6 +21,9 @@ import secrets
 
 BIG_STRING_BYTES = 64 * 1024
 MAX_STRINGS = 20_000
+# bytes.find holds the GIL for its whole range: a 50 MB range is one 5-15 ms call. Searched a
+# window at a time, the interpreter can hand the GIL to the event loop between the windows.
+WINDOW_BYTES = 1 << 20
 # A tenant cannot guess the placeholders: a per-process random part (a guessed one would only make
 # the router check a long literal in its place while vLLM gets the short string).
 _TOKEN = secrets.token_hex(8)
@@ -32,7 +35,15 @@ def shrink(body: bytes) -> tuple[bytes, dict[str, memoryview]] | None:
     """(reduced JSON, placeholder -> literal bytes), or None when the body is parsed whole."""
     if len(body) < BIG_STRING_BYTES:
         return None
-    find = body.find
+    def find(needle: bytes, start: int, stop: int | None = None) -> int:
+        stop = len(body) if stop is None else stop
+        while start < stop:
+            hit = body.find(needle, start, min(start + WINDOW_BYTES, stop))
+            if hit >= 0:
+                return hit
+            start += WINDOW_BYTES
+        return -1
+
     view = memoryview(body)
     pieces: list[bytes | memoryview] = []
     big: dict[str, memoryview] = {}
