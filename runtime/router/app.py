@@ -277,7 +277,8 @@ class RouterApp:
                     _, hosts = admission.admit_body(kind, body, policy)
                 else:
                     # Parsing megabytes of JSON takes long enough to stall every other request on this
-                    # event loop; in a thread the loop keeps its turns (the GIL switches every 5 ms).
+                    # event loop; in a thread, in short C calls (scan.py), the loop keeps its turns
+                    # (main.py sets a 1 ms GIL switch interval).
                     _, hosts = await asyncio.to_thread(admission.admit_body, kind, body, policy)
                 for host in hosts:
                     await _check_host(loop, host)

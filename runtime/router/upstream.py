@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 client for the router's upstream calls: asyncio protocol + httptools parser.
 
 Why not aiohttp or httpx: on the router's hot path the client is most of the cost. Measured on
-the benchmark machine, a minimal proxy spent ~80 us of CPU per request in uvicorn itself, ~500 us
-with aiohttp's client and several ms with httpx's (docs/benchmarks.md, "Router"). The upstreams are
+the benchmark machine (docs/router.md, "Performance notes"): about 70 us of CPU per request in
+uvicorn itself, ~500 us for a minimal proxy with aiohttp's client and several ms with httpx's. The upstreams are
 our own runtimes (vLLM behind uvicorn) on plain HTTP/1.1, so the client needs only: a keep-alive
 pool per backend, Content-Length and chunked bodies (httptools decodes both), streaming with
 backpressure, HEAD and 1xx answers, and a clear split between "could not connect" (safe to retry
