@@ -21,7 +21,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     "uvicorn[standard]>=0.29" "kubernetes>=30" "pillow>=10" "orjson>=3.10"
 # 65532 is the conventional "nonroot" uid, as in the operator image.
 USER 65532:65532
-# The router serves on 8080 (docs/settings.md).
-EXPOSE 8080
+# The router serves tenants on 8080 and /metrics on 9090 (docs/settings.md).
+EXPOSE 8080 9090
 ENTRYPOINT ["pixtral-runtime"]
 CMD ["router"]
