@@ -342,3 +342,26 @@ async def test_read_body_fills_one_buffer_for_a_declared_length_and_counts_the_b
     assert budget.used == 2500
     reservation.release()
     assert budget.used == 0
+
+
+def test_per_backend_state_is_pruned_when_backends_leave() -> None:
+    app = create_app(RouterSettings(config=parse_config(config("http://127.0.0.1:1"))))
+    gone, kept = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+    app.state.set_backends("stable", [gone, kept])
+    for backend in (gone, kept):
+        app._backend(backend)
+        app.state.outstanding[backend] = 0
+        app.metrics.backend_started("stable", backend)
+        app.metrics.backend_finished("stable", backend)
+    app.state.set_backends("stable", [kept])
+    assert set(app._backends) == {kept} and set(app.state.outstanding) == {kept}
+    assert {b for _, b in app.metrics._hot.in_flight} == {kept}
+
+
+async def test_keys_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    async with Recorder() as up, router(config(up.url)) as client:
+        for key in (KEY, "sk-wrong-guess"):
+            await client.post("/v1/chat/completions", json=chat(), headers={"authorization": f"Bearer {key}"})
+    assert caplog.records, "the router logs something (config applied, at least)"
+    assert not any(KEY in r.getMessage() or "sk-wrong-guess" in r.getMessage() for r in caplog.records)
