@@ -104,9 +104,10 @@ class RouterApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = RequestInfo()
-        handler = self._routes.get(scope["path"].rstrip("/") or "/")
+        path = scope["path"].rstrip("/") or "/"
+        handler = self._routes.get(path)
         try:
-            if handler is None or not self._served_here(scope, handler):
+            if handler is None or (self.settings.metrics_port is not None and not self._served_here(scope, path)):
                 raise NotFound(f"Unknown path {scope['path'][:200]}.")
             await handler(scope, receive, send, request)
         except RouterError as exc:
@@ -130,16 +131,13 @@ class RouterApp:
             if not request.response_started:
                 await _send_error(send, RouterError("Internal router error."))
 
-    def _served_here(self, scope: Scope, handler: Callable[..., Awaitable[None]]) -> bool:
-        """/metrics only on the metrics port, everything else (but the probes) only off it."""
-        metrics_port = self.settings.metrics_port
-        if metrics_port is None:
-            return True
+    def _served_here(self, scope: Scope, path: str) -> bool:
+        """/metrics only on the metrics port; on that port nothing else but the probes."""
         server = scope.get("server")
-        on_metrics_port = bool(server) and server[1] == metrics_port
-        if handler == self._metrics:
+        on_metrics_port = bool(server) and server[1] == self.settings.metrics_port
+        if path == "/metrics":
             return on_metrics_port
-        return not on_metrics_port or handler in (self._healthz, self._readyz)
+        return not on_metrics_port or path in ("/healthz", "/readyz")
 
     def _on_error(self, exc: RouterError, request: RequestInfo) -> None:
         if isinstance(exc, AdmissionError):
