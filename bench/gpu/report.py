@@ -1,6 +1,6 @@
 """Tables for docs/benchmarks.md from the JSON files a GPU run brought back (bench/gpu/gpu_bench.py).
 
-    python bench/gpu/report.py serve_ab.json [replicas.json]   # prints Markdown
+    python bench/gpu/report.py RESULT.json...   # serve_ab / replicas_ab / replicas files; prints Markdown
 
 Pure formatting: the figures are the run's own, the A/B deltas are computed from them.
 """
@@ -22,20 +22,32 @@ def ab_table(runs: list[dict]) -> list[str]:
     return lines
 
 
-def ab_deltas(runs: list[dict]) -> list[str]:
-    """Router minus direct per concurrency, from the means over the interleaved repetitions."""
-    lines = ["| concurrency | req/s direct / router | throughput change | TTFT p50 direct / router | TTFT p50 change | TTFT p99 direct / router |",
-             "|---|---|---|---|---|---|"]
-    for conc in sorted({r["concurrency"] for r in runs}):
-        d = [r for r in runs if r["concurrency"] == conc and r["path"] == "direct"]
-        t = [r for r in runs if r["concurrency"] == conc and r["path"] == "router"]
-        if not d or not t:
-            continue
-        rd, rt = (statistics.mean(x["req_per_s"] for x in g) for g in (d, t))
-        pd, pt = (statistics.mean(x["ttft_p50_ms"] for x in g) for g in (d, t))
-        qd, qt = (statistics.mean(x["ttft_p99_ms"] for x in g) for g in (d, t))
-        lines.append(f"| {conc} | {rd:.2f} / {rt:.2f} | {100 * (rt - rd) / rd:+.1f}% | {pd:.0f} / {pt:.0f} ms | "
-                     f"{pt - pd:+.0f} ms | {qd:.0f} / {qt:.0f} ms |")
+def ab_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
+    """(direct, router) runs of one repetition: each pair ran back to back, so it shares the
+    engine's state and the machine's moment."""
+    by_key = {(r["concurrency"], r["rep"], r["path"]): r for r in runs}
+    return [(r, by_key[(r["concurrency"], r["rep"], "router")]) for r in runs
+            if r["path"] == "direct" and (r["concurrency"], r["rep"], "router") in by_key]
+
+
+def ab_deltas(pairs: list[tuple[dict, dict]]) -> list[str]:
+    """Router minus direct per concurrency over all pairs: mean and range of the per-pair changes."""
+    lines = ["| concurrency | pairs | req/s direct (range) | throughput change: mean (range) | TTFT p50 direct (range) | "
+             "TTFT p50 change: mean, median (range) | TTFT p99 change: mean |",
+             "|---|---|---|---|---|---|---|"]
+    for conc in sorted({d["concurrency"] for d, _ in pairs}):
+        ps = [(d, t) for d, t in pairs if d["concurrency"] == conc]
+        thr = [100 * (t["req_per_s"] - d["req_per_s"]) / d["req_per_s"] for d, t in ps]
+        p50 = [t["ttft_p50_ms"] - d["ttft_p50_ms"] for d, t in ps]
+        p99 = [t["ttft_p99_ms"] - d["ttft_p99_ms"] for d, t in ps]
+        rd = [d["req_per_s"] for d, _ in ps]
+        td = [d["ttft_p50_ms"] for d, _ in ps]
+        lines.append(
+            f"| {conc} | {len(ps)} | {statistics.mean(rd):.2f} ({min(rd):.2f}-{max(rd):.2f}) | "
+            f"{statistics.mean(thr):+.1f}% ({min(thr):+.1f}..{max(thr):+.1f}) | "
+            f"{statistics.mean(td):.0f} ms ({min(td):.0f}-{max(td):.0f}) | "
+            f"{statistics.mean(p50):+.0f}, {statistics.median(p50):+.0f} ms ({min(p50):+.0f}..{max(p50):+.0f}) | "
+            f"{statistics.mean(p99):+.0f} ms |")
     return lines
 
 
@@ -54,15 +66,19 @@ def replicas_table(runs: list[dict]) -> list[str]:
 
 
 def main(paths: list[str]) -> int:
+    pairs: list[tuple[dict, dict]] = []
     for path in paths:
         data = json.loads(Path(path).read_text())
         if data.get("mode") == "serve-ab":
-            print("\n".join(ab_table(data.get("runs", []))), "\n", "\n".join(ab_deltas(data.get("runs", []))), sep="\n")
+            print(f"{path}:", "", "\n".join(ab_table(data.get("runs", []))), "", sep="\n")
+            pairs += ab_pairs(data.get("runs", []))
         elif data.get("mode") == "replicas":
-            print("\n".join(replicas_table(data.get("runs", []))))
+            print(f"{path}:", "", "\n".join(replicas_table(data.get("runs", []))), "", sep="\n")
         else:
             print(f"report.py: {path} is not a gpu_bench result", file=sys.stderr)
             return 2
+    if pairs:
+        print("all A/B pairs:", "", "\n".join(ab_deltas(pairs)), sep="\n")
     return 0
 
 
