@@ -1,7 +1,7 @@
 """The only module that talks to the Kubernetes API.
 
 `KubeApi` is deliberately small: get, server-side apply, delete, status patch, and the few reads the
-operator needs to judge a spec (nodes, Secrets, PVCs, whether the ServiceMonitor kind exists).
+operator needs to judge a spec (nodes, Secrets, PVCs).
 It is synchronous: kopf runs sync handlers in worker threads."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import NotFoundError
 from pixtral_operator.render.labels import AUTOSCALER_FIELD_MANAGER, FIELD_MANAGER
 from pixtral_operator.spec import GROUP, KIND, VERSION
 
@@ -48,7 +48,6 @@ class Kube(Protocol):
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
     def claim_replicas(self, namespace: str, name: str, replicas: int) -> bool: ...
     def list_nodes(self) -> list[dict[str, Any]] | None: ...
-    def kind_exists(self, api_version: str, kind: str) -> bool: ...
 
 
 def load_config() -> None:
@@ -149,14 +148,6 @@ class KubeApi:
                 return None
             raise
         return [self._api_client.sanitize_for_serialization(n) for n in nodes.items]
-
-    def kind_exists(self, api_version: str, kind: str) -> bool:
-        try:
-            self._resource(api_version, kind)
-            return True
-        except ResourceNotFoundError:
-            # Discovery is cached: a CRD installed later is seen after the cache is refreshed.
-            return False
 
     def invalidate_discovery(self) -> None:
         with self._lock:

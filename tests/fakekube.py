@@ -37,14 +37,13 @@ def group_of(api_version: str) -> str:
 
 
 class FakeKube:
-    def __init__(self, nodes: list[dict[str, Any]] | None = None, kinds: set[tuple[str, str]] | None = None):
+    def __init__(self, nodes: list[dict[str, Any]] | None = None):
         self.objects: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
         # (verb, apiGroup, resource) of every request KubeApi would send for these calls.
         self.requests: set[tuple[str, str, str]] = set()
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
         self.nodes = nodes
-        self.kinds = kinds or set()
         self._uid = 0
         # (kind, name) -> (HTTP status, message) the API server answers to an apply of that object.
         self.refuse: dict[tuple[str, str], tuple[int, str]] = {}
@@ -67,9 +66,6 @@ class FakeKube:
     def list_nodes(self) -> list[dict[str, Any]] | None:
         self.requests.add(("list", "", "nodes"))
         return copy.deepcopy(self.nodes)
-
-    def kind_exists(self, api_version: str, kind: str) -> bool:
-        return (api_version, kind) in self.kinds
 
     # --- writes
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:

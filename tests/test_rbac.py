@@ -28,7 +28,7 @@ def claim(name: str) -> dict:
 
 
 def everything_the_operator_does() -> set[tuple[str, str, str]]:
-    kube = FakeKube(nodes=[gpu_node("gpu-0")], kinds={("monitoring.coreos.com/v1", "ServiceMonitor")})
+    kube = FakeKube(nodes=[gpu_node("gpu-0")])
     for obj in (secret("keys"), secret("hub"), claim("weights")):
         kube.add(obj)
     spec = {
