@@ -52,7 +52,8 @@ def rendered_runtime_env(spec: PixtralSpec) -> list[dict[str, Any]]:
     stable = next(t for t in spec.tracks() if t.track == "stable")
     deployment = track_deployment(spec, stable, OperatorSettings(), replicas=1)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["pixtral-runtime", "serve"], container["command"]
+    if container["command"] != ["pixtral-runtime", "serve"]:
+        raise ValueError(f"the runtime container runs {container['command']}, not pixtral-runtime serve")
     return container["env"]
 
 
