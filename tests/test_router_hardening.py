@@ -326,7 +326,7 @@ async def test_two_router_replicas_together_hold_a_tenant_to_its_limit() -> None
     assert len(up.requests) == 6
 
 
-async def test_read_body_fills_one_buffer_for_a_declared_length_and_counts_the_budget() -> None:
+async def test_read_body_grows_one_buffer_and_counts_the_budget() -> None:
     from pixtral_runtime.router.body import BodyBudget, Reservation, read_body
 
     chunks = [b"a" * 1000, b"b" * 1000, b"c" * 500]
