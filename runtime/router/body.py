@@ -79,7 +79,7 @@ async def read_body(receive: Receive, limit: int, declared: int | None, reservat
 
     A body in several chunks grows one bytearray chunk by chunk: joining a list at the end is one
     copy of the whole body on the event loop, and a bytearray preallocated to a declared length is
-    zero-filled at once (both 50-70 ms for 50 MB, a stall of every other stream). Grown in place,
+    zero-filled at once (either stalls every other stream for tens of ms at 50 MB). Grown in place,
     large buffers are extended by the allocator without copies (mremap) and their pages are
     touched a chunk at a time.
     """

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _raise_fd_limit()
     # Large bodies are admitted in a worker thread in short C calls (scan.py). At the default 5 ms
-    # switch interval every hand-over of the GIL back to the event loop costs up to 5 ms, and a
-    # wake-up needs several: 15-17 ms stalls of every other stream, measured. At 1 ms: under 10 ms.
+    # switch interval every hand-over of the GIL back to the event loop can take up to 5 ms, and a
+    # wake-up needs several; at 1 ms the streams keep flowing (docs/benchmarks.md, "Router hardening").
     sys.setswitchinterval(0.001)
     server = uvicorn.Server(server_config(create_app(settings), settings))
     server.run(sockets=listen_sockets(settings))

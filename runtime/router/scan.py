@@ -2,8 +2,8 @@
 
 A chat request with images is mostly base64 text inside a few JSON strings. Parsing all of it
 with orjson is one C call that holds the GIL for the whole body (a 50 MB body stalled every other
-stream on the event loop for 120-236 ms, even from a worker thread). `shrink` finds the string
-literals with `bytes.find` (short C calls, a few ms each even over 50 MB) in Python code that the
+stream on the event loop for about 250 ms, even from a worker thread: docs/benchmarks.md).
+`shrink` finds the string literals with `bytes.find`, a megabyte at a time, in Python code that the
 interpreter interrupts every switch interval, replaces each literal of `BIG_STRING_BYTES` or more
 by a short placeholder, and hands back the reduced document (a few KB, parsed in microseconds)
 and the literals as zero-copy memoryviews.
@@ -21,7 +21,7 @@ import secrets
 
 BIG_STRING_BYTES = 64 * 1024
 MAX_STRINGS = 20_000
-# bytes.find holds the GIL for its whole range: a 50 MB range is one 5-15 ms call. Searched a
+# bytes.find holds the GIL for its whole range: a 50 MB range is one call of several ms. Searched a
 # window at a time, the interpreter can hand the GIL to the event loop between the windows.
 WINDOW_BYTES = 1 << 20
 # A tenant cannot guess the placeholders: a per-process random part (a guessed one would only make
