@@ -1,9 +1,11 @@
 """The life of a PixtralDeployment as a user walks it, on the local cluster with real vLLM:
-create -> Ready -> image and text requests through the router -> canary 20 -> 50 -> removed ->
+create -> Ready -> image and text requests through the router -> a hand edit of the router's
+ConfigMap reverted -> canary 20 -> 50 -> removed ->
 image limit changed (pods roll, new limit holds) -> kubectl scale -> delete (children and containers gone)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -105,6 +107,18 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     router_labels = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert tcp_probe_from_pod(cluster, namespace, local_images["router"], runtime_ip, RUNTIME_HTTP_PORT, "as-router",
                               labels=router_labels), "a pod with the router's labels could not reach vLLM's port"
+
+    # --- drift: a hand edit of the router's ConfigMap that would open the endpoint is reverted by a resync
+    cm_path = f"/api/v1/namespaces/{namespace}/configmaps/{NAME}-router"
+    config = json.loads(cluster.rest.get(cm_path)["data"]["config.json"])
+    assert config["tenancy"]["apiKeysSecret"] == keys
+    del config["tenancy"]["apiKeysSecret"]
+    cluster.kubectl("patch", "configmap", f"{NAME}-router", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"data": {"config.json": json.dumps(config)}}))
+    wait_for(lambda: json.loads(cluster.rest.get(cm_path)["data"]["config.json"])["tenancy"].get("apiKeysSecret") == keys,
+             60, "the operator to apply the router's ConfigMap back")
+    wait_for(lambda: chat(url, chat_body(max_tokens=1), key=None).status_code == 401, 60,
+             "the router to refuse a call without a key again")
 
     # --- add a canary at weight 20: traffic splits
     spec["canary"] = {"weight": 20, "replicas": 1, "stickyHeader": "x-session-id", "engine": {"env": spec["engine"]["env"] + [{"name": "PIXTRAL_TRACK_NOTE", "value": "canary"}]}}
