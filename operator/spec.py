@@ -120,6 +120,8 @@ class Router:
     pending_timeout_seconds: int = 300
     max_body_bytes: int = 52428800
     allowed_image_url_schemes: tuple[str, ...] = ("data",)
+    routing_strategy: str = "leastOutstanding"
+    routing_epsilon: float = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +276,8 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
             pending_timeout_seconds=int(router.get("pendingTimeoutSeconds", 300)),
             max_body_bytes=int(router.get("maxBodyBytes", 52428800)),
             allowed_image_url_schemes=tuple(router.get("allowedImageUrlSchemes") or ("data",)),
+            routing_strategy=str((router.get("routing") or {}).get("strategy", "leastOutstanding")),
+            routing_epsilon=float((router.get("routing") or {}).get("epsilon", 0.25)),
         ),
         scheduling=Scheduling(
             node_selector=dict(scheduling.get("nodeSelector") or {}),

@@ -71,3 +71,16 @@ def test_the_config_names_the_router_service_whose_endpoints_share_the_limits() 
     spec = parse("demo", "team", {})
     config = parse_config(router_config(spec))
     assert config.router_service == router_service(spec)["metadata"]["name"]
+
+
+def test_the_routing_strategy_reaches_the_router_config() -> None:
+    from pixtral_operator.render.router import router_config
+    from pixtral_runtime.router.config import IMAGE_AFFINITY, LEAST_OUTSTANDING, parse_config
+
+    default = parse_config(router_config(parse("demo", "team", {}))).routing
+    assert (default.strategy, default.epsilon) == (LEAST_OUTSTANDING, 0.25)
+    spec = parse("demo", "team", {"router": {"routing": {"strategy": "imageAffinity", "epsilon": 0.5}}})
+    rendered = router_config(spec)
+    assert rendered["routing"] == {"strategy": "imageAffinity", "epsilon": 0.5}
+    routing = parse_config(rendered).routing
+    assert (routing.strategy, routing.epsilon) == (IMAGE_AFFINITY, 0.5)

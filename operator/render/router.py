@@ -61,6 +61,7 @@ def router_config(spec: PixtralSpec) -> dict[str, Any]:
             "maxBodyBytes": spec.router.max_body_bytes,
         },
         "tenancy": tenancy,
+        "routing": {"strategy": spec.router.routing_strategy, "epsilon": spec.router.routing_epsilon},
         "requestTimeoutSeconds": spec.router.request_timeout_seconds,
         "pendingTimeoutSeconds": spec.router.pending_timeout_seconds,
         # Its ready endpoints are the replicas that share each tenant's limits (docs/router.md, "Limits").

@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from . import affinity as _affinity
 from . import parts, scan, urlpolicy
 from .config import AdmissionPolicy
 from .errors import AdmissionError, BodyTooLarge
@@ -215,13 +216,31 @@ def check_images(body: dict[str, Any], policy: AdmissionPolicy,
 def admit_body(path_kind: str, body: bytes, policy: AdmissionPolicy) -> tuple[dict[str, Any], list[str]]:
     """Parse and admit a request body for `chat` or `completions`: (the parsed body, the remote
     image hosts still to be resolved and checked)."""
+    data, hosts, _ = admit_request(path_kind, body, policy)
+    return data, hosts
+
+
+def admit_request(path_kind: str, body: bytes, policy: AdmissionPolicy, *,
+                  affinity: bool = False) -> tuple[dict[str, Any], list[str], int | None]:
+    """`admit_body` plus, with `affinity`, the request's affinity key (`affinity.affinity_key`
+    over its image URLs as admitted and its leading text; None without images), computed here so
+    that hashing megabytes of images happens where admission already runs (a worker thread for
+    large bodies)."""
     reduced = scan.shrink(body) if path_kind == "chat" else None
+    big: dict[str, memoryview] | None = None
     if reduced is None:
         data = parse_json_body(body)
-        return data, check_images(data, policy) if path_kind == "chat" else []
-    document, big = reduced
-    data = parse_json_body(document)
-    return data, check_images(data, policy, big)
+        if path_kind != "chat":
+            return data, [], None
+    else:
+        document, big = reduced
+        data = parse_json_body(document)
+    hosts = check_images(data, policy, big)
+    if not affinity:
+        return data, hosts, None
+    urls = [big.get(url, url) if big and url.startswith(scan.PLACEHOLDER_PREFIX) else url
+            for _, url in image_urls(data)]
+    return data, hosts, _affinity.affinity_key(urls, _affinity.leading_text(data))
 
 
 def admit(path_kind: str, body: bytes, policy: AdmissionPolicy) -> dict[str, Any]:

@@ -57,16 +57,29 @@ def leading_text(body: Mapping[str, Any]) -> str:
     return "".join(pieces)
 
 
-def affinity_key(image_urls: Iterable[str], text: str) -> int | None:
+def _payload(url: str | bytes | memoryview) -> bytes | memoryview:
+    """What the key hashes of one image URL: a data URL's payload, any other URL whole. A long
+    data URL comes as the bytes of its literal (`scan.py`), hashed in place; both forms of one
+    URL give the same bytes (base64 is ASCII)."""
+    if isinstance(url, str):
+        return (url.partition(",")[2] if url.startswith("data:") else url).encode("latin-1", "replace")
+    view = memoryview(url)
+    if bytes(view[:5]) == b"data:":
+        comma = bytes(view[:1024]).find(b",")  # media type and parameters come before it
+        return view[comma + 1:] if comma >= 0 else view[len(view):]
+    return view
+
+
+def affinity_key(image_urls: Iterable[str | bytes | memoryview], text: str) -> int | None:
     """The request's place on the ring, from its image URLs (as admission found them, in order)
     and its leading text; None when it has no image: text-only requests gain little from affinity
     and would crowd the image requests' backends."""
     digest = hashlib.sha256()
     images = 0
     for url in image_urls:
-        payload = url.partition(",")[2] if url.startswith("data:") else url
+        payload = _payload(url)
         digest.update(len(payload).to_bytes(8, "big"))
-        digest.update(payload.encode("latin-1", "replace"))
+        digest.update(payload)
         images += 1
     if images == 0:
         return None

@@ -19,8 +19,8 @@ from typing import Any
 
 from . import admission, dispatch, urlpolicy
 from .body import BodyBudget, ClientDisconnected, Reservation, budget_for, read_body
-from .choice import choose_backend, choose_track, parse_override
-from .config import TRACKS, RouterConfig, load_config_file
+from .choice import choose, choose_track, parse_override
+from .config import IMAGE_AFFINITY, TRACKS, RouterConfig, load_config_file
 from .errors import (
     AdmissionError,
     MethodNotAllowed,
@@ -271,20 +271,23 @@ class RouterApp:
                 limiter.enter(tenant)
                 entered = True
                 guard.body_received()
+                affine = config.routing.strategy == IMAGE_AFFINITY and kind == "chat"
                 if len(body) < _INLINE_ADMISSION_BYTES:
-                    _, hosts = admission.admit_body(kind, body, policy)
+                    _, hosts, key = admission.admit_request(kind, body, policy, affinity=affine)
                 else:
-                    # Parsing megabytes of JSON takes long enough to stall every other request on this
-                    # event loop; in a thread, in short C calls (scan.py), the loop keeps its turns
-                    # (main.py sets a 1 ms GIL switch interval).
-                    _, hosts = await asyncio.to_thread(admission.admit_body, kind, body, policy)
+                    # Parsing megabytes of JSON (and hashing the images for the affinity key) takes
+                    # long enough to stall every other request on this event loop; in a thread, in
+                    # short C calls (scan.py), the loop keeps its turns (main.py sets a 1 ms GIL
+                    # switch interval; hashlib releases the GIL for large inputs).
+                    _, hosts, key = await asyncio.to_thread(
+                        admission.admit_request, kind, body, policy, affinity=affine)
                 for host in hosts:
                     await _check_host(loop, host)
                 track = choose_track(
                     canary_weight=config.canary_weight,
                     rng=state.rng, sticky_value=sticky, override=forced_track,
                 )
-                await self._forward_with_retry(scope, send, request, body, track, started)
+                await self._forward_with_retry(scope, send, request, body, track, started, key)
             except asyncio.CancelledError:
                 if not guard.ours():
                     raise  # the client left (handled by the caller), or a cancellation not of our making
@@ -307,7 +310,7 @@ class RouterApp:
             return
         raise UpstreamTimeout(f"The backend did not answer within {config.request_timeout_seconds:g}s.") from None
 
-    async def _wait_for_backend(self, track: str, exclude: list[str]) -> tuple[str, str]:
+    async def _wait_for_backend(self, track: str, exclude: list[str], key: int | None) -> tuple[str, str]:
         state = self.state
         config = self._config()
         loop = asyncio.get_running_loop()
@@ -323,7 +326,8 @@ class RouterApp:
                         f"{config.pending_timeout_seconds:g}s; it may be scaling up from zero, retry later."
                     )
                 await state.pool.wait_changed(remaining)
-                choice = choose_backend(track, state.pool.usable(), state.outstanding, state.rng, exclude)
+                choice = choose(track, state.pool.usable(), state.outstanding, state.rng, exclude,
+                                key=key, epsilon=config.routing.epsilon)
                 if choice is not None:
                     return choice
         finally:
@@ -366,8 +370,10 @@ class RouterApp:
             guard.stop()
 
     async def _forward_with_retry(self, scope: Scope, send: Send, request: RequestInfo, body: bytes,
-                                  track: str, started: float) -> None:
-        """Pick a backend, attempt, and carry out `dispatch.decide` on a failure."""
+                                  track: str, started: float, key: int | None = None) -> None:
+        """Pick a backend, attempt, and carry out `dispatch.decide` on a failure. `key`: the
+        request's affinity key (None: least outstanding); a retry walks on from the refused
+        backend along the ring."""
         state = self.state
         pool = self.upstream
         assert pool is not None, "startup() creates the upstream pool"
@@ -378,14 +384,15 @@ class RouterApp:
         headers = forwarded(scope["headers"], DROP_REQUEST)
         exclude: list[str] = []
         outstanding = state.outstanding
+        epsilon = self._config().routing.epsilon
         for attempt in range(dispatch.MAX_ATTEMPTS):
-            choice = choose_backend(track, state.pool.usable(), outstanding, state.rng, exclude)
+            choice = choose(track, state.pool.usable(), outstanding, state.rng, exclude, key=key, epsilon=epsilon)
             if choice is None:
                 if attempt:
                     raise UpstreamUnreachable(
                         f"Backend {exclude[0]} refused the connection and no other backend is ready."
                     )
-                choice = await self._wait_for_backend(track, exclude)
+                choice = await self._wait_for_backend(track, exclude, key)
             served_track, backend = choice
             request.track = served_track
             outstanding[backend] = outstanding.get(backend, 0) + 1

@@ -10,10 +10,12 @@ import hashlib
 import random
 from collections.abc import Collection, Mapping, Sequence
 
+from .affinity import DEFAULT_EPSILON, choose_affine_backend
 from .config import CANARY, STABLE
 from .errors import InvalidRequest
 
-__all__ = ["CANARY", "STABLE", "choose_backend", "choose_track", "parse_override", "sticky_bucket"]
+__all__ = ["CANARY", "STABLE", "choose", "choose_affine", "choose_backend", "choose_track", "parse_override",
+           "sticky_bucket"]
 
 
 def sticky_bucket(value: bytes | str) -> float:
@@ -81,3 +83,38 @@ def choose_backend(
         if best:
             return candidate_track, best[0] if len(best) == 1 else rng.choice(best)
     return None
+
+
+def choose_affine(
+    track: str,
+    ready: Mapping[str, Sequence[str]],
+    outstanding: Mapping[str, int],
+    key: int,
+    epsilon: float = DEFAULT_EPSILON,
+    exclude: Collection[str] = (),
+) -> tuple[str, str] | None:
+    """(track, backend) for a request with an affinity key: its backend by consistent hashing with
+    bounded loads (`affinity.choose_affine_backend`) among the track's usable backends, the other
+    track's when the chosen one has none; None when neither has."""
+    for candidate_track in (track, other_track(track)):
+        backend = choose_affine_backend(key, ready.get(candidate_track, ()), outstanding, epsilon, exclude)
+        if backend is not None:
+            return candidate_track, backend
+    return None
+
+
+def choose(
+    track: str,
+    ready: Mapping[str, Sequence[str]],
+    outstanding: Mapping[str, int],
+    rng: random.Random,
+    exclude: Collection[str] = (),
+    *,
+    key: int | None = None,
+    epsilon: float = DEFAULT_EPSILON,
+) -> tuple[str, str] | None:
+    """The backend for one attempt: by affinity when the request has a key (only under the
+    imageAffinity strategy does it get one), else by least outstanding requests."""
+    if key is None:
+        return choose_backend(track, ready, outstanding, rng, exclude)
+    return choose_affine(track, ready, outstanding, key, epsilon, exclude)

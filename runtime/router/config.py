@@ -48,6 +48,20 @@ class AdmissionPolicy:
     max_body_bytes: int = 50 * 1024 * 1024
 
 
+# Backend choice within a track (docs/router.md, "Routing").
+LEAST_OUTSTANDING = "leastOutstanding"
+IMAGE_AFFINITY = "imageAffinity"
+ROUTING_STRATEGIES = (LEAST_OUTSTANDING, IMAGE_AFFINITY)
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    # Least outstanding stays the default until the affinity benchmark shows it wins (issue 16).
+    strategy: str = LEAST_OUTSTANDING
+    # Bounded loads: a backend above (1 + epsilon) x the mean load is skipped (affinity.py).
+    epsilon: float = 0.25
+
+
 @dataclass(frozen=True)
 class TenancyPolicy:
     api_keys_secret: str | None = None
@@ -68,6 +82,7 @@ class RouterConfig:
     override_header: str = "x-pixtral-track"
     admission: AdmissionPolicy = AdmissionPolicy()
     tenancy: TenancyPolicy = TenancyPolicy()
+    routing: RoutingPolicy = RoutingPolicy()
     request_timeout_seconds: float = 600.0
     pending_timeout_seconds: float = 120.0
     # The router's own Service: its ready endpoints are the replicas that share each tenant's limits.
@@ -149,6 +164,15 @@ def _backend_url(raw: Any, where: str) -> str:
     return f"http://{host}:{port}"
 
 
+def _routing(raw: dict, where: str) -> RoutingPolicy:
+    strategy = _str(raw, "strategy", where, LEAST_OUTSTANDING)
+    if strategy not in ROUTING_STRATEGIES:
+        raise ConfigError(f"{where}.strategy must be one of {', '.join(ROUTING_STRATEGIES)}, got {strategy!r}")
+    # Above 10 the bound never binds for a handful of backends: affinity without balance.
+    epsilon = _number(raw, "epsilon", where, RoutingPolicy.epsilon, minimum=0.01, maximum=10.0)
+    return RoutingPolicy(strategy=strategy, epsilon=epsilon)
+
+
 def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
     """Validate the decoded config.json; raises ConfigError naming the field."""
     _expect(data, dict, source, "a JSON object")
@@ -219,6 +243,8 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
         api_keys_secret=_str(ten, "apiKeysSecret", tw, None), default_limits=default_limits, tenants=tenants
     )
 
+    routing = _routing(_obj(data, "routing", where), f"{where}.routing")
+
     api_keys: dict[str, str] | None = None
     if data.get("apiKeys") is not None:
         api_keys = {}
@@ -237,6 +263,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
         override_header=(_str(data, "overrideHeader", where, "x-pixtral-track") or "x-pixtral-track").lower(),
         admission=admission,
         tenancy=tenancy,
+        routing=routing,
         request_timeout_seconds=_number(data, "requestTimeoutSeconds", where, 600.0, minimum=0.001),
         pending_timeout_seconds=_number(data, "pendingTimeoutSeconds", where, 120.0, minimum=0.0),
         router_service=_str(data, "routerService", where, None),
@@ -247,7 +274,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
 
 KNOWN_TOP_LEVEL = frozenset(
     {
-        "deployment", "servedModelName", "tracks", "canary", "overrideHeader", "admission", "tenancy",
+        "deployment", "servedModelName", "tracks", "canary", "overrideHeader", "admission", "tenancy", "routing",
         "requestTimeoutSeconds", "pendingTimeoutSeconds", "routerService", "backends", "apiKeys",
     }
 )
