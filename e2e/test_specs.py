@@ -208,8 +208,10 @@ def test_operator_judged_specs_degrade_without_touching_others(cluster, namespac
         else:
             assert stable is not None, f"{name}: an advisory finding still applies the children"
             assert "advisory" in condition(obj, "Degraded")["message"]
-        events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}").stdout
-        assert reason in events
+        # The operator posts a reconcile's Events after its status patch: the Warning may come a moment later.
+        wait_for(lambda name=name, reason=reason: reason in cluster.kubectl(
+                     "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name},type=Warning").stdout,
+                 30, f"a Warning Event {reason} on {name}")
 
     # The operator keeps running (never restarted) and the neighbour was not touched.
     (operator_pod,) = operator.pods()
