@@ -46,6 +46,8 @@ from pixtral_e2e import (  # noqa: F401  (fixtures)
     tiny_spec,
     wait_condition,
 )
+from pixtral_operator.drift import replicas_managers
+from pixtral_operator.render.labels import AUTOSCALER_FIELD_MANAGER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.engine, pytest.mark.timeout(2400)]
 
@@ -109,6 +111,10 @@ def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, 
             # The status shows the latest decision: ScaleUp for one tick, then AtMax while the load lasts.
             scaled_up = wait_for(lambda: (s := autoscaler_status(cluster, namespace, name)).get("desired", 0) > 1
                                  and s, 30, "status.autoscaler.stable.desired above 1")
+            # One owner per field: the autoscaler's manager holds spec.replicas, the reconcile's applies
+            # (every resync) leave it alone.
+            live = cluster.rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{deployment}")
+            assert replicas_managers(live) == {AUTOSCALER_FIELD_MANAGER}, live["metadata"]["managedFields"]
             # Twelve requests outstanding against target 2 ask for 6 replicas, bounded by max 3 (the
             # first tick may see the queue still filling and take a smaller step first).
             wait_for(lambda: recorder.first(lambda c: c.replicas == 3, after=started), 30,
