@@ -344,3 +344,16 @@ def test_annotations_or_a_monitor_object_never_both(mode, annotated, monitors):
     for obj in deployments:
         annotations = obj["spec"]["template"]["metadata"].get("annotations") or {}
         assert ("prometheus.io/scrape" in annotations) is annotated
+
+
+def test_the_multimodal_cache_is_sized_from_the_pods_memory():
+    from pixtral_operator.render.runtime import mm_processor_cache_gib, quantity_bytes
+
+    # Two copies of at most 1/8 of the pod's memory, capped at vLLM's default of 4 GiB.
+    assert mm_processor_cache_gib("48Gi") == 3.0
+    assert mm_processor_cache_gib("8Gi") == 0.5
+    assert mm_processor_cache_gib("256Gi") == 4.0
+    assert mm_processor_cache_gib("64G") == 3.6875
+    assert quantity_bytes("1e9") == 1e9 and quantity_bytes("512Mi") == 512 * 2**20
+    (container,) = render({"resources": {"memory": "16Gi"}})[("Deployment", "demo-stable")]["spec"]["template"]["spec"]["containers"]
+    assert env_of(container)["PIXTRAL_MM_PROCESSOR_CACHE_GB"] == "1"

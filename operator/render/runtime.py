@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from pixtral_operator.render import labels as L
@@ -10,6 +11,7 @@ from pixtral_operator.render.policy import pod_scrape_annotations
 from pixtral_operator.render.security import container_security_context, pod_security_context
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import MODEL_MOUNT_PATH, PixtralSpec, TrackSpec
+from pixtral_operator.validation import QUANTITY
 
 # A 12B model with a vision encoder loads for minutes (download + weights + CUDA graphs):
 # the startup probe allows up to 30 minutes before liveness takes over.
@@ -37,6 +39,36 @@ def grace_period_seconds(spec: PixtralSpec) -> int:
     return spec.router.request_timeout_seconds + 2 * DRAIN_MARGIN_SECONDS
 
 
+# vLLM's multimodal processor cache: two copies (the API server's and the engine core's, vLLM's
+# "lru" cache type) of at most MM_CACHE_MEMORY_SHARE of the pod's memory, and never above vLLM's
+# own default of 4 GiB (docs/runtime.md, "Caches").
+MM_CACHE_MEMORY_SHARE = 1 / 8
+MM_CACHE_COPIES = 2
+MM_CACHE_MAX_GIB = 4.0
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+
+
+def quantity_bytes(quantity: str) -> float:
+    """A Kubernetes memory quantity ("48Gi", "64G", "1e9") in bytes."""
+    match = QUANTITY.match(str(quantity))
+    if not match:
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
+    suffix = match.group("suffix") or ""
+    number = float(match.group("number"))
+    if suffix in _BINARY:
+        return number * _BINARY[suffix]
+    if suffix in _DECIMAL:
+        return number * _DECIMAL[suffix]
+    return float(match.group("number") + suffix)  # an exponent: 1e9
+
+
+def mm_processor_cache_gib(memory: str) -> float:
+    """The multimodal processor cache for a pod of `memory`, in GiB rounded down to 1/16."""
+    gib = quantity_bytes(memory) / 2**30 * MM_CACHE_MEMORY_SHARE / MM_CACHE_COPIES
+    return min(MM_CACHE_MAX_GIB, math.floor(gib * 16) / 16)
+
+
 def _env(spec: PixtralSpec, track: TrackSpec) -> list[dict[str, Any]]:
     model = MODEL_MOUNT_PATH if track.source.is_local else track.model_name
     env: list[dict[str, Any]] = [
@@ -47,6 +79,7 @@ def _env(spec: PixtralSpec, track: TrackSpec) -> list[dict[str, Any]]:
         {"name": "PIXTRAL_MAX_MODEL_LEN", "value": str(track.max_model_len)},
         {"name": "PIXTRAL_GPU_MEMORY_UTILIZATION", "value": str(track.gpu_memory_utilization)},
         {"name": "PIXTRAL_MAX_NUM_SEQS", "value": str(track.max_num_seqs)},
+        {"name": "PIXTRAL_MM_PROCESSOR_CACHE_GB", "value": f"{mm_processor_cache_gib(spec.memory):g}"},
         {"name": "PIXTRAL_EXTRA_ARGS", "value": json.dumps(list(track.extra_args))},
         {"name": "PIXTRAL_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "PIXTRAL_VLLM_PORT", "value": str(L.RUNTIME_HTTP_PORT)},

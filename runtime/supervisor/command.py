@@ -130,6 +130,9 @@ def engine_flags(settings: RuntimeSettings) -> list[str]:
     ]
     if settings.revision:
         flags += ["--revision", settings.revision]
+    # What image affinity feeds on (docs/runtime.md, "Caches"), stated rather than left to vLLM's
+    # defaults. Not managed: engine.extraArgs come later and may change them (the last flag wins).
+    flags += ["--enable-prefix-caching", "--mm-processor-cache-gb", f"{settings.mm_processor_cache_gb:g}"]
     return flags
 
 

@@ -38,6 +38,9 @@ class RuntimeSettings:
     max_model_len: int = 32768
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 16
+    # vLLM's multimodal processor cache, in GiB (vLLM's default: 4); the operator sizes it from the
+    # pod's memory (docs/runtime.md, "Caches").
+    mm_processor_cache_gb: float = 4.0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     host: str = "0.0.0.0"
     vllm_port: int = 8000
@@ -56,6 +59,7 @@ _SETTINGS_TABLE: tuple[tuple[str, str, str, str], ...] = (
     ("max_model_len", "PIXTRAL_MAX_MODEL_LEN", "--max-model-len", "int"),
     ("gpu_memory_utilization", "PIXTRAL_GPU_MEMORY_UTILIZATION", "--gpu-memory-utilization", "float"),
     ("max_num_seqs", "PIXTRAL_MAX_NUM_SEQS", "--max-num-seqs", "int"),
+    ("mm_processor_cache_gb", "PIXTRAL_MM_PROCESSOR_CACHE_GB", "--mm-processor-cache-gb", "float"),
     ("extra_args", "PIXTRAL_EXTRA_ARGS", "--extra-args", "json-list"),
     ("host", "PIXTRAL_HOST", "--host", "str"),
     ("vllm_port", "PIXTRAL_VLLM_PORT", "--port", "int"),
@@ -136,6 +140,11 @@ def validate(settings: RuntimeSettings) -> RuntimeSettings:
         )
     if settings.max_num_seqs < 1:
         raise SettingsError(f"max num seqs (PIXTRAL_MAX_NUM_SEQS / --max-num-seqs) must be >= 1, got {settings.max_num_seqs}")
+    if settings.mm_processor_cache_gb < 0:
+        raise SettingsError(
+            "multimodal processor cache (PIXTRAL_MM_PROCESSOR_CACHE_GB / --mm-processor-cache-gb) must be >= 0 GiB, "
+            f"got {settings.mm_processor_cache_gb}"
+        )
     for label, port in (("vLLM port (PIXTRAL_VLLM_PORT / --port)", settings.vllm_port),
                         ("health port (PIXTRAL_HEALTH_PORT / --health-port)", settings.health_port)):
         if not 1 <= port <= 65535:
