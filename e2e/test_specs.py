@@ -176,7 +176,8 @@ def test_operator_judged_specs_degrade_without_touching_others(cluster, namespac
     apply(cluster, namespace, pxd_manifest("neighbour", tiny_spec(tiny_model, replicas=0)))
     wait_for(lambda: (get_pxd(cluster, namespace, "neighbour") or {}).get("status", {}).get("observedGeneration") == 1,
              60, "the neighbour to be reconciled")
-    wait_condition(cluster, namespace, "neighbour", "Progressing", "False", 120)
+    # RolloutComplete, not ApplyFailed: an apply refused while the API server still maps the fresh CRD is retried.
+    wait_condition(cluster, namespace, "neighbour", "Progressing", "False", 180, reason="RolloutComplete")
     neighbour_deps = {
         name: cluster.rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")["metadata"]["resourceVersion"]
         for name in ("neighbour-stable", "neighbour-router")
