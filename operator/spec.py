@@ -107,6 +107,8 @@ def canary_bounds(weight: int, stable_max: int, min_replicas: int | None, max_re
 class TenantLimits:
     requests_per_minute: int | None = None
     max_concurrent: int | None = None
+    images_per_minute: int | None = None
+    megapixels_per_minute: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +184,8 @@ def _source(raw: Mapping[str, Any] | None) -> ModelSource:
 
 def _limits(raw: Mapping[str, Any] | None) -> TenantLimits:
     raw = raw or {}
-    return TenantLimits(raw.get("requestsPerMinute"), raw.get("maxConcurrent"))
+    return TenantLimits(raw.get("requestsPerMinute"), raw.get("maxConcurrent"), raw.get("imagesPerMinute"),
+                        raw.get("megapixelsPerMinute"))
 
 
 def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:

@@ -84,3 +84,16 @@ def test_the_routing_strategy_reaches_the_router_config() -> None:
     assert rendered["routing"] == {"strategy": "imageAffinity", "epsilon": 0.5}
     routing = parse_config(rendered).routing
     assert (routing.strategy, routing.epsilon) == (IMAGE_AFFINITY, 0.5)
+
+
+def test_image_budgets_reach_the_router_config() -> None:
+    from pixtral_operator.render.router import router_config
+    from pixtral_runtime.router.config import parse_config
+
+    spec = parse("demo", "team", {"router": {
+        "defaultLimits": {"imagesPerMinute": 600},
+        "tenants": [{"name": "a", "megapixelsPerMinute": 50}],
+    }})
+    tenancy = parse_config(router_config(spec)).tenancy
+    assert tenancy.limits_for("b").images_per_minute == 600 and tenancy.limits_for("b").megapixels_per_minute == 0
+    assert (tenancy.limits_for("a").images_per_minute, tenancy.limits_for("a").megapixels_per_minute) == (600, 50)

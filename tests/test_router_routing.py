@@ -116,10 +116,10 @@ def chat(url: str, text: str = "describe it", **extra) -> dict:
 
 def test_admission_key_is_the_affinity_key_of_the_images_and_text() -> None:
     body = chat(png(1), "what is this")
-    _, _, key = admission.admit_request("chat", json.dumps(body).encode(), AdmissionPolicy(), affinity=True)
+    key = admission.admit_request("chat", json.dumps(body).encode(), AdmissionPolicy(), affinity=True).key
     assert key == affinity_key([png(1)], leading_text(body)) and key is not None
-    _, _, other = admission.admit_request("chat", json.dumps(chat(png(2), "what is this")).encode(),
-                                          AdmissionPolicy(), affinity=True)
+    other = admission.admit_request("chat", json.dumps(chat(png(2), "what is this")).encode(),
+                                          AdmissionPolicy(), affinity=True).key
     assert other != key
     # Without the strategy no key is computed; text-only requests have none.
     assert admission.admit_request("chat", json.dumps(body).encode(), AdmissionPolicy())[2] is None
@@ -133,7 +133,7 @@ def test_a_large_image_keys_the_same_whether_cut_out_by_scan_or_not() -> None:
     body = chat(url)
     raw = json.dumps(body).encode()
     assert scan.shrink(raw) is not None  # the large-body path is the one under test
-    _, _, key = admission.admit_request("chat", raw, AdmissionPolicy(), affinity=True)
+    key = admission.admit_request("chat", raw, AdmissionPolicy(), affinity=True).key
     assert key == affinity_key([url], leading_text(body))
 
 

@@ -29,6 +29,10 @@ def _limits(limits: TenantLimits) -> dict[str, int]:
         out["requestsPerMinute"] = limits.requests_per_minute
     if limits.max_concurrent is not None:
         out["maxConcurrent"] = limits.max_concurrent
+    if limits.images_per_minute is not None:
+        out["imagesPerMinute"] = limits.images_per_minute
+    if limits.megapixels_per_minute is not None:
+        out["megapixelsPerMinute"] = limits.megapixels_per_minute
     return out
 
 

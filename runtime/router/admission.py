@@ -11,7 +11,7 @@ import binascii
 import io
 import json
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -123,7 +123,8 @@ def decoded_size_of(length: int, tail: str) -> int:
     return length * 3 // 4 - padding
 
 
-def check_data_url(url: str | memoryview, param: str, policy: AdmissionPolicy) -> None:
+def check_data_url(url: str | memoryview, param: str, policy: AdmissionPolicy) -> int:
+    """Check one data URL; its pixels (width x height) when it passes."""
     data_url = _DataUrl.parse(url)
     if data_url is None:
         raise AdmissionError("image_undecodable", f"{param} is not a valid data URL (no comma).", param=param)
@@ -165,6 +166,10 @@ def check_data_url(url: str | memoryview, param: str, policy: AdmissionPolicy) -
                     param=param,
                 ) from None
     assert width is not None and height is not None
+    return _checked_pixels(width, height, param, policy)
+
+
+def _checked_pixels(width: int, height: int, param: str, policy: AdmissionPolicy) -> int:
     if width * height > policy.max_image_pixels:
         raise AdmissionError(
             "image_too_many_pixels",
@@ -172,6 +177,7 @@ def check_data_url(url: str | memoryview, param: str, policy: AdmissionPolicy) -
             f"{policy.max_image_pixels} pixels.",
             param=param,
         )
+    return width * height
 
 
 def _image_size(raw: bytes) -> tuple[int, int]:
@@ -187,7 +193,12 @@ def check_images(body: dict[str, Any], policy: AdmissionPolicy,
     """Validate every image of a chat request; returns the remote hosts they name (for
     `urlpolicy.check_addresses` once resolved), empty with data URLs only. `big`: the long string
     literals `scan.shrink` cut out, by placeholder."""
-    images = image_urls(body)
+    return _check_images(image_urls(body), policy, big)[0]
+
+
+def _check_images(images: list[tuple[str, str]], policy: AdmissionPolicy,
+                  big: dict[str, memoryview] | None) -> tuple[list[str], int]:
+    """(remote hosts, pixels of the data URL images) of checked images."""
     if len(images) > policy.images_per_prompt:
         raise AdmissionError(
             "too_many_images",
@@ -195,6 +206,7 @@ def check_images(body: dict[str, Any], policy: AdmissionPolicy,
             param="messages",
         )
     hosts: list[str] = []
+    pixels = 0
     for param, url in images:
         literal = big.get(url) if big and url.startswith(scan.PLACEHOLDER_PREFIX) else None
         if literal is not None:
@@ -203,44 +215,52 @@ def check_images(body: dict[str, Any], policy: AdmissionPolicy,
             urlpolicy.check_url(scheme + ":", param, policy)
             if scheme.lower() != "data":
                 raise AdmissionError("image_url_not_allowed", f"{param}: the URL is too long.", param=param)
-            check_data_url(literal, param, policy)
+            pixels += check_data_url(literal, param, policy)
             continue
         host = urlpolicy.check_url(url, param, policy)
         if host is None:
-            check_data_url(url, param, policy)
+            pixels += check_data_url(url, param, policy)
         elif host not in hosts:
             hosts.append(host)
-    return hosts
+    return hosts, pixels
 
 
 def admit_body(path_kind: str, body: bytes, policy: AdmissionPolicy) -> tuple[dict[str, Any], list[str]]:
     """Parse and admit a request body for `chat` or `completions`: (the parsed body, the remote
     image hosts still to be resolved and checked)."""
-    data, hosts, _ = admit_request(path_kind, body, policy)
-    return data, hosts
+    admitted = admit_request(path_kind, body, policy)
+    return admitted.body, admitted.hosts
 
 
-def admit_request(path_kind: str, body: bytes, policy: AdmissionPolicy, *,
-                  affinity: bool = False) -> tuple[dict[str, Any], list[str], int | None]:
-    """`admit_body` plus, with `affinity`, the request's affinity key (`affinity.affinity_key`
-    over its image URLs as admitted and its leading text; None without images), computed here so
-    that hashing megabytes of images happens where admission already runs (a worker thread for
-    large bodies)."""
+class Admitted(NamedTuple):
+    body: dict[str, Any]
+    hosts: list[str]  # remote image hosts still to be resolved and checked
+    key: int | None  # the affinity key, when asked for and the request has images
+    images: int
+    # Pixels of the data URL images (remote images are not fetched here: they count as images only).
+    pixels: int
+
+
+def admit_request(path_kind: str, body: bytes, policy: AdmissionPolicy, *, affinity: bool = False) -> Admitted:
+    """`admit_body` plus the image count and pixels (the tenant's image budgets) and, with
+    `affinity`, the request's affinity key (`affinity.affinity_key` over its image URLs as
+    admitted and its leading text; None without images), computed here so that hashing megabytes
+    of images happens where admission already runs (a worker thread for large bodies)."""
     reduced = scan.shrink(body) if path_kind == "chat" else None
     big: dict[str, memoryview] | None = None
     if reduced is None:
         data = parse_json_body(body)
         if path_kind != "chat":
-            return data, [], None
+            return Admitted(data, [], None, 0, 0)
     else:
         document, big = reduced
         data = parse_json_body(document)
-    hosts = check_images(data, policy, big)
+    images = image_urls(data)
+    hosts, pixels = _check_images(images, policy, big)
     if not affinity:
-        return data, hosts, None
-    urls = [big.get(url, url) if big and url.startswith(scan.PLACEHOLDER_PREFIX) else url
-            for _, url in image_urls(data)]
-    return data, hosts, _affinity.affinity_key(urls, _affinity.leading_text(data))
+        return Admitted(data, hosts, None, len(images), pixels)
+    urls = [big.get(url, url) if big and url.startswith(scan.PLACEHOLDER_PREFIX) else url for _, url in images]
+    return Admitted(data, hosts, _affinity.affinity_key(urls, _affinity.leading_text(data)), len(images), pixels)
 
 
 def admit(path_kind: str, body: bytes, policy: AdmissionPolicy) -> dict[str, Any]:

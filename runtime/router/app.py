@@ -273,21 +273,24 @@ class RouterApp:
                 guard.body_received()
                 affine = config.routing.strategy == IMAGE_AFFINITY and kind == "chat"
                 if len(body) < _INLINE_ADMISSION_BYTES:
-                    _, hosts, key = admission.admit_request(kind, body, policy, affinity=affine)
+                    admitted = admission.admit_request(kind, body, policy, affinity=affine)
                 else:
                     # Parsing megabytes of JSON (and hashing the images for the affinity key) takes
                     # long enough to stall every other request on this event loop; in a thread, in
                     # short C calls (scan.py), the loop keeps its turns (main.py sets a 1 ms GIL
                     # switch interval; hashlib releases the GIL for large inputs).
-                    _, hosts, key = await asyncio.to_thread(
+                    admitted = await asyncio.to_thread(
                         admission.admit_request, kind, body, policy, affinity=affine)
-                for host in hosts:
+                for host in admitted.hosts:
                     await _check_host(loop, host)
+                if admitted.images:
+                    limiter.take_images(tenant, admitted.images, admitted.pixels / 1e6)
+                    self.metrics.tenant_images(tenant, admitted.images, admitted.pixels)
                 track = choose_track(
                     canary_weight=config.canary_weight,
                     rng=state.rng, sticky_value=sticky, override=forced_track,
                 )
-                await self._forward_with_retry(scope, send, request, body, track, started, key)
+                await self._forward_with_retry(scope, send, request, body, track, started, admitted.key)
             except asyncio.CancelledError:
                 if not guard.ours():
                     raise  # the client left (handled by the caller), or a cancellation not of our making

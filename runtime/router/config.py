@@ -35,6 +35,9 @@ class Limits:
     # 0 disables the limit.
     requests_per_minute: int
     max_concurrent: int
+    # Image budgets, checked at admission (docs/router.md, "Limits").
+    images_per_minute: int = 0
+    megapixels_per_minute: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ def _limits(raw: Any, where: str, default: Limits) -> Limits:
     return Limits(
         requests_per_minute=_int(raw, "requestsPerMinute", where, default.requests_per_minute),
         max_concurrent=_int(raw, "maxConcurrent", where, default.max_concurrent),
+        images_per_minute=_int(raw, "imagesPerMinute", where, default.images_per_minute),
+        megapixels_per_minute=_int(raw, "megapixelsPerMinute", where, default.megapixels_per_minute),
     )
 
 

@@ -59,6 +59,9 @@ class _HotPath:
         self.duration: dict[str, _Histogram] = {}
         self.ttfb: dict[str, _Histogram] = {}
         self.in_flight: dict[tuple[str, str], int] = {}
+        # tenant -> [images, pixels] admitted within the tenant's image budgets. Tenants are the
+        # names of the key Secret (or `anonymous`): the label set is as bounded as that Secret.
+        self.tenant_images: dict[str, list[int]] = {}
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -84,6 +87,18 @@ class _HotPath:
         for labels, value in list(self.in_flight.items()):
             in_flight.add_metric(labels, value)
         yield in_flight
+        images = CounterMetricFamily(
+            "pixtral_router_tenant_images", "Images admitted and sent on, by tenant.", labels=["tenant"]
+        )
+        megapixels = CounterMetricFamily(
+            "pixtral_router_tenant_megapixels",
+            "Megapixels of the data URL images admitted and sent on, by tenant.", labels=["tenant"],
+        )
+        for tenant, (count, pixels) in list(self.tenant_images.items()):
+            images.add_metric([tenant], count)
+            megapixels.add_metric([tenant], pixels / 1e6)
+        yield images
+        yield megapixels
 
 
 class RouterMetrics:
@@ -151,6 +166,13 @@ class RouterMetrics:
             if histogram is None:
                 histogram = self._hot.duration[track] = _Histogram()
             histogram.observe(seconds)
+
+    def tenant_images(self, tenant: str, images: int, pixels: int) -> None:
+        totals = self._hot.tenant_images.get(tenant)
+        if totals is None:
+            totals = self._hot.tenant_images[tenant] = [0, 0]
+        totals[0] += images
+        totals[1] += pixels
 
     def observe_ttfb(self, track: str, seconds: float) -> None:
         histogram = self._hot.ttfb.get(track)

@@ -70,16 +70,40 @@ def replica_share(limits: Limits, replicas: int) -> Limits:
     def part(value: int) -> int:
         return max(1, math.ceil(value / replicas)) if value else 0
 
-    return Limits(requests_per_minute=part(limits.requests_per_minute), max_concurrent=part(limits.max_concurrent))
+    return Limits(
+        requests_per_minute=part(limits.requests_per_minute),
+        max_concurrent=part(limits.max_concurrent),
+        images_per_minute=part(limits.images_per_minute),
+        megapixels_per_minute=part(limits.megapixels_per_minute),
+    )
 
 
 class _Bucket:
-    __slots__ = ("tokens", "updated", "in_flight")
+    __slots__ = ("tokens", "updated", "in_flight", "images")
 
     def __init__(self, tokens: float, now: float) -> None:
         self.tokens = tokens
         self.updated = now
         self.in_flight = 0
+        self.images: _ImageBuckets | None = None
+
+
+class _ImageBuckets:
+    """Images and megapixels left of a tenant's per-minute budgets, refilled continuously."""
+
+    __slots__ = ("images", "megapixels", "updated")
+
+    def __init__(self, limits: Limits, now: float) -> None:
+        self.images = float(limits.images_per_minute)
+        self.megapixels = float(limits.megapixels_per_minute)
+        self.updated = now
+
+    def refill(self, limits: Limits, now: float) -> None:
+        minutes = (now - self.updated) / 60.0
+        self.updated = now
+        self.images = min(float(limits.images_per_minute), self.images + minutes * limits.images_per_minute)
+        self.megapixels = min(float(limits.megapixels_per_minute),
+                              self.megapixels + minutes * limits.megapixels_per_minute)
 
 
 class TenantLimiter:
@@ -155,6 +179,45 @@ class TenantLimiter:
                     retry_after_seconds=math.ceil(wait),
                 )
             bucket.tokens -= 1.0
+
+    def take_images(self, tenant: str, images: int, megapixels: float) -> None:
+        """A request's images out of the tenant's images and megapixels per minute, both or
+        neither; RateLimited (429) with a Retry-After when either budget is short."""
+        limits = self.limits_for(tenant)
+        if not images or not (limits.images_per_minute or limits.megapixels_per_minute):
+            return
+        bucket = self._bucket(tenant, limits)
+        now = self._clock()
+        state = bucket.images
+        if state is None:
+            state = bucket.images = _ImageBuckets(limits, now)
+        state.refill(limits, now)
+        wait = 0.0
+        for budget, need, left, unit in (
+            (limits.images_per_minute, float(images), state.images, "images"),
+            (limits.megapixels_per_minute, megapixels, state.megapixels, "megapixels"),
+        ):
+            if not budget:
+                continue
+            if need > budget:
+                # Never affordable: waiting would not help, but the answer is still the budget's 429.
+                raise RateLimited(
+                    f"The request's {need:g} {unit} exceed tenant {tenant!r}'s budget of {budget} {unit} per minute"
+                    " (this router replica's share).",
+                    retry_after_seconds=60, code="image_budget_exceeded",
+                )
+            if need > left:
+                wait = max(wait, (need - left) / budget * 60.0)
+        if wait:
+            raise RateLimited(
+                f"Tenant {tenant!r} exceeded its image budget ({limits.images_per_minute or 'unlimited'} images, "
+                f"{limits.megapixels_per_minute or 'unlimited'} megapixels per minute).",
+                retry_after_seconds=math.ceil(wait), code="image_budget_exceeded",
+            )
+        if limits.images_per_minute:
+            state.images -= images
+        if limits.megapixels_per_minute:
+            state.megapixels -= megapixels
 
     def enter(self, tenant: str) -> None:
         """Take a concurrency slot (once the body is in); pair with release()."""
