@@ -409,6 +409,42 @@ def tcp_probe_from_pod(cluster: Cluster, namespace: str, image: str, host: str, 
     return "PROBE open" in log
 
 
+# Posts until DURATION seconds have passed or an HTTP answer came: like PROBE_SCRIPT, the
+# NetworkPolicy enforcer admits a new pod's address a moment after the pod starts.
+POST_SCRIPT = """
+import json, os, time, httpx
+deadline = time.monotonic() + float(os.environ["DURATION"])
+headers = json.loads(os.environ["HEADERS"])
+result = {"error": "no attempt"}
+while time.monotonic() < deadline:
+    try:
+        r = httpx.post(os.environ["URL"], content=os.environ["BODY"], headers=headers, timeout=10)
+        result = {"status": r.status_code, "body": r.text}
+        break
+    except httpx.HTTPError as error:
+        result = {"error": f"{type(error).__name__} {error}"}
+        time.sleep(1)
+print("RESULT " + json.dumps(result))
+"""
+
+
+def post_from_pod(cluster: Cluster, namespace: str, image: str, url: str, body: Mapping[str, Any], pod_name: str,
+                  headers: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+                  duration: float = 30) -> dict[str, Any]:
+    """POSTs `body` to `url` from a pod (with `labels`) with only `headers` besides the content type;
+    returns {"status", "body"} of the first answer, or {"error"} when none came within `duration`."""
+    env = {"URL": url, "BODY": json.dumps(body), "DURATION": str(duration),
+           "HEADERS": json.dumps({"content-type": "application/json", **(headers or {})})}
+    try:
+        log = run_script_pod(cluster, namespace, image, pod_name, POST_SCRIPT, env, 120 + duration, labels)
+    finally:
+        with contextlib.suppress(ApiError):
+            cluster.rest.delete(f"/api/v1/namespaces/{namespace}/pods/{pod_name}", {"gracePeriodSeconds": 0})
+    lines = [line for line in log.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"pod {pod_name} printed no result:\n{log[-3000:]}"
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
 def pod_sandboxes(cluster: Cluster, namespace: str, deployment: str) -> list[dict[str, Any]]:
     """The node's pod sandboxes of a PixtralDeployment, as containerd knows them (not the API's
     view): proof that deletion left no container behind."""

@@ -23,6 +23,7 @@ from pixtral_e2e import (  # noqa: F401  (fixtures)
     operator,
     pod_sandboxes,
     pods,
+    post_from_pod,
     pxd_manifest,
     ready_pods,
     router_url,
@@ -107,6 +108,17 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     router_labels = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert tcp_probe_from_pod(cluster, namespace, local_images["router"], runtime_ip, RUNTIME_HTTP_PORT, "as-router",
                               labels=router_labels), "a pod with the router's labels could not reach vLLM's port"
+    # --- the internal key (defence in depth where no enforcer runs): vLLM itself refuses a call
+    # without it, even from a pod the policy admits, and a tenant's key is not it
+    vllm_url = f"http://{runtime_ip}:{RUNTIME_HTTP_PORT}/v1/chat/completions"
+    for pod_name, headers in (("keyless", {}), ("tenant-key", {"authorization": f"Bearer {API_KEY}"})):
+        answer = post_from_pod(cluster, namespace, local_images["router"], vllm_url, chat_body(max_tokens=1),
+                               pod_name, headers=headers, labels=router_labels)
+        assert answer.get("status") == 401, (pod_name, answer)
+        assert json.loads(answer["body"]) == {"error": "Unauthorized"}, answer  # vLLM's own answer
+    secret = cluster.rest.get(f"/api/v1/namespaces/{namespace}/secrets/{NAME}-apikey")
+    assert secret["metadata"]["ownerReferences"][0]["name"] == NAME
+    assert chat(url, chat_body(max_tokens=1)).status_code == 200, "the router's calls carry the key"
 
     # --- drift: a hand edit of the router's ConfigMap that would open the endpoint is reverted by a resync
     cm_path = f"/api/v1/namespaces/{namespace}/configmaps/{NAME}-router"
@@ -192,6 +204,7 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
         f"/api/v1/namespaces/{namespace}/configmaps/{NAME}-router",
         f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{NAME}-runtime",
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/{NAME}-router",
+        f"/api/v1/namespaces/{namespace}/secrets/{NAME}-apikey",
     ):
         wait_gone(cluster, path, 120, f"{path} to be garbage-collected")
     wait_for(lambda: not pods(cluster, namespace, f"serving.pixtral.dev/deployment={NAME}"), 180, "every pod to be gone")

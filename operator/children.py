@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from pixtral_operator.drift import controlled_by, covers, replicas_managers
 from pixtral_operator.events import Event
 from pixtral_operator.k8s import ApplyError, Kube
 from pixtral_operator.render import labels as L
+from pixtral_operator.render.internalkey import internal_key_secret, new_token
 
 CHILD_CONFLICT = "ChildConflict"
 APPLY_FAILED = "ApplyFailed"
@@ -90,12 +91,22 @@ def sync(
     owner_uid: str,
     autoscaled: Collection[str],
     live: Mapping[tuple[str, str], dict[str, Any] | None],
+    first: Callable[[], SyncResult] | None = None,
 ) -> SyncResult:
     """Apply what differs, in order. `autoscaled`: names of the Deployments whose replicas the
-    autoscaler owns; `live`: every child's live object, read by the caller."""
+    autoscaler owns; `live`: every child's live object, read by the caller; `first`: a step run
+    once no child conflicts, before any apply (the internal key's Secret), stopping on a problem."""
     result = SyncResult(live=dict(live), events=[], problems=conflicts(children, live, owner_uid))
     if result.problems:
         return result
+    if first is not None:
+        before = first()
+        result.live.update(before.live)
+        result.events += before.events
+        result.problems += before.problems
+        result.writes += before.writes
+        if result.problems:
+            return result
     for child in children:
         kind, meta = child["kind"], child["metadata"]
         key = (kind, meta["name"])
@@ -125,6 +136,34 @@ def sync(
         result.live[key] = applied
         verb = "Created" if current is None else "Updated"
         result.events.append(Event("Normal", verb, f"{verb} {kind} {meta['name']}"))
+    return result
+
+
+def ensure_internal_key(
+    name: str, namespace: str, kube: Kube, owner: Mapping[str, Any], token: Callable[[], str] = new_token
+) -> SyncResult:
+    """Create the internal-key Secret when it is absent; an existing one is never written (its token
+    is generated once), and one this PixtralDeployment does not control is a ChildConflict."""
+    secret_name = L.internal_key_name(name)
+    key = ("Secret", secret_name)
+    live = kube.get("v1", "Secret", namespace, secret_name)
+    result = SyncResult(live={key: live}, events=[], problems=[])
+    if live is not None:
+        result.problems = conflicts([{"kind": "Secret", "metadata": {"name": secret_name, "namespace": namespace}}],
+                                    result.live, owner["metadata"]["uid"])
+        return result
+    desired = internal_key_secret(name, namespace, owner, token())
+    try:
+        created = kube.create(desired)
+    except ApplyError as error:
+        message = f"Secret {namespace}/{secret_name}: the API server refused the create: {error.message}"
+        result.problems.append(ChildProblem(f"Secret/{secret_name}", APPLY_FAILED, message))
+        result.events.append(Event("Warning", APPLY_FAILED, message))
+        return result
+    if created is not None:  # None: created meanwhile (another replica's reconcile); its token stands
+        result.writes += 1
+        result.events.append(Event("Normal", "Created", f"Created Secret {secret_name}"))
+    result.live[key] = created
     return result
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 from pixtral_operator.render.labels import AUTOSCALER_FIELD_MANAGER, FIELD_MANAGER
 from pixtral_operator.spec import GROUP, KIND, VERSION
 
@@ -43,6 +43,7 @@ class Kube(Protocol):
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None: ...
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
@@ -95,6 +96,17 @@ class KubeApi:
                 field_manager=FIELD_MANAGER,
                 force_conflicts=True,
             )
+        except ApiException as exc:
+            raise ApplyError(exc.status or 0, _server_message(exc)) from exc
+        return result.to_dict()
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A plain create (no apply): None when an object of that name exists already."""
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        try:
+            result = resource.create(body=dict(obj), namespace=obj["metadata"].get("namespace"))
+        except ConflictError:
+            return None
         except ApiException as exc:
             raise ApplyError(exc.status or 0, _server_message(exc)) from exc
         return result.to_dict()

@@ -232,7 +232,8 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
             for c in children
         }
         autoscaled = {L.track_deployment_name(name, t.track) for t in spec.tracks()} if spec.autoscaling.enabled else set()
-        synced = CH.sync(children, kube, meta["uid"], autoscaled, live)
+        synced = CH.sync(children, kube, meta["uid"], autoscaled, live,
+                         first=lambda: CH.ensure_internal_key(name, namespace, kube, owner_of(body)))
         writes += synced.writes
         events += synced.events
         problems = synced.problems

@@ -102,6 +102,24 @@ class FakeKube:
         self.writes.append(("apply", obj["kind"], meta["name"]))
         return copy.deepcopy(new)
 
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        meta = obj["metadata"]
+        key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        self._request("create", obj["apiVersion"], obj["kind"])
+        for ref in meta.get("ownerReferences") or ():
+            if ref.get("blockOwnerDeletion"):
+                self._request("update", ref["apiVersion"], ref["kind"], "finalizers")
+        if key in self.objects:
+            return None  # 409 AlreadyExists
+        new = copy.deepcopy(dict(obj))
+        if "stringData" in new:  # the API server stores stringData as data (base64 there; plain here)
+            new["data"] = {**new.get("data", {}), **new.pop("stringData")}
+        self._uid += 1
+        new["metadata"]["uid"] = f"uid-{self._uid}"
+        self.objects[key] = new
+        self.writes.append(("create", obj["kind"], meta["name"]))
+        return copy.deepcopy(new)
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         self._request("delete", api_version, kind)
         self.writes.append(("delete", kind, name))

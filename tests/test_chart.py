@@ -50,7 +50,7 @@ NAMESPACED_PERMISSIONS = {
     ("rbac.authorization.k8s.io", "roles"): APPLY,
     ("rbac.authorization.k8s.io", "rolebindings"): APPLY,
     ("discovery.k8s.io", "endpointslices"): READ,
-    ("", "secrets"): {"get"},
+    ("", "secrets"): {"get", "create"},
     ("", "persistentvolumeclaims"): {"get"},
     ("", "events"): {"create"},
     ("monitoring.coreos.com", "podmonitors"): APPLY,

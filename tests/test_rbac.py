@@ -71,6 +71,8 @@ def test_recorded_requests_name_each_call_of_the_operator():
     requests = kube.requests
     assert ("get", "", "persistentvolumeclaims") in requests, "check_spec reads the weight claim"
     assert ("get", "", "secrets") in requests, "check_spec reads the referenced Secrets"
+    assert ("create", "", "secrets") in requests, "the internal key's Secret is created once"
+    assert ("patch", "", "secrets") not in requests, "and never applied (so never rotated by drift repair)"
     assert ("list", "", "nodes") in requests, "the GPU capacity check"
     assert ("create", "networking.k8s.io", "networkpolicies") in requests
     assert ("delete", "apps", "deployments") in requests and ("delete", "", "services") in requests

@@ -32,6 +32,7 @@ TRACK_HEADER = "x-pixtral-track"
 
 ROUTER_SUFFIX = "router"
 RUNTIME_SUFFIX = "runtime"
+INTERNAL_KEY_SUFFIX = "apikey"
 # kind -> the suffixes of the children of that kind (tracks name their Deployment and Service).
 CHILD_SUFFIXES = {
     "Deployment": ("stable", "canary", ROUTER_SUFFIX),
@@ -43,6 +44,7 @@ CHILD_SUFFIXES = {
     "PodDisruptionBudget": (RUNTIME_SUFFIX,),
     "NetworkPolicy": (RUNTIME_SUFFIX,),
     "PodMonitor": (RUNTIME_SUFFIX,),
+    "Secret": (INTERNAL_KEY_SUFFIX,),
 }
 
 
@@ -66,6 +68,11 @@ def router_name(name: str) -> str:
 def runtime_policy_name(name: str) -> str:
     """The runtime pods' PodDisruptionBudget and NetworkPolicy, and the PodMonitor."""
     return child_name(name, RUNTIME_SUFFIX)
+
+
+def internal_key_name(name: str) -> str:
+    """The Secret with the internal API key vLLM requires and only the router sends."""
+    return child_name(name, INTERNAL_KEY_SUFFIX)
 
 
 def common_labels(name: str, component: str) -> dict[str, str]:

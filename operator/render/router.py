@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pixtral_operator.render import labels as L
+from pixtral_operator.render.internalkey import KEY as INTERNAL_KEY
 from pixtral_operator.render.policy import pod_scrape_annotations
 from pixtral_operator.render.security import container_security_context, pod_security_context
 from pixtral_operator.settings import OperatorSettings
@@ -16,6 +17,9 @@ CONFIG_KEY = "config.json"
 # The API-key Secret is mounted here and the router reads the keys from its files, so neither the
 # router nor the operator needs to read Secrets through the API (docs/router.md).
 API_KEYS_DIR = "/etc/pixtral-router/api-keys"
+# The internal key the router sends to vLLM (render/internalkey.py); a directory mount, not a subPath,
+# so that the kubelet's updates of the Secret reach the file.
+INTERNAL_KEY_DIR = "/etc/pixtral-router/internal-key"
 # A terminating router pod keeps serving this long (preStop) while the endpoints drop it.
 PRESTOP_SECONDS = 5
 # After the graceful shutdown, time for the process to exit before SIGKILL.
@@ -173,7 +177,14 @@ def router_deployment(spec: PixtralSpec, settings: OperatorSettings) -> dict[str
         # The router writes no files; the Kubernetes client and Python get a scratch /tmp all the same.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "internal-key",
+         "secret": {"secretName": L.internal_key_name(spec.name), "defaultMode": 0o440,
+                    "items": [{"key": INTERNAL_KEY, "path": INTERNAL_KEY}]}},
+    ]
+    container["env"].append({"name": "PIXTRAL_ROUTER_INTERNAL_KEY_FILE", "value": f"{INTERNAL_KEY_DIR}/{INTERNAL_KEY}"})
+    container["volumeMounts"].append({"name": "internal-key", "mountPath": INTERNAL_KEY_DIR, "readOnly": True})
     if spec.router.api_keys_secret:
         container["env"].append({"name": "PIXTRAL_ROUTER_API_KEYS_DIR", "value": API_KEYS_DIR})
         container["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from pixtral_operator.render import labels as L
+from pixtral_operator.render.internalkey import KEY as INTERNAL_KEY
 from pixtral_operator.render.policy import pod_scrape_annotations
 from pixtral_operator.render.security import container_security_context, pod_security_context
 from pixtral_operator.settings import OperatorSettings
@@ -86,6 +87,12 @@ def _env(spec: PixtralSpec, track: TrackSpec) -> list[dict[str, Any]]:
         {"name": "PIXTRAL_HEALTH_PORT", "value": str(L.RUNTIME_HEALTH_PORT)},
         {"name": "PIXTRAL_DRAIN_TIMEOUT_SECONDS", "value": str(grace_period_seconds(spec) - DRAIN_MARGIN_SECONDS)},
     ]
+    # vLLM reads its API key from this variable (no flag: the key stays off the command line), and
+    # then refuses /v1 calls without it; /health and /metrics stay open (docs/runtime.md).
+    env.append(
+        {"name": "VLLM_API_KEY",
+         "valueFrom": {"secretKeyRef": {"name": L.internal_key_name(spec.name), "key": INTERNAL_KEY}}}
+    )
     if track.revision:
         env.append({"name": "PIXTRAL_MODEL_REVISION", "value": track.revision})
     if track.source.hub_token_secret:

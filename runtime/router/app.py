@@ -34,6 +34,7 @@ from .errors import (
 )
 from .guard import Guard, RequestInfo
 from .headers import DROP_REQUEST, DROP_RESPONSE, forwarded
+from .internalkey import InternalKey
 from .metrics import RouterMetrics
 from .settings import RouterSettings
 from .state import RouterState
@@ -78,6 +79,7 @@ class RouterApp:
         self.state = state or RouterState(RouterMetrics(deployment))
         self.metrics = self.state.metrics
         self.upstream: UpstreamPool | None = None
+        self.internal_key = InternalKey(settings.internal_key_file)
         self.budget = BodyBudget(settings.body_budget_bytes or budget_for(settings.memory_limit_bytes))
         # backend URL -> (host, port, the URL as the x-pixtral-backend header value)
         self._backends: dict[str, tuple[str, int, bytes]] = {}
@@ -384,7 +386,8 @@ class RouterApp:
         target = scope["raw_path"] if scope.get("raw_path") else scope["path"].encode()
         if scope.get("query_string"):
             target = target + b"?" + scope["query_string"]
-        headers = forwarded(scope["headers"], DROP_REQUEST)
+        # The tenant's Authorization is dropped; vLLM gets the internal key instead (internalkey.py).
+        headers = forwarded(scope["headers"], DROP_REQUEST) + self.internal_key.headers()
         exclude: list[str] = []
         outstanding = state.outstanding
         epsilon = self._config().routing.epsilon

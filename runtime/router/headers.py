@@ -2,7 +2,7 @@
 
 Hop-by-hop headers, and any header a `Connection` header names, belong to one connection and are
 not forwarded; neither are the ones the router sets itself (Host, Content-Length) or the tenant's
-key (the runtime has no business with it).
+key (the runtime has no business with it: the router sends its internal key instead, internalkey.py).
 """
 
 from __future__ import annotations

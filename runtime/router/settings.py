@@ -18,6 +18,8 @@ class RouterSettings:
     config_path: str | None = None
     # The API-key Secret mounted as a volume (one file per tenant): read from there, not the API.
     api_keys_dir: str | None = None
+    # The internal key vLLM requires (a mounted Secret file): sent upstream in place of the tenant's.
+    internal_key_file: str | None = None
     # An already parsed static configuration (tests, embedding); wins over config_path.
     config: RouterConfig | None = None
     log_level: str = "info"
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="static config file instead of the ConfigMap (env PIXTRAL_ROUTER_CONFIG)")
     p.add_argument("--api-keys-dir", help="the config's API-key Secret mounted as a volume: read the keys from "
                    "these files instead of watching the Secret (env PIXTRAL_ROUTER_API_KEYS_DIR)")
+    p.add_argument("--internal-key-file", help="file with the key sent to vLLM as Authorization: Bearer, re-read "
+                   "when it changes (env PIXTRAL_ROUTER_INTERNAL_KEY_FILE; default: no key)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help="log level (env PIXTRAL_ROUTER_LOG_LEVEL, default info)")
     p.add_argument("--metrics-port", type=int,
@@ -117,6 +121,7 @@ def settings_from(argv: list[str], environ: Mapping[str, str]) -> RouterSettings
         configmap=configmap,
         config_path=config_path,
         api_keys_dir=args.api_keys_dir or environ.get("PIXTRAL_ROUTER_API_KEYS_DIR") or None,
+        internal_key_file=args.internal_key_file or environ.get("PIXTRAL_ROUTER_INTERNAL_KEY_FILE") or None,
         log_level=args.log_level or environ.get("PIXTRAL_ROUTER_LOG_LEVEL", "info").lower(),
         access_log=access_log,
     )

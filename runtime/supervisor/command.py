@@ -48,6 +48,9 @@ MANAGED_FLAGS: dict[str, tuple[str, ...]] = {
     # remote hosts and local files on its own as well, and extra args cannot widen that.
     "--allowed-media-domains": (),
     "--allowed-local-media-path": (),
+    # The internal key comes from VLLM_API_KEY (a Secret the operator generates; docs/runtime.md):
+    # on the command line it would show in `ps` and the pod spec, and an extra arg would replace it.
+    "--api-key": (),
 }
 
 # A host name that can never resolve (RFC 6761 `.invalid`): vLLM treats an empty domain list as
