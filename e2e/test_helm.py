@@ -240,7 +240,12 @@ def test_kubectl_apply_manifests_gives_the_same_working_operator(tools, tiny_mod
         assert pods[0]["spec"]["serviceAccountName"] == INSTALL_NAME
         assert process_identity(tools, INSTALL_NAMESPACE, pods[0]["metadata"]["name"]) == \
             f"system:serviceaccount:{INSTALL_NAMESPACE}:{INSTALL_NAME}"
-        assert rbac_wildcards(tools.get("clusterrole", INSTALL_NAME)["rules"]) == []
+        cluster_role = tools.get("clusterrole", INSTALL_NAME)
+        assert rbac_wildcards(cluster_role["rules"]) == []
+        # Secrets: get (what a spec names) and create (the internal key), never list or watch.
+        secret_verbs = {verb for rule in cluster_role["rules"] if "secrets" in rule.get("resources", [])
+                        for verb in rule["verbs"]}
+        assert secret_verbs == {"get", "create"}, secret_verbs
 
         create_tenant_namespace(tools, KUBECTL_TENANT_NAMESPACE, tiny_model_dir)
         # Zero replicas: the operator's whole reconcile (router, Services, config, status) without a second engine.
@@ -323,6 +328,7 @@ def test_operator_rbac_has_no_wildcards_and_stays_in_its_namespaces(tools, helm_
     assert can("list", "nodes", None)
     assert not can("create", "deployments.apps", "default"), "no rights outside watchNamespaces"
     assert not can("delete", "secrets", WATCHED_NAMESPACE)
+    assert not can("list", "secrets", WATCHED_NAMESPACE) and not can("watch", "secrets", WATCHED_NAMESPACE)
     assert not can("create", "pods", WATCHED_NAMESPACE)
     assert not can("escalate", "roles.rbac.authorization.k8s.io", WATCHED_NAMESPACE)
     assert not can("bind", "clusterroles.rbac.authorization.k8s.io", WATCHED_NAMESPACE)
