@@ -193,14 +193,14 @@ def test_helm_lint_and_template_with_defaults_and_every_option(tools):
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
     dry_run = tools.kubectl("apply", "--dry-run=server", "-f", "-", input=defaults.stdout)
     assert f"deployment.apps/{FULLNAME} created (server dry run)" in dry_run.stdout
-    # Every option: the ServiceMonitor kind does not exist without the Prometheus Operator, so this
-    # render states the cluster's version instead of validating against it.
+    # Every option: the ServiceMonitor and PrometheusRule kinds do not exist without the Prometheus
+    # Operator, so this render states the cluster's version instead of validating against it.
     version = json.loads(tools.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
     every = tools.helm("template", RELEASE, str(CHART_DIR), "-n", "default", "--values", str(ALL_VALUES),
                        "--kube-version", version)
     kinds = {o["kind"] for o in yaml.safe_load_all(every.stdout) if o}
     assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
-                     "Deployment", "KopfPeering", "ServiceMonitor"}
+                     "Deployment", "KopfPeering", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
 
 
 @pytest.mark.parametrize(("bad_value", "named"), [
