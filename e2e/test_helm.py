@@ -135,7 +135,7 @@ def reconciled(tools: Tools, namespace: str) -> Callable[[], dict | None]:
         children = {
             "runtime": tools.get("deployment", f"{PXD_NAME}-stable", "-n", namespace),
             "router": tools.get("deployment", f"{PXD_NAME}-router", "-n", namespace),
-            "service": tools.get("service", PXD_NAME, "-n", namespace),
+            "service": tools.get("service", f"{PXD_NAME}-router", "-n", namespace),
             "router-config": tools.get("configmap", f"{PXD_NAME}-router", "-n", namespace),
         }
         if not all(children.values()):
