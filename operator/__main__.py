@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from pixtral_operator.handlers.pixtral import register
     from pixtral_operator.k8s import KubeApi, load_config
     from pixtral_operator.prometheus import PrometheusClient
-    from pixtral_operator.scaler import Scaler
+    from pixtral_operator.scale_loop import Scaler
     from prometheus_client import start_http_server
 
     settings = OperatorSettings.from_env()

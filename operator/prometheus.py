@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from pixtral_operator.autoscaler import Signal
+from pixtral_operator.scale_decision import Signal
 from pixtral_operator.spec import TRACKS
 
 ENGINE_WAITING_METRIC = "vllm:num_requests_waiting"

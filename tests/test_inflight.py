@@ -106,7 +106,7 @@ def degraded_gauge(name):
 
 
 def test_a_deleted_object_leaves_no_degraded_gauge():
-    from pixtral_operator.scaler import Scaler
+    from pixtral_operator.scale_loop import Scaler
 
     kube = FakeKube(nodes=[gpu_node("gpu-0")])
     inflight = InFlight()

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 import yaml
-from pixtral_operator.autoscaler import Signal
+from pixtral_operator.scale_decision import Signal
 from pixtral_operator.prometheus import (
     PrometheusClient,
     QueryConfigError,
@@ -597,7 +597,7 @@ async def test_live_target_going_down_turns_the_signal_partial(live_prometheus):
 def test_autoscaler_modules_import_neither_kopf_nor_the_kubernetes_client():
     # The timer wraps these modules; they must stay testable and reusable without an API server.
     code = (
-        "import sys, pixtral_operator.autoscaler, pixtral_operator.prometheus; "
+        "import sys, pixtral_operator.scale_decision, pixtral_operator.prometheus; "
         "print(sorted(m for m in ('kopf', 'kubernetes') if m in sys.modules))"
     )
     answer = subprocess.run(

@@ -5,7 +5,7 @@ chart to. A call the chart does not grant fails here; so does a grant nothing us
 
 from fakekube import FakeKube, gpu_node, pxd
 from pixtral_operator.reconcile import reconcile
-from pixtral_operator.scaler import Scaler
+from pixtral_operator.scale_loop import Scaler
 from pixtral_operator.settings import OperatorSettings
 from test_chart import (
     CLUSTER_PERMISSIONS,
@@ -14,7 +14,7 @@ from test_chart import (
     OWNER_REFERENCE_PERMISSIONS,
     ROUTER_PERMISSIONS,
 )
-from test_scaler import CannedPrometheus
+from test_scale_loop import CannedPrometheus
 
 SETTINGS = OperatorSettings()
 

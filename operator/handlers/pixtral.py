@@ -14,7 +14,7 @@ from pixtral_operator.children import retry_delay
 from pixtral_operator.inflight import InFlight
 from pixtral_operator.k8s import KubeApi
 from pixtral_operator.reconcile import Outcome, reconcile
-from pixtral_operator.scaler import Scaler
+from pixtral_operator.scale_loop import Scaler
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import GROUP, PLURAL, VERSION
 

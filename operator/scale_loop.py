@@ -1,6 +1,6 @@
 """The autoscaler's timer body: read each track's signal, decide, patch the Deployment, report.
 
-The decision itself is pure (`autoscaler.decide`); this module only moves data between Prometheus,
+The decision itself is pure (`scale_decision.decide`); this module only moves data between Prometheus,
 the Deployment, the stored state and the status. Per-track state lives in memory between ticks and
 is persisted in `status.autoscaler.<track>.state` whenever the visible decision changes, so a
 restarted operator resumes with its windows (a long gap restarts them, which only delays scale-down).
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pixtral_operator import metrics
-from pixtral_operator.autoscaler import Decision, Policy, Signal, StateError, TrackState, decide
+from pixtral_operator.scale_decision import Decision, Policy, Signal, StateError, TrackState, decide
 from pixtral_operator.k8s import Kube
 from pixtral_operator.prometheus import PrometheusClient, read_signal
 from pixtral_operator.render import labels as L

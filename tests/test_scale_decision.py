@@ -9,7 +9,7 @@ import math
 import random
 
 import pytest
-from pixtral_operator.autoscaler import (
+from pixtral_operator.scale_decision import (
     Decision,
     Policy,
     Signal,

@@ -3,7 +3,7 @@
 from fakekube import FakeKube, gpu_node, pxd
 from pixtral_operator.prometheus import QueryResult, Sample
 from pixtral_operator.reconcile import reconcile
-from pixtral_operator.scaler import Scaler
+from pixtral_operator.scale_loop import Scaler
 from pixtral_operator.settings import OperatorSettings
 
 SPEC = {"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetQueuePerReplica": 2, "scaleDownWindowSeconds": 30}}
