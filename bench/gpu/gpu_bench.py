@@ -5,10 +5,10 @@ Modes (each fits one device call of at most 10 minutes; `--deadline` bounds it):
 - `serve-ab`: start the supervisor, record its readiness timeline and vLLM's metric names, an
   interleaved A/B of direct vs router (direct, router, direct, router; fresh images every request)
   at each concurrency, then SIGTERM the supervisor under load and record the drain.
-- `replicas`: two supervisors on the one GPU (each with a share of its memory) behind one router;
-  a unique-image and a repeated-image workload, with the prefix and multimodal cache hit rates of
-  each engine. `--router-extra` merges JSON into the router config (a balancing strategy, once the
-  router has one to choose).
+- `replicas`: two supervisors on the one GPU (each with a share of its memory) behind one router per
+  balancing strategy (`--strategies`); each workload (unique images, repeated images drawn
+  uniformly or by Zipf) runs once through each router, back to back, with the prefix and
+  multimodal cache hit rates of each engine. `--router-extra` merges JSON into every router config.
 
 Run by bench/gpu/run.sh on the GPU machine (which unpacks the rig and installs this checkout);
 results are JSON files under --out, summarised in docs/benchmarks.md ("GPU: one H200").
@@ -284,35 +284,47 @@ def serve_ab(args: argparse.Namespace) -> int:
     return 0
 
 
-async def replica_runs(args: argparse.Namespace, router: str, engines: list[Supervisor], result: dict) -> None:
+async def replica_runs(args: argparse.Namespace, routers: dict[str, str], engines: list[Supervisor], result: dict) -> None:
+    """Each workload once per strategy, back to back, the strategies' order alternating between
+    workloads; every run draws fresh images, so no strategy inherits another's cache."""
     auth = {"Authorization": f"Bearer {serve_config.BENCH_API_KEY}"}
     async with load.client_session() as s:
-        result["warmup"] = await load.warm_up(s, router, model=MODEL_NAME, headers=auth)
+        result["warmup"] = {name: await load.warm_up(s, base, model=MODEL_NAME, headers=auth)
+                            for name, base in routers.items()}
         result["runs"] = []
-        for pool in args.pools:
-            if elapsed() + args.replica_requests / 12 + 20 > args.deadline:
-                log(f"skipping pool={pool}: not enough time left")
-                continue
-            before = [http_get(e.vllm + "/metrics")[1] for e in engines]
-            w = load.Workload(concurrency=args.replica_conc, requests=args.replica_requests, pool=pool,
-                              tag=f"replicas pool{pool}")
-            summary = await load.closed_loop(s, router, w, model=MODEL_NAME, headers=auth, seed=pool)
-            after = [http_get(e.vllm + "/metrics")[1] for e in engines]
-            per_engine = []
-            for b, a in zip(before, after, strict=True):
-                d = {name: (metric_values(a, name) or 0) - (metric_values(b, name) or 0) for name in CACHE_COUNTERS}
-                per_engine.append({
-                    "requests": (metric_values(a, "vllm:request_success_total") or 0)
-                    - (metric_values(b, "vllm:request_success_total") or 0),
-                    "prefix_cache_hit_rate": round(d["vllm:prefix_cache_hits_total"] / d["vllm:prefix_cache_queries_total"], 3)
-                    if d["vllm:prefix_cache_queries_total"] else None,
-                    "mm_cache_hit_rate": round(d["vllm:mm_cache_hits_total"] / d["vllm:mm_cache_queries_total"], 3)
-                    if d["vllm:mm_cache_queries_total"] else None,
-                })
-            summary.update(engines=per_engine, finished_at_s=round(elapsed(), 1))
-            result["runs"].append(summary)
-            log(f"pool {pool}: {brief(summary)} engines {per_engine}")
-            save(args, "replicas.json", result)
+        order = list(routers)
+        for index, spec in enumerate(args.pools):
+            pool, zipf = load.parse_pool(spec)
+            for strategy in (order if index % 2 == 0 else order[::-1]):
+                if elapsed() + args.replica_requests / 12 + 20 > args.deadline:
+                    log(f"skipping pool={spec} {strategy}: not enough time left")
+                    continue
+                before = [http_get(e.vllm + "/metrics")[1] for e in engines]
+                w = load.Workload(concurrency=args.replica_conc, requests=args.replica_requests, pool=pool, zipf=zipf,
+                                  tag=f"replicas {strategy} pool{spec}")
+                summary = await load.closed_loop(s, routers[strategy], w, model=MODEL_NAME, headers=auth,
+                                                 seed=index * 100 + order.index(strategy))
+                after = [http_get(e.vllm + "/metrics")[1] for e in engines]
+                summary.update(strategy=strategy, engines=engine_deltas(before, after), finished_at_s=round(elapsed(), 1))
+                result["runs"].append(summary)
+                log(f"{strategy} pool {spec}: {brief(summary)} engines {summary['engines']}")
+                save(args, "replicas.json", result)
+
+
+def engine_deltas(before: list[str], after: list[str]) -> list[dict]:
+    """Requests and cache hit rates of each engine over one run, from vLLM's counters."""
+    per_engine = []
+    for b, a in zip(before, after, strict=True):
+        d = {name: (metric_values(a, name) or 0) - (metric_values(b, name) or 0) for name in CACHE_COUNTERS}
+        per_engine.append({
+            "requests": (metric_values(a, "vllm:request_success_total") or 0)
+            - (metric_values(b, "vllm:request_success_total") or 0),
+            "prefix_cache_hit_rate": round(d["vllm:prefix_cache_hits_total"] / d["vllm:prefix_cache_queries_total"], 3)
+            if d["vllm:prefix_cache_queries_total"] else None,
+            "mm_cache_hit_rate": round(d["vllm:mm_cache_hits_total"] / d["vllm:mm_cache_queries_total"], 3)
+            if d["vllm:mm_cache_queries_total"] else None,
+        })
+    return per_engine
 
 
 def replicas(args: argparse.Namespace) -> int:
@@ -321,6 +333,7 @@ def replicas(args: argparse.Namespace) -> int:
                                          gpu_memory_utilization=args.replica_gpu_memory),
                           Path(args.out) / f"supervisor-{i}.log") for i in range(2)]
     result["readiness"] = []
+    routers: list[subprocess.Popen] = []
     try:
         # One after the other: vLLM sizes its KV cache from the memory it sees while profiling.
         for i, e in enumerate(engines):
@@ -344,13 +357,18 @@ def replicas(args: argparse.Namespace) -> int:
         save(args, "replicas.json", result)
         extra = json.loads(args.router_extra)
         result["router_extra"] = extra
-        router_proc, router = start_router(args, [e.vllm for e in engines], 8080, extra)
-        try:
-            asyncio.run(replica_runs(args, router, engines, result))
-        finally:
-            router_proc.terminate()
-            router_proc.wait(10)
+        # One router per strategy in front of the same two engines: the strategies share the
+        # engines, the GPU and the moment, which is what makes the comparison side by side.
+        bases: dict[str, str] = {}
+        for i, strategy in enumerate(args.strategies):
+            routing = {**extra.get("routing", {}), "strategy": strategy}
+            proc, bases[strategy] = start_router(args, [e.vllm for e in engines], 8080 + i, {**extra, "routing": routing})
+            routers.append(proc)
+        asyncio.run(replica_runs(args, bases, engines, result))
     finally:
+        for proc in routers:
+            proc.terminate()
+            proc.wait(10)
         result["exit_codes"] = [e.stop(timeout=40) for e in engines]
         save(args, "replicas.json", result)
     return 0
@@ -379,8 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replica-requests", type=int, default=384)
     ap.add_argument("--replica-reserve", type=float, default=200,
                     help="seconds an --ab-first A/B leaves for the second engine's start and the replica runs")
-    ap.add_argument("--pools", type=lambda s: [int(x) for x in s.split(",")], default=[0, 16, 128],
-                    help="image pools per workload: 0 = unique images, N = drawn from N images")
+    ap.add_argument("--pools", type=lambda s: s.split(","), default=["0", "z20", "128"],
+                    help="workloads: 0 = unique images, N = drawn uniformly from N images, zN = a Zipf draw over N")
+    ap.add_argument("--strategies", type=lambda s: s.split(","), default=["leastOutstanding", "imageAffinity"],
+                    help="router balancing strategies, one router each, compared run by run")
     ap.add_argument("--router-extra", default="{}", help="JSON merged into the router config")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override one rendered supervisor variable (a dry run on vLLM's CPU build, say)")

@@ -2,7 +2,8 @@
 
 Each request carries one image and its own text. Images are fresh by default (a random 16x16
 pattern upscaled, JPEG), so neither vLLM's multimodal cache nor its prefix cache can reuse anything;
-`pool=N` draws them from N fixed images instead (the repeated-image workload). The image comes
+`pool=N` draws them from N fixed images instead (the repeated-image workload), uniformly or, with
+`zipf=s`, with the k-th image weighted 1/k^s (a few popular images, a long tail). The image comes
 before the text, so a repeated image is also a shared prompt prefix. The seed base is random per
 process: images never repeat across runs against one long-lived server.
 
@@ -99,13 +100,28 @@ class Workload:
     image_px: int = 512
     max_tokens: int = 128
     pool: int = 0  # 0: a fresh image per request; N: drawn from N fixed images
+    zipf: float = 0.0  # 0: a uniform draw from the pool; s > 0: image k weighted 1 / k**s
     tag: str = "load"
+
+    @property
+    def name(self) -> str:
+        if not self.pool:
+            return "unique images"
+        return f"repeated: {self.pool} images" + (f", Zipf {self.zipf:g}" if self.zipf else "")
+
+
+def parse_pool(text: str) -> tuple[int, float]:
+    """`0` (unique), `N` (uniform over N images) or `zN` (Zipf, exponent 1.1, over N images)."""
+    if text.startswith("z"):
+        return int(text[1:]), 1.1
+    return int(text), 0.0
 
 
 def bodies_for(w: Workload, model: str, rng: random.Random) -> list[dict]:
     if w.pool:
         pool = [image_url(w.image_px) for _ in range(w.pool)]
-        images = [rng.choice(pool) for _ in range(w.requests)]
+        weights = [1 / (k + 1) ** w.zipf for k in range(w.pool)] if w.zipf else None
+        images = rng.choices(pool, weights=weights, k=w.requests)
     else:
         images = [image_url(w.image_px) for _ in range(w.requests)]
     return [chat_body(model, f"[{w.tag} {i}] Describe this image in detail.", [img], w.max_tokens)
@@ -119,7 +135,7 @@ def summarise(w: Workload, results: list[dict], wall: float) -> dict:
     out_tokens = sum(r.get("completion_tokens") or 0 for r in ok)
     return {
         "concurrency": w.concurrency, "requests": w.requests, "ok": len(ok), "image_px": w.image_px,
-        "max_tokens": w.max_tokens, "pool": w.pool, "wall_s": round(wall, 3),
+        "max_tokens": w.max_tokens, "pool": w.pool, "zipf": w.zipf, "workload": w.name, "wall_s": round(wall, 3),
         "req_per_s": round(len(ok) / wall, 3), "out_tok_per_s": round(out_tokens / wall, 1),
         "prompt_tokens_each": ok[0].get("prompt_tokens") if ok else None,
         "ttft_p50_ms": round(pct(ttfts, 0.5) * 1000, 1), "ttft_p99_ms": round(pct(ttfts, 0.99) * 1000, 1),

@@ -51,17 +51,38 @@ def ab_deltas(pairs: list[tuple[dict, dict]]) -> list[str]:
     return lines
 
 
+def workload_name(r: dict) -> str:
+    if "workload" in r:
+        return r["workload"]
+    return "unique images" if not r["pool"] else f"repeated: {r['pool']} images"
+
+
 def replicas_table(runs: list[dict]) -> list[str]:
-    lines = ["| workload | req/s | output tok/s | TTFT p50 | TTFT p99 | engine requests | prefix cache hits | multimodal cache hits |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | strategy | req/s | output tok/s | TTFT p50 | TTFT p99 | engine requests | prefix cache hits | multimodal cache hits |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        name = "unique images" if not r["pool"] else f"repeated: {r['pool']} images"
         eng = r["engines"]
         lines.append(
-            f"| {name} | {r['req_per_s']:.2f} | {r['out_tok_per_s']:.0f} | {r['ttft_p50_ms']:.0f} ms | {r['ttft_p99_ms']:.0f} ms | "
+            f"| {workload_name(r)} | {r.get('strategy', 'leastOutstanding')} | {r['req_per_s']:.2f} | {r['out_tok_per_s']:.0f} | "
+            f"{r['ttft_p50_ms']:.0f} ms | {r['ttft_p99_ms']:.0f} ms | "
             + " / ".join(f"{e['requests']:.0f}" for e in eng) + " | "
             + " / ".join(f"{e['prefix_cache_hit_rate']:.0%}" if e["prefix_cache_hit_rate"] is not None else "-" for e in eng) + " | "
             + " / ".join(f"{e['mm_cache_hit_rate']:.0%}" if e["mm_cache_hit_rate"] is not None else "-" for e in eng) + " |")
+    return lines
+
+
+def strategy_deltas(runs: list[dict], baseline: str = "leastOutstanding") -> list[str]:
+    """Every other strategy against the baseline on the same workload of the same run."""
+    by = {(workload_name(r), r.get("strategy", baseline)): r for r in runs}
+    lines = ["| workload | strategy | TTFT p50 change | TTFT p99 change | throughput change |", "|---|---|---|---|---|"]
+    for (workload, strategy), r in by.items():
+        base = by.get((workload, baseline))
+        if strategy == baseline or base is None:
+            continue
+        lines.append(f"| {workload} | {strategy} vs {baseline} | "
+                     f"{100 * (r['ttft_p50_ms'] - base['ttft_p50_ms']) / base['ttft_p50_ms']:+.1f}% | "
+                     f"{100 * (r['ttft_p99_ms'] - base['ttft_p99_ms']) / base['ttft_p99_ms']:+.1f}% | "
+                     f"{100 * (r['req_per_s'] - base['req_per_s']) / base['req_per_s']:+.1f}% |")
     return lines
 
 
@@ -73,7 +94,10 @@ def main(paths: list[str]) -> int:
             print(f"{path}:", "", "\n".join(ab_table(data.get("runs", []))), "", sep="\n")
             pairs += ab_pairs(data.get("runs", []))
         elif data.get("mode") == "replicas":
-            print(f"{path}:", "", "\n".join(replicas_table(data.get("runs", []))), "", sep="\n")
+            runs = data.get("runs", [])
+            print(f"{path}:", "", "\n".join(replicas_table(runs)), "", sep="\n")
+            if len({r.get("strategy") for r in runs}) > 1:
+                print("\n".join(strategy_deltas(runs)), "", sep="\n")
         else:
             print(f"report.py: {path} is not a gpu_bench result", file=sys.stderr)
             return 2
