@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 from pixtral_runtime.router import admission, scan
 from pixtral_runtime.router.affinity import affinity_key, choose_affine_backend, leading_text
-from pixtral_runtime.router.choice import choose, choose_affine, choose_backend
+from pixtral_runtime.router.choice import choose, choose_affine, choose_backend, choose_round_robin
 from pixtral_runtime.router.config import (
     IMAGE_AFFINITY,
     LEAST_OUTSTANDING,
+    ROUND_ROBIN,
     AdmissionPolicy,
     ConfigError,
     parse_config,
@@ -36,10 +37,12 @@ def test_routing_defaults_to_least_outstanding() -> None:
 def test_routing_parses_affinity_and_epsilon() -> None:
     routing = parse_config({**BASE, "routing": {"strategy": "imageAffinity", "epsilon": 0.5}}).routing
     assert routing.strategy == IMAGE_AFFINITY and routing.epsilon == 0.5
+    assert parse_config({**BASE, "routing": {"strategy": "roundRobin"}}).routing.strategy == ROUND_ROBIN
 
 
 @pytest.mark.parametrize(("routing", "message"), [
-    ({"strategy": "roundRobin"}, "config.json.routing.strategy must be one of leastOutstanding, imageAffinity"),
+    ({"strategy": "random"},
+     "config.json.routing.strategy must be one of leastOutstanding, imageAffinity, roundRobin, got 'random'"),
     ({"strategy": 3}, "config.json.routing.strategy must be a non-empty string"),
     ({"epsilon": 0}, "config.json.routing.epsilon must be a number in [0.01, 10.0], got 0"),
     ({"epsilon": 11}, "config.json.routing.epsilon must be a number in [0.01, 10.0]"),
@@ -67,8 +70,8 @@ def test_without_a_key_the_choice_is_least_outstanding() -> None:
 def test_with_a_key_the_choice_follows_the_ring_and_skips_excluded_backends() -> None:
     key = 12345
     home = choose_affine_backend(key, READY["stable"], {})
-    assert choose("stable", READY, {}, random.Random(0), (), key=key) == ("stable", home)
-    second = choose("stable", READY, {}, random.Random(0), (home,), key=key)
+    assert choose("stable", READY, {}, random.Random(0), (), key=key, strategy=IMAGE_AFFINITY) == ("stable", home)
+    second = choose("stable", READY, {}, random.Random(0), (home,), key=key, strategy=IMAGE_AFFINITY)
     assert second is not None and second[1] != home and second[0] == "stable"
     # A retry walks on along the ring: the same as the ring's choice among the others.
     others = [b for b in READY["stable"] if b != home]
@@ -85,10 +88,41 @@ def test_affine_choice_honours_the_load_bound() -> None:
     home = choose_affine_backend(key, READY["stable"], {})
     busy = {home: 4}
     # total 4 (+1) over 3 backends, epsilon 0.25: at most ceil(1.25 * 5 / 3) = 3 per backend.
-    spilled = choose("stable", READY, busy, random.Random(0), (), key=key, epsilon=0.25)
+    spilled = choose("stable", READY, busy, random.Random(0), (), key=key, epsilon=0.25, strategy=IMAGE_AFFINITY)
     assert spilled is not None and spilled[1] != home
     # A loose bound keeps it home.
-    assert choose("stable", READY, busy, random.Random(0), (), key=key, epsilon=10.0) == ("stable", home)
+    assert choose("stable", READY, busy, random.Random(0), (), key=key, epsilon=10.0,
+                  strategy=IMAGE_AFFINITY) == ("stable", home)
+
+
+def test_a_key_is_ignored_by_the_other_strategies() -> None:
+    outstanding = {"http://a:1": 3, "http://b:1": 0, "http://c:1": 2}
+    # A key whose home under imageAffinity is not the least loaded backend.
+    key = next(k << 56 for k in range(256)
+               if choose_affine_backend(k << 56, READY["stable"], outstanding, 10.0) != "http://b:1")
+    assert choose("stable", READY, outstanding, random.Random(0), (), key=key, epsilon=10.0,
+                  strategy=LEAST_OUTSTANDING) == ("stable", "http://b:1")
+    assert [choose("stable", READY, outstanding, random.Random(0), (), key=key, strategy=ROUND_ROBIN, turn=t)
+            for t in range(3)] == [("stable", b) for b in READY["stable"]]
+
+
+def test_round_robin_takes_backends_in_turn_whatever_their_load() -> None:
+    busy = {"http://a:1": 50}
+    picks = [choose("stable", READY, busy, random.Random(0), (), strategy=ROUND_ROBIN, turn=t)[1] for t in range(7)]
+    assert picks == ["http://a:1", "http://b:1", "http://c:1"] * 2 + ["http://a:1"]
+
+
+def test_round_robin_skips_excluded_backends_and_falls_back_to_the_other_track() -> None:
+    assert [choose_round_robin("stable", READY, t, ("http://b:1",))[1] for t in range(4)] == [
+        "http://a:1", "http://c:1", "http://a:1", "http://c:1"]
+    assert choose_round_robin("stable", READY, 5, READY["stable"]) == ("canary", "http://d:1")
+    assert choose_round_robin("stable", READY, 5, (*READY["stable"], "http://d:1")) is None
+    assert choose_round_robin("canary", {"stable": ("http://a:1",)}, 0) == ("stable", "http://a:1")
+
+
+def test_an_unknown_strategy_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown routing strategy 'random'"):
+        choose("stable", READY, {}, random.Random(0), (), strategy="random")
 
 
 # ---- the key admission computes ------------------------------------------------------------------
@@ -170,6 +204,19 @@ async def test_least_outstanding_spreads_repeat_images() -> None:
                 r = await client.post("/v1/chat/completions", json=chat(png(1)), headers=AUTH)
                 served.add(r.json()["served_by"])
             assert len(served) > 1
+
+
+async def test_round_robin_alternates_backends_through_the_app() -> None:
+    ups = [Upstream(name) for name in "ab"]
+    async with serve(ups[0].app) as a, serve(ups[1].app) as b:
+        async with router(config({"stable": [a, b]}, routing={"strategy": "roundRobin"})) as client:
+            served = []
+            for _ in range(6):
+                r = await client.post("/v1/chat/completions", json=chat(png(1)), headers=AUTH)
+                assert r.status_code == 200
+                served.append(r.json()["served_by"])
+            # Strictly alternating, starting wherever the counter stood.
+            assert served in (["a", "b"] * 3, ["b", "a"] * 3)
 
 
 async def test_a_busy_home_backend_spills_and_gets_its_key_back_when_free() -> None:

@@ -332,7 +332,8 @@ class RouterApp:
                     )
                 await state.pool.wait_changed(remaining)
                 choice = choose(track, state.pool.usable(), state.outstanding, state.rng, exclude,
-                                key=key, epsilon=config.routing.epsilon)
+                                key=key, epsilon=config.routing.epsilon, strategy=config.routing.strategy,
+                                turn=next(state.turns))
                 if choice is not None:
                     return choice
         finally:
@@ -390,9 +391,10 @@ class RouterApp:
         headers = forwarded(scope["headers"], DROP_REQUEST) + self.internal_key.headers()
         exclude: list[str] = []
         outstanding = state.outstanding
-        epsilon = self._config().routing.epsilon
+        routing = self._config().routing
         for attempt in range(dispatch.MAX_ATTEMPTS):
-            choice = choose(track, state.pool.usable(), outstanding, state.rng, exclude, key=key, epsilon=epsilon)
+            choice = choose(track, state.pool.usable(), outstanding, state.rng, exclude, key=key,
+                            epsilon=routing.epsilon, strategy=routing.strategy, turn=next(state.turns))
             if choice is None:
                 if attempt:
                     raise UpstreamUnreachable(

@@ -11,11 +11,11 @@ import random
 from collections.abc import Collection, Mapping, Sequence
 
 from .affinity import DEFAULT_EPSILON, choose_affine_backend
-from .config import CANARY, STABLE
+from .config import CANARY, IMAGE_AFFINITY, LEAST_OUTSTANDING, ROUND_ROBIN, ROUTING_STRATEGIES, STABLE
 from .errors import InvalidRequest
 
-__all__ = ["CANARY", "STABLE", "choose", "choose_affine", "choose_backend", "choose_track", "parse_override",
-           "sticky_bucket"]
+__all__ = ["CANARY", "STABLE", "choose", "choose_affine", "choose_backend", "choose_round_robin", "choose_track",
+           "parse_override", "sticky_bucket"]
 
 
 def sticky_bucket(value: bytes | str) -> float:
@@ -103,6 +103,22 @@ def choose_affine(
     return None
 
 
+def choose_round_robin(
+    track: str,
+    ready: Mapping[str, Sequence[str]],
+    turn: int,
+    exclude: Collection[str] = (),
+) -> tuple[str, str] | None:
+    """(track, backend) for the `turn`-th pick: the track's usable backends in turn, whatever their
+    load (the baseline the other strategies are measured against, docs/benchmarks.md); the other
+    track's when the chosen one has none; None when neither has. The caller counts the turns."""
+    for candidate_track in (track, other_track(track)):
+        usable = [backend for backend in ready.get(candidate_track, ()) if backend not in exclude]
+        if usable:
+            return candidate_track, usable[turn % len(usable)]
+    return None
+
+
 def choose(
     track: str,
     ready: Mapping[str, Sequence[str]],
@@ -112,9 +128,16 @@ def choose(
     *,
     key: int | None = None,
     epsilon: float = DEFAULT_EPSILON,
+    strategy: str = LEAST_OUTSTANDING,
+    turn: int = 0,
 ) -> tuple[str, str] | None:
-    """The backend for one attempt: by affinity when the request has a key (only under the
-    imageAffinity strategy does it get one), else by least outstanding requests."""
-    if key is None:
-        return choose_backend(track, ready, outstanding, rng, exclude)
-    return choose_affine(track, ready, outstanding, key, epsilon, exclude)
+    """The backend for one attempt under `strategy`: roundRobin by `turn`; imageAffinity by the
+    request's key when it has one (admission computes it only under that strategy, and only for a
+    chat request with images), else by least outstanding requests."""
+    if strategy not in ROUTING_STRATEGIES:
+        raise ValueError(f"unknown routing strategy {strategy!r}; expected one of {', '.join(ROUTING_STRATEGIES)}")
+    if strategy == ROUND_ROBIN:
+        return choose_round_robin(track, ready, turn, exclude)
+    if strategy == IMAGE_AFFINITY and key is not None:
+        return choose_affine(track, ready, outstanding, key, epsilon, exclude)
+    return choose_backend(track, ready, outstanding, rng, exclude)

@@ -54,7 +54,8 @@ class AdmissionPolicy:
 # Backend choice within a track (docs/router.md, "Routing").
 LEAST_OUTSTANDING = "leastOutstanding"
 IMAGE_AFFINITY = "imageAffinity"
-ROUTING_STRATEGIES = (LEAST_OUTSTANDING, IMAGE_AFFINITY)
+ROUND_ROBIN = "roundRobin"
+ROUTING_STRATEGIES = (LEAST_OUTSTANDING, IMAGE_AFFINITY, ROUND_ROBIN)
 
 
 @dataclass(frozen=True)

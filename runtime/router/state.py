@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -73,6 +74,8 @@ class RouterState:
         self.pool = BackendPool(clock=clock)
         self.outstanding: dict[str, int] = {}
         self.rng = rng or random.Random()
+        # The roundRobin strategy's turn counter (choice.choose_round_robin), one per router replica.
+        self.turns = itertools.count()
         self._clock = clock
         self.metrics = metrics
         # Called with every backend of every track after a change (the app prunes per-backend state).
