@@ -37,6 +37,8 @@ from pixtral_runtime.supervisor.drain import QUEUE_GAUGES, requests_in_flight  #
 
 T0 = time.monotonic()
 MODEL_NAME = "pixtral-12b"
+# vLLM requires the internal key on /v1 (VLLM_API_KEY); calls straight to it carry it as the router does.
+DIRECT_AUTH = {"Authorization": f"Bearer {serve_config.BENCH_INTERNAL_KEY}"}
 # Metric names the project reads from vLLM (drain, autoscaler, dashboards: docs/operations.md).
 PROJECT_METRICS = (*QUEUE_GAUGES, "vllm:kv_cache_usage_perc", "vllm:time_to_first_token_seconds_bucket")
 CACHE_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
@@ -153,8 +155,11 @@ def start_router(args: argparse.Namespace, backends: list[str], port: int, extra
     config = {**serve_config.bench_router_config(spec, backends), **extra}
     path = Path(args.root) / f"router-{port}.json"
     path.write_text(json.dumps(config, indent=1))
+    key_file = Path(args.root) / "internal-key"  # the mounted `<name>-apikey` Secret in a cluster
+    key_file.write_text(serve_config.BENCH_INTERNAL_KEY)
     proc = start([sys.executable, "-m", "pixtral_runtime.cli", "router", "--config", str(path), "--host", "127.0.0.1",
-                  "--port", str(port), "--log-level", "warning"], dict(os.environ), Path(args.out) / f"router-{port}.log")
+                  "--port", str(port), "--log-level", "warning"],
+                 {**os.environ, "PIXTRAL_ROUTER_INTERNAL_KEY_FILE": str(key_file)}, Path(args.out) / f"router-{port}.log")
     base = f"http://127.0.0.1:{port}"
     for _ in range(60):
         if http_get(base + "/readyz")[0] == 200:
@@ -178,13 +183,13 @@ def brief(summary: dict) -> str:
 async def ab_runs(args: argparse.Namespace, direct: str, router: str, result: dict, outfile: str = "serve_ab.json") -> None:
     auth = {"Authorization": f"Bearer {serve_config.BENCH_API_KEY}"}
     async with load.client_session() as s:
-        result["warmup"] = {"direct": await load.warm_up(s, direct, model=MODEL_NAME),
+        result["warmup"] = {"direct": await load.warm_up(s, direct, model=MODEL_NAME, headers=DIRECT_AUTH),
                             "router": await load.warm_up(s, router, model=MODEL_NAME, headers=auth)}
         log(f"warm-up statuses {result['warmup']}")
         result["runs"] = []
         for conc, n in zip(args.conc, args.requests, strict=True):
             for rep in range(args.reps):
-                for path, base, headers in (("direct", direct, None), ("router", router, auth)):
+                for path, base, headers in (("direct", direct, DIRECT_AUTH), ("router", router, auth)):
                     # Each run needs about n / 15 req/s plus the tail; skip what cannot finish in time.
                     reserve = args.drain_reserve if args.mode == "serve-ab" else args.replica_reserve
                     if elapsed() + n / 12 + 15 > args.deadline - reserve:
@@ -205,7 +210,7 @@ async def drain_under_load(args: argparse.Namespace, sup: Supervisor) -> dict:
     async with load.client_session() as s:
         bodies = [load.chat_body(MODEL_NAME, f"[drain {i}] Describe this image.", [load.image_url(512)],
                                  args.drain_tokens) for i in range(args.drain_conc)]
-        tasks = [asyncio.create_task(load.one(s, sup.vllm, b)) for b in bodies]
+        tasks = [asyncio.create_task(load.one(s, sup.vllm, b, DIRECT_AUTH)) for b in bodies]
         t_load = time.monotonic()
         in_flight = None
         for _ in range(40):  # until vLLM's scheduler holds the requests (at most 10 s)
@@ -227,7 +232,7 @@ async def drain_under_load(args: argparse.Namespace, sup: Supervisor) -> dict:
             if not late and time.perf_counter() - t_term > 1.0:
                 # A request that arrives while Kubernetes is still removing the endpoint.
                 late = [asyncio.create_task(load.one(s, sup.vllm, load.chat_body(
-                    MODEL_NAME, f"[late {i}] Describe.", [load.image_url(512)], 32))) for i in range(4)]
+                    MODEL_NAME, f"[late {i}] Describe.", [load.image_url(512)], 32), DIRECT_AUTH)) for i in range(4)]
             await asyncio.sleep(0.1)
         t_exit = time.perf_counter()
         results = await asyncio.gather(*tasks, *late, return_exceptions=True)

@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SAMPLE = ROOT / "manifests" / "samples" / "pixtral-12b-tp2.yaml"
 BENCH_API_KEY = "sk-gpu-bench"
 BENCH_TENANT = "bench"
+# What the operator's `<name>-apikey` Secret holds in a cluster: the key vLLM requires on /v1, which
+# only the router sends (and the benchmark's direct path, which stands in for the router).
+BENCH_INTERNAL_KEY = "sk-gpu-bench-internal"
 
 
 def load_spec(sample: Path, tensor_parallel_size: int | None) -> PixtralSpec:
@@ -69,6 +72,8 @@ def local_runtime_env(rendered: list[dict[str, Any]], *, model: str, root: str, 
             value = item["value"]
         elif name == "PIXTRAL_HOST":
             value = host
+        elif name == "VLLM_API_KEY" and "secretKeyRef" in item.get("valueFrom", {}):
+            value = BENCH_INTERNAL_KEY
         else:
             raise ValueError(f"rendered env {name} has no local equivalent: {item}")
         for pod_dir in (CACHE_DIR, TMP_DIR):
