@@ -11,7 +11,9 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 CANARY_READY = "CanaryReady"
-ORDER = (READY, PROGRESSING, DEGRADED, CANARY_READY)
+# Set while spec.canary.analysis is (canary_state.healthy_condition).
+CANARY_HEALTHY = "CanaryHealthy"
+ORDER = (READY, PROGRESSING, DEGRADED, CANARY_READY, CANARY_HEALTHY)
 
 
 @dataclasses.dataclass(frozen=True)

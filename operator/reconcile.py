@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from pixtral_operator import canary_state as CS
 from pixtral_operator import children as CH
 from pixtral_operator import conditions as C
 from pixtral_operator.capacity import gpu_verdict
@@ -176,6 +177,9 @@ def build_status(
             conds.append(C.Condition(C.CANARY_READY, True, "Serving", f"canary: {canary['ready']}/{canary['desired']} pods ready"))
         else:
             conds.append(C.Condition(C.CANARY_READY, False, "NotReady", f"canary: 0/{canary['desired']} pods ready"))
+    healthy = CS.healthy_condition(spec, old_status)
+    if healthy is not None:
+        conds.append(healthy)
 
     status: dict[str, Any] = {
         "observedGeneration": generation,
@@ -186,7 +190,9 @@ def build_status(
         "selector": L.selector_string(L.runtime_selector(spec.name, "stable")),
         "endpoint": endpoint_url(spec, settings),
     }
-    if canary is not None and spec.canary is not None:
+    if CS.analysed(spec):
+        pass  # status.canary belongs to the analysis loop (canary_loop.py)
+    elif canary is not None and spec.canary is not None:
         status["canary"] = {
             "weight": spec.canary.weight,
             "replicas": canary["replicas"],
@@ -204,7 +210,8 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
     name, namespace = meta["name"], meta["namespace"]
     generation = int(meta.get("generation") or 0)
     old_status = body.get("status") or {}
-    spec = parse(name, namespace, body.get("spec") or {})
+    # With canary analysis, the weight, the canary's pods and a promotion come from status.canary.
+    spec = CS.effective_spec(parse(name, namespace, body.get("spec") or {}), old_status)
     events: list[Event] = []
     writes = 0
 
@@ -258,16 +265,20 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
         bad = (cond["type"] == C.DEGRADED and cond["status"] == "True") or (
             cond["type"] in (C.READY, C.CANARY_READY) and cond["status"] != "True"
         )
-        if cond["type"] == C.PROGRESSING or any(e.reason == cond["reason"] for e in events):
+        # The analysis loop posts its own Events, with the numbers, for CanaryHealthy's changes.
+        if cond["type"] in (C.PROGRESSING, C.CANARY_HEALTHY) or any(e.reason == cond["reason"] for e in events):
             continue
         events.append(Event("Warning" if bad else "Normal", cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
     patch = dict(status)
     if not spec.autoscaling.enabled:
         # A merge patch removes a key set to null: the autoscaler's report goes with the autoscaler.
         patch.update({k: None for k in AUTOSCALER_STATUS_KEYS if old_status.get(k) is not None})
-    if {k: old_status.get(k) for k in OWNED_STATUS_KEYS} != {k: status.get(k) for k in OWNED_STATUS_KEYS} or len(
-        patch
-    ) > len(status):
+    owned = [k for k in OWNED_STATUS_KEYS if k in status]  # status.canary may be the analysis loop's
+    stale = set((old_status.get("canary") or {})) - set(status.get("canary") or {}) if "canary" in status else set()
+    if stale:
+        # What the analysis loop kept in status.canary goes with the analysis.
+        patch["canary"] = {**status["canary"], **{k: None for k in stale}}
+    if {k: old_status.get(k) for k in owned} != {k: status.get(k) for k in owned} or len(patch) > len(status):
         kube.patch_status(namespace, name, patch)
         writes += 1
     return Outcome(status=status, events=events, problems=problems, writes=writes, retry=retry)

@@ -82,6 +82,8 @@ class OperatorSettings:
     log_level: str = "INFO"
     resync_seconds: float = 5.0
     autoscale_seconds: float = 2.0
+    # How often the canary analysis looks (a check is due once per spec.canary.analysis.intervalSeconds).
+    canary_seconds: float = 2.0
     cluster_domain: str = "svc"
     # False: a GPU capacity finding is advisory (operator/capacity.py), so node pools that scale from
     # zero see pending pods; True: it refuses the spec.
@@ -108,6 +110,7 @@ class OperatorSettings:
             log_level=env.get("PIXTRAL_LOG_LEVEL", "INFO").upper(),
             resync_seconds=float(env.get("PIXTRAL_RESYNC_SECONDS", "5")),
             autoscale_seconds=float(env.get("PIXTRAL_AUTOSCALE_SECONDS", "2")),
+            canary_seconds=float(env.get("PIXTRAL_CANARY_SECONDS", "2")),
             strict_gpu_check=_flag(env, "PIXTRAL_STRICT_GPU_CHECK", False),
             monitoring=_monitoring(env),
             monitor_labels=_labels(env, "PIXTRAL_MONITOR_LABELS"),

@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from pixtral_operator.canary_analysis import Policy, PolicyError
+
 GROUP = "serving.pixtral.dev"
 VERSION = "v1alpha1"
 PLURAL = "pixtraldeployments"
@@ -84,6 +86,8 @@ class Canary:
     sticky_header: str | None
     min_replicas: int = 0  # the canary's autoscaler bounds; resolved by canary_bounds()
     max_replicas: int = 1
+    # spec.canary.analysis: the weight then comes from status.canary (canary_state.effective_spec).
+    analysis: Policy | None = None
 
 
 def canary_replicas(weight: int, replicas: int | None) -> int:
@@ -188,6 +192,17 @@ def _limits(raw: Mapping[str, Any] | None) -> TenantLimits:
                         raw.get("megapixelsPerMinute"))
 
 
+def _analysis(raw: Mapping[str, Any] | None) -> Policy | None:
+    """The canary analysis policy; its defaults are canary_analysis.Policy's. A policy that cannot be
+    followed parses as none: validation.spec_problems reports it and nothing is rendered."""
+    if raw is None:
+        return None
+    try:
+        return Policy.from_spec(dict(raw))
+    except (PolicyError, TypeError, ValueError):
+        return None
+
+
 def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
     model = spec.get("model") or {}
     engine = spec.get("engine") or {}
@@ -229,9 +244,12 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
     canary = canary_track = None
     if canary_raw is not None:
         weight = int(canary_raw.get("weight", 0))
+        analysis = _analysis(canary_raw.get("analysis"))
         c_auto = canary_raw.get("autoscaling") or {}
         low, high = canary_bounds(
-            weight, autoscaling_view.max_replicas, c_auto.get("minReplicas"), c_auto.get("maxReplicas")
+            # Under analysis the canary's share grows to the last step.
+            analysis.steps[-1] if analysis else weight,
+            autoscaling_view.max_replicas, c_auto.get("minReplicas"), c_auto.get("maxReplicas"),
         )
         raw_replicas = canary_raw.get("replicas")
         canary = Canary(
@@ -240,6 +258,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
             sticky_header=canary_raw.get("stickyHeader"),
             min_replicas=int(low),
             max_replicas=int(high),
+            analysis=analysis,
         )
         c_model = canary_raw.get("model") or {}
         c_engine = canary_raw.get("engine") or {}

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from pixtral_operator.canary_analysis import Policy, PolicyError
 from pixtral_operator.spec import SpecProblem
 from pixtral_runtime.supervisor.command import conflicting_managed_flag
 
@@ -150,6 +151,11 @@ def spec_problems(name: str, spec: Mapping[str, Any]) -> list[SpecProblem]:
     canary = spec.get("canary")
     if isinstance(canary, Mapping):
         sections.append(("spec.canary.model", canary.get("model"), "spec.canary.engine", canary.get("engine")))
+        if canary.get("analysis") is not None:
+            try:
+                Policy.from_spec(dict(canary["analysis"]))
+            except (PolicyError, TypeError, ValueError) as error:
+                problems.append(SpecProblem("spec.canary.analysis", "InvalidCanaryAnalysis", str(error)))
     for model_field, model, engine_field, engine in sections:
         if isinstance(model, Mapping) and "source" in model:
             problems += _source_problems(f"{model_field}.source", model["source"])

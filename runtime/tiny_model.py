@@ -17,7 +17,7 @@ import argparse
 import json
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -47,6 +47,25 @@ class TinyDims:
     # Small images keep the image token count (and CPU time) low: at most (256/16)^2 patches.
     image_size: int = 256
     patch_size: int = 16
+
+
+# Pixtral-12B's vision encoder heads are 64 wide (hidden 1024 over 16 heads) and its MLP is 4x
+# the hidden size; a resized encoder keeps both proportions.
+VISION_HEAD_DIM = 64
+VISION_MLP_RATIO = 4
+
+
+def with_vision_encoder(dims: TinyDims, hidden: int, layers: int) -> TinyDims:
+    """`dims` with a vision encoder of `hidden` width and `layers` layers in Pixtral-12B's
+    proportions. The default encoder (64 wide, 2 layers) costs almost nothing next to a decode
+    step; the affinity benchmark sizes it up so that an image's cost before the first token,
+    relative to one decode step, resembles Pixtral-12B's (docs/benchmarks.md, "Image affinity")."""
+    if hidden < VISION_HEAD_DIM or hidden % VISION_HEAD_DIM:
+        raise ValueError(f"vision hidden size must be a positive multiple of {VISION_HEAD_DIM}, got {hidden}")
+    if not 1 <= layers <= 64:
+        raise ValueError(f"vision layers must be in 1..64, got {layers}")
+    return replace(dims, vision_hidden=hidden, vision_layers=layers, vision_heads=hidden // VISION_HEAD_DIM,
+                   vision_intermediate=VISION_MLP_RATIO * hidden)
 
 
 def params_json(dims: TinyDims) -> dict:
@@ -204,11 +223,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("directory", type=Path, help="folder to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
+    parser.add_argument("--vision-hidden", type=int, default=None,
+                        help="vision encoder width (a multiple of 64; default: the tiny 64-wide, 2-layer encoder)")
+    parser.add_argument("--vision-layers", type=int, default=None,
+                        help="vision encoder layers (with --vision-hidden; default 2)")
     args = parser.parse_args(argv)
     if args.directory.exists() and not args.directory.is_dir():
         print(f"pixtral-runtime tiny-model: {args.directory} exists and is not a directory", file=sys.stderr)
         return 2
-    path = write_tiny_model(args.directory, seed=args.seed)
+    dims = TinyDims()
+    if args.vision_hidden is not None or args.vision_layers is not None:
+        try:
+            dims = with_vision_encoder(
+                dims, dims.vision_hidden if args.vision_hidden is None else args.vision_hidden,
+                dims.vision_layers if args.vision_layers is None else args.vision_layers)
+        except ValueError as exc:
+            print(f"pixtral-runtime tiny-model: {exc}", file=sys.stderr)
+            return 2
+    path = write_tiny_model(args.directory, seed=args.seed, dims=dims)
     print(f"tiny Pixtral written to {path}")
     return 0
 

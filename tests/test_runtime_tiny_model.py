@@ -73,3 +73,24 @@ def test_tokenizer_is_pixtrals_shrunk_and_encodes_images_small(tmp_path):
     assert tokenizer.id_to_piece(IMAGE_END_TOKEN_ID) == "[IMG_END]"
     assert all(token < TinyDims().vocab_size for token in tokenizer.encode("Describe this picture.", True, False))
     assert tokenizer.image.max_image_size == 256 and tokenizer.image.image_patch_size == 16
+
+
+def test_a_resized_vision_encoder_keeps_pixtrals_proportions(tmp_path):
+    from pixtral_runtime.tiny_model import with_vision_encoder
+
+    dims = with_vision_encoder(TinyDims(), 512, 6)
+    assert (dims.vision_hidden, dims.vision_layers, dims.vision_heads, dims.vision_intermediate) == (512, 6, 8, 2048)
+    assert dims.dim == TinyDims().dim  # the decoder is untouched
+    assert main([str(tmp_path), "--vision-hidden", "512", "--vision-layers", "6"]) == 0
+    params = json.loads((tmp_path / "params.json").read_text())["vision_encoder"]
+    assert (params["hidden_size"], params["num_hidden_layers"], params["num_attention_heads"]) == (512, 6, 8)
+    raw = (tmp_path / "consolidated.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert header["vision_encoder.transformer.layers.5.feed_forward.w1.weight"]["shape"] == [2048, 512]
+
+
+def test_a_bad_vision_size_is_named(tmp_path, capsys):
+    assert main([str(tmp_path), "--vision-hidden", "100"]) == 2
+    assert "vision hidden size must be a positive multiple of 64, got 100" in capsys.readouterr().err
+    assert main([str(tmp_path), "--vision-hidden", "128", "--vision-layers", "0"]) == 2
+    assert "vision layers must be in 1..64, got 0" in capsys.readouterr().err
