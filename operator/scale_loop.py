@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pixtral_operator import metrics
+from pixtral_operator.canary_state import effective_spec
 from pixtral_operator.scale_decision import Decision, Policy, Signal, StateError, TrackState, decide
 from pixtral_operator.k8s import Kube
 from pixtral_operator.prometheus import PrometheusClient, read_signal
@@ -50,7 +51,8 @@ class Scaler:
         now = time.time() if now is None else now
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
-        spec = parse(name, namespace, body.get("spec") or {})
+        # Canary analysis: the canary's bounds follow its phase (0 once rolled back or promoted).
+        spec = effective_spec(parse(name, namespace, body.get("spec") or {}), body.get("status"))
         old = dict((body.get("status") or {}).get("autoscaler") or {})
         entries: dict[str, Any] = {}
         decisions: dict[str, Decision] = {}

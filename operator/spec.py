@@ -113,6 +113,7 @@ class TenantLimits:
     max_concurrent: int | None = None
     images_per_minute: int | None = None
     megapixels_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +190,7 @@ def _source(raw: Mapping[str, Any] | None) -> ModelSource:
 def _limits(raw: Mapping[str, Any] | None) -> TenantLimits:
     raw = raw or {}
     return TenantLimits(raw.get("requestsPerMinute"), raw.get("maxConcurrent"), raw.get("imagesPerMinute"),
-                        raw.get("megapixelsPerMinute"))
+                        raw.get("megapixelsPerMinute"), raw.get("tokensPerMinute"))
 
 
 def _analysis(raw: Mapping[str, Any] | None) -> Policy | None:

@@ -22,15 +22,17 @@ def test_same_images_and_text_give_the_same_key_and_backend():
     assert A.choose_affine_backend(key, BACKENDS, {}) == A.choose_affine_backend(key, BACKENDS, {})
 
 
-def test_the_key_follows_payloads_their_order_and_the_text():
-    base = A.affinity_key([data_url("AAAA"), data_url("BBBB")], "Describe")
-    assert A.affinity_key([data_url("BBBB"), data_url("AAAA")], "Describe") != base
-    assert A.affinity_key([data_url("AAAA"), data_url("BBBC")], "Describe") != base
-    assert A.affinity_key([data_url("AAAA"), data_url("BBBB")], "Compare") != base
+def test_the_key_is_the_leading_text_and_the_first_image():
+    base = A.affinity_key([data_url("AAAA")], "You are terse.")
+    assert A.affinity_key([data_url("AAAB")], "You are terse.") != base
+    assert A.affinity_key([data_url("AAAA")], "You are verbose.") != base
+    # What follows the first image (more images) is not a shared prefix: it stays out.
+    assert A.affinity_key([data_url("AAAA"), data_url("BBBB")], "You are terse.") == base
+    assert A.affinity_key([data_url("BBBB"), data_url("AAAA")], "You are terse.") != base
     # The payload is what the caches see; the declared type is not part of it.
-    assert A.affinity_key([data_url("AAAA", "image/jpeg"), data_url("BBBB")], "Describe") == base
-    # Payload boundaries count: AAAA+BBBB is not AAA+ABBBB.
-    assert A.affinity_key([data_url("AAA"), data_url("ABBBB")], "Describe") != base
+    assert A.affinity_key([data_url("AAAA", "image/jpeg")], "You are terse.") == base
+    # Text and payload are kept apart: "ab" + image "c" is not "a" + image "bc".
+    assert A.affinity_key([data_url("c")], "ab") != A.affinity_key([data_url("bc")], "a")
     assert A.affinity_key(["https://images.example/cat.png"], "") != A.affinity_key(["https://images.example/dog.png"], "")
 
 
@@ -38,14 +40,24 @@ def test_text_only_requests_have_no_key():
     assert A.affinity_key([], "Hello there") is None
 
 
-def test_leading_text_reads_messages_in_order_and_stops_at_the_limit():
+def image(url: str = "x") -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_leading_text_is_the_text_before_the_first_image_and_stops_at_the_limit():
     body = {"messages": [
         {"role": "system", "content": "You are terse. "},
-        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+        {"role": "user", "content": [{"type": "text", "text": "Look:"}, image(), {"type": "text", "text": "What?"}]},
+        {"role": "user", "content": "later"},
     ]}
-    assert A.leading_text(body) == "You are terse. What is this?"
-    long = {"messages": [{"role": "user", "content": "x" * 5000}, {"role": "user", "content": "tail"}]}
-    assert A.leading_text(long) == "x" * A.LEADING_TEXT_CHARS
+    assert A.leading_text(body) == "You are terse. Look:"
+    # A conversation's turns share their leading text whatever was asked and answered after the image.
+    turn1 = {"messages": [{"role": "user", "content": [image(), {"type": "text", "text": "What is this?"}]}]}
+    turn2 = {"messages": [*turn1["messages"], {"role": "assistant", "content": "A cat."},
+                          {"role": "user", "content": "Which colour?"}]}
+    assert A.leading_text(turn1) == A.leading_text(turn2) == ""
+    no_image = {"messages": [{"role": "user", "content": "x" * 5000}, {"role": "user", "content": "tail"}]}
+    assert A.leading_text(no_image) == "x" * A.LEADING_TEXT_CHARS
     assert A.leading_text({"messages": [{"role": "user", "content": None}, "not a message"]}) == ""
 
 

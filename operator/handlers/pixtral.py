@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 from pixtral_operator import metrics
+from pixtral_operator.canary_loop import CanaryLoop
 from pixtral_operator.children import retry_delay
 from pixtral_operator.inflight import InFlight
 from pixtral_operator.k8s import KubeApi
@@ -116,6 +117,25 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
                 kopf.event(body, type=decision.event.type, reason=decision.event.reason, message=f"{track}: {decision.event.message}")
         if result.status_patch is not None:
             await asyncio.to_thread(kube.patch_status, meta["namespace"], meta["name"], result.status_patch)
+
+    canary_loop = CanaryLoop(kube, scaler.prometheus, settings)
+
+    @kopf.timer(**resource, id="canary", interval=settings.canary_seconds, when=_canary_analysis)
+    async def canary(body: kopf.Body, retry: int, **_: Any) -> None:
+        import asyncio
+
+        plain = _plain(body)
+        result = await canary_loop.tick(plain)
+        for event in result.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        if result.status_patch is None:
+            return
+        meta = plain["metadata"]
+        await asyncio.to_thread(kube.patch_status, meta["namespace"], meta["name"], result.status_patch)
+        if result.rerender:
+            # Apply the new weight (router ConfigMap), pods or promotion now, not at the next resync.
+            plain["status"] = {**plain["status"], **result.status_patch}
+            await asyncio.to_thread(run_reconcile, plain, kube, settings, inflight, retry=retry)
 
     @kopf.on.field(**resource, id="manual-scale", field="spec.replicas")
     def manual_scale(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:

@@ -37,6 +37,8 @@ def _limits(limits: TenantLimits) -> dict[str, int]:
         out["imagesPerMinute"] = limits.images_per_minute
     if limits.megapixels_per_minute is not None:
         out["megapixelsPerMinute"] = limits.megapixels_per_minute
+    if limits.tokens_per_minute is not None:
+        out["tokensPerMinute"] = limits.tokens_per_minute
     return out
 
 

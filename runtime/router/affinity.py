@@ -8,9 +8,16 @@ after its hash) keeps a key on one backend while backends come and go: adding on
 ceil((1 + epsilon) * mean load): a key whose backend is full walks on to the next one, so a hot
 image cannot pile its traffic on one replica. epsilon trades cache hits (large) for balance (small).
 
-The key hashes what vLLM's caches match on: each image's payload (a data URL's base64 text, or the
-URL itself) in order, then the request's leading text. A request with neither has no key and is
-routed by least outstanding requests (`choice.choose_backend`).
+The key hashes the prompt prefix that vLLM's caches can share: the text before the first image
+(a system prompt, an instruction), then the first image's payload (a data URL's base64 text, or
+the URL itself). What follows the first image is left out on purpose: the question asked about an
+image, the answers and the later turns of a conversation, and further images differ from request
+to request, and keying on them would scatter the requests of one image over every backend (each
+missing the cache once), while the prefix through the first image is exactly what the prefix cache
+matches and the first image is what the multimodal cache holds. So every turn of a conversation,
+and every user asking about the same image under the same instructions, lands on one backend. A
+request without an image has no key and is routed by least outstanding requests
+(`choice.choose_backend`).
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ from typing import Any
 # Points per backend on the ring: with 64, the share of keys a backend owns stays within about
 # +-20% of 1/n for the handful of replicas a track runs (tests/test_router_affinity.py measures it).
 POINTS_PER_BACKEND = 64
-# Leading text that goes into the key: enough to tell conversations and system prompts apart, little
-# enough that hashing stays cheap for long prompts.
+# Leading text (before the first image) that goes into the key: enough to tell system prompts and
+# instructions apart, little enough that hashing stays cheap for long prompts.
 LEADING_TEXT_CHARS = 512
 DEFAULT_EPSILON = 0.25
 
@@ -36,24 +43,44 @@ def _point(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
 
 
+class _FirstImage(Exception):
+    """Raised by `_texts` at the first image part: the leading text ends there."""
+
+
 def _texts(content: Any) -> list[str]:
     if isinstance(content, str):
         return [content]
-    if isinstance(content, list):
-        return [part["text"] for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str)]
-    return []
+    if not isinstance(content, list):
+        return []
+    texts = []
+    for part in content:
+        if not isinstance(part, Mapping):
+            continue
+        if part.get("type") == "image_url" or "image_url" in part:
+            raise _FirstImage(texts)
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+    return texts
 
 
 def leading_text(body: Mapping[str, Any]) -> str:
-    """The first LEADING_TEXT_CHARS characters of the request's text, in message order."""
+    """The request's text before its first image, in message order, at most LEADING_TEXT_CHARS
+    characters (all of its text when it has no image)."""
     pieces: list[str] = []
     size = 0
     for message in body.get("messages") or ():
-        for text in _texts(message.get("content") if isinstance(message, Mapping) else None):
+        try:
+            texts = _texts(message.get("content") if isinstance(message, Mapping) else None)
+            stop = False
+        except _FirstImage as first:
+            texts, stop = first.args[0], True
+        for text in texts:
             pieces.append(text)
             size += len(text)
             if size >= LEADING_TEXT_CHARS:
                 return "".join(pieces)[:LEADING_TEXT_CHARS]
+        if stop:
+            break
     return "".join(pieces)
 
 
@@ -71,19 +98,14 @@ def _payload(url: str | bytes | memoryview) -> bytes | memoryview:
 
 
 def affinity_key(image_urls: Iterable[str | bytes | memoryview], text: str) -> int | None:
-    """The request's place on the ring, from its image URLs (as admission found them, in order)
-    and its leading text; None when it has no image: text-only requests gain little from affinity
-    and would crowd the image requests' backends."""
-    digest = hashlib.sha256()
-    images = 0
-    for url in image_urls:
-        payload = _payload(url)
-        digest.update(len(payload).to_bytes(8, "big"))
-        digest.update(payload)
-        images += 1
-    if images == 0:
+    """The request's place on the ring, from its first image URL (admission passes them all, in
+    order) and its leading text (`leading_text`); None when it has no image: text-only requests
+    gain little from affinity and would crowd the image requests' backends."""
+    first = next(iter(image_urls), None)
+    if first is None:
         return None
-    digest.update(b"\0text\0" + text.encode("utf-8", "replace"))
+    digest = hashlib.sha256(text.encode("utf-8", "replace") + b"\0image\0")
+    digest.update(_payload(first))
     return int.from_bytes(digest.digest()[:8], "big")
 
 

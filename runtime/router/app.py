@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import admission, dispatch, urlpolicy
+from . import admission, dispatch, urlpolicy, usage
 from .body import BodyBudget, ClientDisconnected, Reservation, budget_for, read_body
 from .choice import choose, choose_track, parse_override
 from .config import IMAGE_AFFINITY, TRACKS, RouterConfig, load_config_file
@@ -259,6 +259,7 @@ class RouterApp:
         # A token now (refusing a tenant over its rate costs no body); the concurrency slot only
         # once the body is in, so a client trickling its body holds memory budget, never a slot.
         limiter.check_slot(tenant)
+        limiter.check_tokens(tenant)
         limiter.take_token(tenant)
         task = asyncio.current_task()
         assert task is not None
@@ -267,6 +268,7 @@ class RouterApp:
                       body_deadline=now + self.settings.body_timeout_seconds)
         reservation = Reservation(self.budget)
         entered = False
+        tap: usage.Tap | None = None
         try:
             try:
                 body = await read_body(receive, policy.max_body_bytes, declared, reservation)
@@ -292,7 +294,9 @@ class RouterApp:
                     canary_weight=config.canary_weight,
                     rng=state.rng, sticky_value=sticky, override=forced_track,
                 )
-                await self._forward_with_retry(scope, send, request, body, track, started, admitted.key)
+                body, added_usage = usage.ask_for_usage(body, admitted.body)
+                tap = usage.tap_for(admitted.body, added_usage)
+                await self._forward_with_retry(scope, send, request, body, track, started, admitted.key, tap)
             except asyncio.CancelledError:
                 if not guard.ours():
                     raise  # the client left (handled by the caller), or a cancellation not of our making
@@ -306,6 +310,14 @@ class RouterApp:
             reservation.release()
             if entered:
                 limiter.release(tenant)
+            if tap is not None:
+                self._account(tenant, tap)
+
+    def _account(self, tenant: str, tap: usage.Tap) -> None:
+        """After the answer: the engine's token counts to the tenant's counters and budget."""
+        if tap.reported:
+            self.metrics.tenant_tokens(tenant, tap.prompt, tap.completion)
+        self.state.limiter.debit_tokens(tenant, tap.tokens)
 
     def _timed_out(self, request: RequestInfo, config: RouterConfig, started: float) -> None:
         if request.response_started:
@@ -376,7 +388,8 @@ class RouterApp:
             guard.stop()
 
     async def _forward_with_retry(self, scope: Scope, send: Send, request: RequestInfo, body: bytes,
-                                  track: str, started: float, key: int | None = None) -> None:
+                                  track: str, started: float, key: int | None = None,
+                                  tap: usage.Tap | None = None) -> None:
         """Pick a backend, attempt, and carry out `dispatch.decide` on a failure. `key`: the
         request's affinity key (None: least outstanding); a retry walks on from the refused
         backend along the ring."""
@@ -428,7 +441,7 @@ class RouterApp:
                     self.metrics.retried(served_track)
                     continue
                 try:
-                    await self._relay(response, send, request, served_track, backend, started, method)
+                    await self._relay(response, send, request, served_track, backend, started, method, tap)
                 finally:
                     # An unfinished body (client gone, error, timeout) closes the connection instead
                     # of pooling it, which is what tells the backend to abort the generation.
@@ -441,7 +454,7 @@ class RouterApp:
                     fallback.dec()
 
     async def _relay(self, response: UpstreamResponse, send: Send, request: RequestInfo, track: str,
-                     backend: str, started: float, method: bytes = b"POST") -> None:
+                     backend: str, started: float, method: bytes = b"POST", tap: usage.Tap | None = None) -> None:
         headers = forwarded(response.headers, DROP_RESPONSE)
         headers.append((b"x-pixtral-track", _TRACK_HEADER_VALUES.get(track) or track.encode()))
         if self.settings.debug_headers:
@@ -452,6 +465,8 @@ class RouterApp:
             if length is not None and length <= _BUFFER_LIMIT or method == b"HEAD":
                 payload = await response.read()
                 metrics.observe_ttfb(track, time.perf_counter() - started)
+                if tap is not None:
+                    tap.body(payload)
                 shown = length if method == b"HEAD" and length is not None else len(payload)
                 headers.append((b"content-length", str(shown).encode()))
                 request.response_started = True
@@ -468,9 +483,13 @@ class RouterApp:
                     if first:
                         metrics.observe_ttfb(track, time.perf_counter() - started)
                         first = False
+                    if tap is not None:
+                        chunk = tap.feed(chunk)  # a usage event the client did not ask for is left out
+                        if not chunk:
+                            continue
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 request.response_done = True
-                await send({"type": "http.response.body", "body": b""})
+                await send({"type": "http.response.body", "body": tap.finish() if tap is not None else b""})
         except UpstreamError as exc:
             if not request.response_started:
                 raise UpstreamUnreachable(f"Backend {backend} failed: {exc}") from None

@@ -38,6 +38,9 @@ class Limits:
     # Image budgets, checked at admission (docs/router.md, "Limits").
     images_per_minute: int = 0
     megapixels_per_minute: int = 0
+    # Prompt + completion tokens per minute, as the engine reports them (usage.py), debited after
+    # each answer: a request admitted under the budget completes, the next waits until it is back.
+    tokens_per_minute: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ def _limits(raw: Any, where: str, default: Limits) -> Limits:
         max_concurrent=_int(raw, "maxConcurrent", where, default.max_concurrent),
         images_per_minute=_int(raw, "imagesPerMinute", where, default.images_per_minute),
         megapixels_per_minute=_int(raw, "megapixelsPerMinute", where, default.megapixels_per_minute),
+        tokens_per_minute=_int(raw, "tokensPerMinute", where, default.tokens_per_minute),
     )
 
 

@@ -62,6 +62,10 @@ class _HotPath:
         # tenant -> [images, pixels] admitted within the tenant's image budgets. Tenants are the
         # names of the key Secret (or `anonymous`): the label set is as bounded as that Secret.
         self.tenant_images: dict[str, list[int]] = {}
+        # tenant -> [prompt, completion] tokens as the engine reported them (usage.py).
+        self.tenant_tokens: dict[str, list[int]] = {}
+        # (tenant, code) -> requests answered; authenticated tenants only (no `-` for refused keys).
+        self.tenant_requests: dict[tuple[str, str], int] = {}
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -99,6 +103,25 @@ class _HotPath:
             megapixels.add_metric([tenant], pixels / 1e6)
         yield images
         yield megapixels
+        tenant_requests = CounterMetricFamily(
+            "pixtral_router_tenant_requests",
+            "Requests answered, by tenant (from the API-key Secret) and HTTP status code.", labels=["tenant", "code"],
+        )
+        for labels, value in list(self.tenant_requests.items()):
+            tenant_requests.add_metric(labels, value)
+        yield tenant_requests
+        prompt = CounterMetricFamily(
+            "pixtral_router_tenant_prompt_tokens", "Prompt tokens the engine reported, by tenant.", labels=["tenant"]
+        )
+        completion = CounterMetricFamily(
+            "pixtral_router_tenant_completion_tokens", "Completion tokens the engine reported, by tenant.",
+            labels=["tenant"],
+        )
+        for tenant, (p, c) in list(self.tenant_tokens.items()):
+            prompt.add_metric([tenant], p)
+            completion.add_metric([tenant], c)
+        yield prompt
+        yield completion
 
 
 class RouterMetrics:
@@ -161,6 +184,10 @@ class RouterMetrics:
         requests = self._hot.requests
         key = (tenant, track, str(code))
         requests[key] = requests.get(key, 0) + 1
+        if tenant != "-":  # `-`: refused before a tenant was known (a bad or missing key)
+            by_tenant = self._hot.tenant_requests
+            tkey = (tenant, key[2])
+            by_tenant[tkey] = by_tenant.get(tkey, 0) + 1
         if seconds is not None and track != "-":
             histogram = self._hot.duration.get(track)
             if histogram is None:
@@ -173,6 +200,13 @@ class RouterMetrics:
             totals = self._hot.tenant_images[tenant] = [0, 0]
         totals[0] += images
         totals[1] += pixels
+
+    def tenant_tokens(self, tenant: str, prompt: int, completion: int) -> None:
+        totals = self._hot.tenant_tokens.get(tenant)
+        if totals is None:
+            totals = self._hot.tenant_tokens[tenant] = [0, 0]
+        totals[0] += prompt
+        totals[1] += completion
 
     def observe_ttfb(self, track: str, seconds: float) -> None:
         histogram = self._hot.ttfb.get(track)

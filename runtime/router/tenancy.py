@@ -75,17 +75,35 @@ def replica_share(limits: Limits, replicas: int) -> Limits:
         max_concurrent=part(limits.max_concurrent),
         images_per_minute=part(limits.images_per_minute),
         megapixels_per_minute=part(limits.megapixels_per_minute),
+        tokens_per_minute=part(limits.tokens_per_minute),
     )
 
 
 class _Bucket:
-    __slots__ = ("tokens", "updated", "in_flight", "images")
+    __slots__ = ("tokens", "updated", "in_flight", "images", "llm_tokens")
 
     def __init__(self, tokens: float, now: float) -> None:
         self.tokens = tokens
         self.updated = now
         self.in_flight = 0
         self.images: _ImageBuckets | None = None
+        self.llm_tokens: _TokenBudget | None = None
+
+
+class _TokenBudget:
+    """Model tokens left of a tenant's per-minute budget, refilled continuously up to one minute's
+    worth. Debited after the answer, so it may go below zero: the tenant is then refused until the
+    refill brings it above zero again."""
+
+    __slots__ = ("left", "updated")
+
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.left = float(per_minute)
+        self.updated = now
+
+    def refill(self, per_minute: int, now: float) -> None:
+        self.left = min(float(per_minute), self.left + (now - self.updated) / 60.0 * per_minute)
+        self.updated = now
 
 
 class _ImageBuckets:
@@ -218,6 +236,52 @@ class TenantLimiter:
             state.images -= images
         if limits.megapixels_per_minute:
             state.megapixels -= megapixels
+
+    def check_tokens(self, tenant: str) -> None:
+        """RateLimited (429, `token_budget_exceeded`) while the tenant's tokens per minute are spent;
+        nothing is taken (the answer's usage is debited by `debit_tokens`)."""
+        limits = self.limits_for(tenant)
+        per_minute = limits.tokens_per_minute
+        if not per_minute:
+            return
+        bucket = self._bucket(tenant, limits)
+        budget = bucket.llm_tokens
+        if budget is None:
+            return  # nothing debited yet: a full minute's worth
+        budget.refill(per_minute, self._clock())
+        if budget.left <= 0:
+            wait = (1.0 - budget.left) / per_minute * 60.0  # until at least one token is back
+            raise RateLimited(
+                f"Tenant {tenant!r} exceeded its budget of {per_minute} tokens per minute"
+                " (prompt + completion; this router replica's share).",
+                retry_after_seconds=math.ceil(wait), code="token_budget_exceeded",
+            )
+
+    def debit_tokens(self, tenant: str, tokens: int) -> None:
+        """An answer's prompt + completion tokens out of the tenant's budget (no-op without one)."""
+        limits = self.limits_for(tenant)
+        per_minute = limits.tokens_per_minute
+        if not per_minute or tokens <= 0:
+            return
+        bucket = self._bucket(tenant, limits)
+        now = self._clock()
+        budget = bucket.llm_tokens
+        if budget is None:
+            budget = bucket.llm_tokens = _TokenBudget(per_minute, now)
+        budget.refill(per_minute, now)
+        budget.left -= tokens
+
+    def tokens_left(self, tenant: str) -> float | None:
+        """This replica's tokens left for the tenant now (None without a budget)."""
+        per_minute = self.limits_for(tenant).tokens_per_minute
+        if not per_minute:
+            return None
+        bucket = self._buckets.get(tenant)
+        budget = bucket.llm_tokens if bucket else None
+        if budget is None:
+            return float(per_minute)
+        budget.refill(per_minute, self._clock())
+        return budget.left
 
     def enter(self, tenant: str) -> None:
         """Take a concurrency slot (once the body is in); pair with release()."""
