@@ -233,7 +233,9 @@ def test_a_canary_at_zero_is_woken_by_its_share_served_on_stable(cluster, namesp
     name = "wake"
     # A long window: stable must keep serving (idle but up) for the whole test.
     spec = autoscaled_spec(tiny_model, replicas=1, min_replicas=0, max_replicas=1, max_num_seqs=2, window=1800,
-                           router={"requestTimeoutSeconds": 300})
+                           # The open endpoint's callers are `anonymous`, marked to pin the canary.
+                           router={"requestTimeoutSeconds": 300,
+                                   "tenants": [{"name": "anonymous", "trackOverride": True}]})
     spec["canary"] = {"weight": 50, "replicas": 0}
     apply(cluster, namespace, pxd_manifest(name, spec))
     wait_condition(cluster, namespace, name, "Ready", "True", STARTUP)

@@ -76,7 +76,9 @@ def router(cluster, engine_ns, runtimes, local_images):
         "backends": {"stable": [runtimes["stable"].url], "canary": [runtimes["canary"].url]},
         "canary": {"weight": CANARY_WEIGHT, "stickyHeader": "x-session-id"},
         "admission": {"imagesPerPrompt": IMAGE_LIMIT},
-        "tenancy": {"defaultLimits": {"requestsPerMinute": 0, "maxConcurrent": 0}},
+        # The tests pin the canary with x-pixtral-track, which only a marked tenant may send.
+        "tenancy": {"defaultLimits": {"requestsPerMinute": 0, "maxConcurrent": 0},
+                    "tenants": {"e2e": {"trackOverride": True}}},
         "apiKeys": {"e2e": KEY},
         "pendingTimeoutSeconds": 5,
     }

@@ -123,6 +123,8 @@ class Router:
     api_keys_secret: str | None = None
     default_limits: TenantLimits = TenantLimits()
     tenants: tuple[tuple[str, TenantLimits], ...] = ()
+    # Tenants that may pin a track with the override header (docs/router.md, "Track override").
+    track_override_tenants: tuple[str, ...] = ()
     request_timeout_seconds: int = 600
     pending_timeout_seconds: int = 300
     max_body_bytes: int = 52428800
@@ -295,6 +297,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
             api_keys_secret=(router.get("apiKeysSecretRef") or {}).get("name"),
             default_limits=_limits(router.get("defaultLimits")),
             tenants=tuple((t["name"], _limits(t)) for t in router.get("tenants") or ()),
+            track_override_tenants=tuple(t["name"] for t in router.get("tenants") or () if t.get("trackOverride")),
             request_timeout_seconds=int(router.get("requestTimeoutSeconds", 600)),
             pending_timeout_seconds=int(router.get("pendingTimeoutSeconds", 300)),
             max_body_bytes=int(router.get("maxBodyBytes", 52428800)),

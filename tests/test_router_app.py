@@ -98,7 +98,8 @@ async def serve(app):
 
 def config(backends: dict, **extra) -> dict:
     return {"deployment": "t", "servedModelName": "tiny", "backends": backends, "apiKeys": {"team-a": KEY},
-            "tenancy": {"defaultLimits": {"requestsPerMinute": 0, "maxConcurrent": 0}},
+            "tenancy": {"defaultLimits": {"requestsPerMinute": 0, "maxConcurrent": 0},
+                        "tenants": {"team-a": {"trackOverride": True}}},
             "admission": {"imagesPerPrompt": 1}, **extra}
 
 
@@ -354,6 +355,31 @@ async def test_held_requests_time_out_with_503() -> None:
 
 
 async def test_canary_override_and_sticky_over_http() -> None:
+async def test_track_override_is_refused_for_tenants_not_marked_for_it() -> None:
+    stable, canary = Upstream("stable"), Upstream("canary")
+    async with serve(stable.app) as s_url, serve(canary.app) as c_url:
+        cfg = config({"stable": [s_url], "canary": [c_url]}, apiKeys={"team-a": KEY, "team-b": "sk-b"})
+        async with router(cfg) as client:
+            other = {"authorization": "Bearer sk-b"}
+            for value in ("canary", "stable", "bogus"):
+                r = await client.post("/v1/chat/completions", json=chat_body(),
+                                      headers={**other, "x-pixtral-track": value})
+                assert r.status_code == 403, r.text
+                error = r.json()["error"]
+                assert error["code"] == "track_override_not_allowed" and error["param"] == "x-pixtral-track"
+                assert error["type"] == "permission_error"
+                assert "'team-b'" in error["message"] and "x-pixtral-track" in error["message"]
+            # Without the header team-b is served as usual; team-a (marked) may pin the canary.
+            r = await client.post("/v1/chat/completions", json=chat_body(), headers=other)
+            assert r.status_code == 200 and r.json()["served_by"] == "stable"
+            r = await client.post("/v1/chat/completions", json=chat_body(),
+                                  headers={**AUTH, "x-pixtral-track": "canary"})
+            assert r.status_code == 200 and r.json()["served_by"] == "canary"
+            m = (await client.get("/metrics")).text
+            assert metric(m, "pixtral_router_requests_total", tenant="team-b", code="403") == 3
+    assert len(canary.requests) == 1 and len(stable.requests) == 1
+
+
     stable, canary = Upstream("stable"), Upstream("canary")
     async with serve(stable.app) as s_url, serve(canary.app) as c_url:
         cfg = config({"stable": [s_url], "canary": [c_url]}, canary={"weight": 50, "stickyHeader": "x-session-id"})

@@ -52,6 +52,8 @@ def router_config(spec: PixtralSpec) -> dict[str, Any]:
         "defaultLimits": _limits(spec.router.default_limits),
         "tenants": {name: _limits(limits) for name, limits in spec.router.tenants},
     }
+    for name in spec.router.track_override_tenants:
+        tenancy["tenants"][name]["trackOverride"] = True
     if spec.router.api_keys_secret:
         tenancy["apiKeysSecret"] = spec.router.api_keys_secret
     canary: dict[str, Any] = {"weight": spec.canary.weight if spec.canary else 0}

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import admission, dispatch, urlpolicy, usage
 from .body import BodyBudget, ClientDisconnected, Reservation, budget_for, read_body
-from .choice import choose, choose_track, parse_override
+from .choice import choose, choose_track
 from .config import IMAGE_AFFINITY, TRACKS, RouterConfig, load_config_file
 from .errors import (
     AdmissionError,
@@ -36,6 +36,7 @@ from .guard import Guard, RequestInfo
 from .headers import DROP_REQUEST, DROP_RESPONSE, forwarded
 from .internalkey import InternalKey
 from .metrics import RouterMetrics
+from .override import permitted_override
 from .settings import RouterSettings
 from .state import RouterState
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse
@@ -254,7 +255,8 @@ class RouterApp:
         request.tenant = tenant = state.authenticator.authenticate(authorization)
         policy = config.admission
         declared = admission.check_content_length(content_length, policy)
-        forced_track = parse_override(override, config.override_header)
+        forced_track = permitted_override(override, config.override_header, tenant,
+                                          config.tenancy.track_override_tenants)
         limiter = state.limiter
         # A token now (refusing a tenant over its rate costs no body); the concurrency slot only
         # once the body is in, so a client trickling its body holds memory budget, never a slot.

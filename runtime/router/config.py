@@ -74,6 +74,9 @@ class TenancyPolicy:
     api_keys_secret: str | None = None
     default_limits: Limits = Limits(requests_per_minute=600, max_concurrent=16)
     tenants: dict[str, Limits] = field(default_factory=dict)
+    # Tenants whose `trackOverride: true` lets them pin a track with the override header; the
+    # header from anyone else is refused (docs/router.md, "Track override").
+    track_override_tenants: frozenset[str] = frozenset()
 
     def limits_for(self, tenant: str) -> Limits:
         return self.tenants.get(tenant, self.default_limits)
@@ -138,6 +141,12 @@ def _str(obj: dict, key: str, where: str, default: str | None) -> str | None:
     if not value:
         raise ConfigError(f"{where}.{key} must be a non-empty string")
     return value
+
+
+def _bool(obj: dict, key: str, where: str, default: bool) -> bool:
+    if key not in obj:
+        return default
+    return _expect(obj[key], bool, f"{where}.{key}", "true or false")
 
 
 def _obj(obj: dict, key: str, where: str) -> dict:
@@ -246,11 +255,12 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
     default_limits = TenancyPolicy().default_limits
     if ten.get("defaultLimits") is not None:
         default_limits = _limits(ten["defaultLimits"], f"{tw}.defaultLimits", default_limits)
-    tenants = {
-        name: _limits(raw, f"{tw}.tenants.{name}", default_limits) for name, raw in _obj(ten, "tenants", tw).items()
-    }
+    raw_tenants = _obj(ten, "tenants", tw)
+    tenants = {name: _limits(raw, f"{tw}.tenants.{name}", default_limits) for name, raw in raw_tenants.items()}
     tenancy = TenancyPolicy(
-        api_keys_secret=_str(ten, "apiKeysSecret", tw, None), default_limits=default_limits, tenants=tenants
+        api_keys_secret=_str(ten, "apiKeysSecret", tw, None), default_limits=default_limits, tenants=tenants,
+        track_override_tenants=frozenset(
+            name for name, raw in raw_tenants.items() if _bool(raw, "trackOverride", f"{tw}.tenants.{name}", False)),
     )
 
     routing = _routing(_obj(data, "routing", where), f"{where}.routing")

@@ -54,6 +54,12 @@ class AuthenticationError(RouterError):
         return [(b"www-authenticate", b"Bearer")]
 
 
+class PermissionDenied(RouterError):
+    status = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
+
+
 class RateLimited(RouterError):
     status = 429
     error_type = "rate_limit_error"
