@@ -367,7 +367,8 @@ def replicas(args: argparse.Namespace) -> int:
         bases: dict[str, str] = {}
         for i, strategy in enumerate(args.strategies):
             routing = {**extra.get("routing", {}), "strategy": strategy}
-            proc, bases[strategy] = start_router(args, [e.vllm for e in engines], 8080 + i, {**extra, "routing": routing})
+            # 8180 and up: 8081, 8091 are the supervisors' probe ports.
+            proc, bases[strategy] = start_router(args, [e.vllm for e in engines], 8180 + i, {**extra, "routing": routing})
             routers.append(proc)
         asyncio.run(replica_runs(args, bases, engines, result))
     finally:
