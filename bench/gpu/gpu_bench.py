@@ -162,12 +162,12 @@ def start_router(args: argparse.Namespace, backends: list[str], port: int, extra
                  {**os.environ, "PIXTRAL_ROUTER_INTERNAL_KEY_FILE": str(key_file)}, Path(args.out) / f"router-{port}.log")
     base = f"http://127.0.0.1:{port}"
     for _ in range(60):
+        time.sleep(0.5)
+        if proc.poll() is not None:  # a port in use: whatever answers there is not this router
+            break
         if http_get(base + "/readyz")[0] == 200:
             log(f"router ready on {base} -> {backends}")
             return proc, base
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
     raise RuntimeError(f"router on {base} did not become ready (see router-{port}.log)")
 
 
