@@ -28,11 +28,15 @@ ADVANCE = "Advance"
 PROMOTE = "Promote"
 ROLLBACK = "Rollback"
 
+PENDING = "Pending"  # waiting for a ready canary pod; weight 0
 PROGRESSING = "Progressing"
 PAUSED = "Paused"
 PROMOTING = "Promoting"
 ROLLED_BACK = "RolledBack"
-FINISHED_PHASES = frozenset({PROMOTING, ROLLED_BACK})
+PROMOTED = "Promoted"  # the new stable is ready; the canary gets no traffic and is scaled to 0
+FAILED = "Failed"  # the analysis cannot run (no Prometheus); weight 0
+PHASES = (PENDING, PROGRESSING, PAUSED, PROMOTING, PROMOTED, ROLLED_BACK, FAILED)
+FINISHED_PHASES = frozenset({PROMOTING, PROMOTED, ROLLED_BACK, FAILED})
 
 # Verdict reasons (CamelCase: condition reasons and Event reasons).
 STEP_NOT_DUE = "StepNotDue"
@@ -42,6 +46,14 @@ CHECK_PASSED = "CheckPassed"
 CHECK_FAILED = "CheckFailed"
 ANALYSIS_PAUSED = "AnalysisPaused"
 ANALYSIS_FINISHED = "AnalysisFinished"
+
+
+# What the latency ratio compares: the router's time to the first response byte (the first token of
+# a streamed answer) or the whole request's duration.
+TIME_TO_FIRST_TOKEN = "timeToFirstToken"
+REQUEST_LATENCY = "requestLatency"
+LATENCY_METRICS = {TIME_TO_FIRST_TOKEN: "pixtral_router_time_to_first_byte_seconds",
+                   REQUEST_LATENCY: "pixtral_router_request_duration_seconds"}
 
 
 class PolicyError(ValueError):
@@ -59,6 +71,7 @@ class Policy:
     max_latency_ratio: float = 1.5
     max_failed_checks: int = 2
     latency_quantile: float = 0.95
+    latency_metric: str = TIME_TO_FIRST_TOKEN
 
     def __post_init__(self) -> None:
         path = "spec.canary.analysis"
@@ -79,12 +92,15 @@ class Policy:
             raise PolicyError(f"{path}.maxFailedChecks: must be at least 1, got {self.max_failed_checks}")
         if not 0 < self.latency_quantile < 1:
             raise PolicyError(f"{path}.latencyQuantile: must be in (0, 1), got {self.latency_quantile}")
+        if self.latency_metric not in LATENCY_METRICS:
+            raise PolicyError(f"{path}.latencyMetric: must be one of {', '.join(LATENCY_METRICS)}, got {self.latency_metric!r}")
 
     @classmethod
     def from_spec(cls, analysis: dict[str, Any]) -> Policy:
         fields = {"steps": "steps", "intervalSeconds": "interval_seconds", "minRequests": "min_requests",
                   "maxErrorRate": "max_error_rate", "maxLatencyRatio": "max_latency_ratio",
-                  "maxFailedChecks": "max_failed_checks", "latencyQuantile": "latency_quantile"}
+                  "maxFailedChecks": "max_failed_checks", "latencyQuantile": "latency_quantile",
+                  "latencyMetric": "latency_metric"}
         unknown = sorted(set(analysis) - set(fields))
         if unknown:
             raise PolicyError(f"spec.canary.analysis: unknown field(s) {', '.join(unknown)}")
@@ -147,7 +163,7 @@ class Verdict:
 
 
 def current_weight(policy: Policy, state: StepState) -> int:
-    if state.phase == ROLLED_BACK:
+    if state.phase in (ROLLED_BACK, PROMOTED, PENDING, FAILED):
         return 0
     if state.phase == PROMOTING:
         return policy.steps[-1]  # the canary keeps its share until the new stable is ready
@@ -205,13 +221,15 @@ def decide(policy: Policy, state: StepState, window: Window, now: float) -> Verd
     return Verdict(ADVANCE, CHECK_PASSED, f"weight {weight} -> {next_weight}: {message}", next_weight, advanced)
 
 
-def window_queries(namespace: str, deployment: str, track: str, window_seconds: float, quantile: float) -> dict[str, str]:
+def window_queries(namespace: str, deployment: str, track: str, window_seconds: float, quantile: float,
+                   latency_metric: str = TIME_TO_FIRST_TOKEN) -> dict[str, str]:
     """PromQL for one track's :class:`TrackWindow` from the router's series: requests, 5xx, latency."""
+    histogram = LATENCY_METRICS[latency_metric]
     selector = f'namespace="{namespace}", deployment="{deployment}", track="{track}"'
     window = f"{int(window_seconds)}s"
     return {
         "requests": f"sum(increase(pixtral_router_requests_total{{{selector}}}[{window}]))",
         "errors": f'sum(increase(pixtral_router_requests_total{{{selector}, code=~"5.."}}[{window}]))',
         "latency": (f"histogram_quantile({quantile}, sum by (le) "
-                    f"(rate(pixtral_router_request_duration_seconds_bucket{{{selector}}}[{window}])))"),
+                    f"(rate({histogram}_bucket{{{selector}}}[{window}])))"),
     }
