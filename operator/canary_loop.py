@@ -169,7 +169,9 @@ class CanaryLoop:
         # The children follow the effect; the conditions (CanaryHealthy) follow the phase and the check.
         rerender = _effect(spec, stored) != _effect(spec, previous) or stored["phase"] != previous.get("phase") or (
             (stored.get("lastCheck") or {}).get("reason") != (previous.get("lastCheck") or {}).get("reason"))
-        return CanaryTick(events, {"canary": stored}, rerender)
+        # A merge patch keeps keys it does not name: those of an earlier analysis go explicitly.
+        patch = {**stored, **{k: None for k in old if k not in stored}}
+        return CanaryTick(events, {"canary": patch}, rerender)
 
     def _verdict_events(self, verdict: A.Verdict, due: bool, now: float, stored: dict[str, Any]) -> list[Event]:
         if verdict.action == A.ADVANCE:
