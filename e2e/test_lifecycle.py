@@ -120,7 +120,8 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     assert secret["metadata"]["ownerReferences"][0]["name"] == NAME
     assert chat(url, chat_body(max_tokens=1)).status_code == 200, "the router's calls carry the key"
 
-    # --- drift: a hand edit of the router's ConfigMap that would open the endpoint is reverted by a resync
+    # --- drift: a hand edit of the router's ConfigMap that would open the endpoint is reverted (its watch
+    # event reconciles the owner at once; the periodic resync is minutes away)
     cm_path = f"/api/v1/namespaces/{namespace}/configmaps/{NAME}-router"
     config = json.loads(cluster.rest.get(cm_path)["data"]["config.json"])
     assert config["tenancy"]["apiKeysSecret"] == keys

@@ -33,6 +33,7 @@ def parse_args(argv: list[str], settings: OperatorSettings) -> argparse.Namespac
 
 def main(argv: list[str] | None = None) -> int:
     import kopf
+    from pixtral_operator.cache import CachedKube, ObjectCache
     from pixtral_operator.handlers.pixtral import register
     from pixtral_operator.k8s import KubeApi, load_config
     from pixtral_operator.prometheus import PrometheusClient
@@ -49,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         namespaces = settings.watch_namespaces
 
     load_config()
-    kube = KubeApi()
+    # Reads of the children and nodes come from the watch-fed cache (operator/cache.py).
+    cache = ObjectCache()
+    kube = CachedKube(KubeApi(), cache)
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
     registry = kopf.OperatorRegistry()
-    register(registry, settings, kube, Scaler(kube, prometheus))
+    register(registry, settings, kube, Scaler(kube, prometheus), cache)
 
     # A registry of our own has no login handler: use the kubernetes client's credentials
     # (ServiceAccount in a pod, KUBECONFIG elsewhere), the same ones KubeApi uses.

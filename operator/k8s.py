@@ -42,6 +42,7 @@ class Kube(Protocol):
     """What reconcile() needs from the cluster; tests pass a recording fake."""
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
+    def get_owned(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None: ...
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
@@ -84,6 +85,11 @@ class KubeApi:
             return self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
         except NotFoundError:
             return None
+
+    def get_owned(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """An object that matters only if the operator made it (the cached `Kube` answers from its
+        watch cache; this one asks the API)."""
+        return self.get(api_version, kind, namespace, name)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         resource = self._resource(obj["apiVersion"], obj["kind"])

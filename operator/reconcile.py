@@ -219,8 +219,11 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
     problems = spec_problems(name, body.get("spec") or {}) + capacity.blocking + check_spec(spec, kube)
     deployment_names = {track: L.track_deployment_name(name, track) for track in TRACKS}
     deployment_names["router"] = L.router_name(name)
+    # A track that is not rendered matters only if this PixtralDeployment still has its Deployment.
+    rendered = {"stable", "router"} | ({"canary"} if spec.canary_track else set())
     live_deps: dict[str, dict[str, Any] | None] = {
-        part: kube.get("apps/v1", "Deployment", namespace, dep_name) for part, dep_name in deployment_names.items()
+        part: (kube.get if part in rendered else kube.get_owned)("apps/v1", "Deployment", namespace, dep_name)
+        for part, dep_name in deployment_names.items()
     }
     retry = False
 
@@ -251,7 +254,7 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
         for p in problems:
             log.warning("%s/%s: %s", namespace, name, p.message)
         for api_version, kind, child_name in obsolete_children(spec) if not problems else ():
-            obj = kube.get(api_version, kind, namespace, child_name)
+            obj = kube.get_owned(api_version, kind, namespace, child_name)
             # Only what this PixtralDeployment controls: a namesake of someone else's stays.
             if obj is not None and controlled_by(obj, meta["uid"]):
                 kube.delete(api_version, kind, namespace, child_name)

@@ -80,7 +80,8 @@ class OperatorSettings:
     health_port: int = 8080
     metrics_port: int = 9090
     log_level: str = "INFO"
-    resync_seconds: float = 5.0
+    # The safety net behind the watches (handlers/watch.py): a full pass of every object this often.
+    resync_seconds: float = 300.0
     autoscale_seconds: float = 2.0
     # How often the canary analysis looks (a check is due once per spec.canary.analysis.intervalSeconds).
     canary_seconds: float = 2.0
@@ -108,7 +109,7 @@ class OperatorSettings:
             health_port=int(env.get("PIXTRAL_HEALTH_PORT", "8080")),
             metrics_port=int(env.get("PIXTRAL_METRICS_PORT", "9090")),
             log_level=env.get("PIXTRAL_LOG_LEVEL", "INFO").upper(),
-            resync_seconds=float(env.get("PIXTRAL_RESYNC_SECONDS", "5")),
+            resync_seconds=float(env.get("PIXTRAL_RESYNC_SECONDS", str(cls.resync_seconds))),
             autoscale_seconds=float(env.get("PIXTRAL_AUTOSCALE_SECONDS", "2")),
             canary_seconds=float(env.get("PIXTRAL_CANARY_SECONDS", "2")),
             strict_gpu_check=_flag(env, "PIXTRAL_STRICT_GPU_CHECK", False),

@@ -63,6 +63,9 @@ class FakeKube:
             self.after_get(kind, name)
         return obj
 
+    def get_owned(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.get(api_version, kind, namespace, name)
+
     def list_nodes(self) -> list[dict[str, Any]] | None:
         self.requests.add(("list", "", "nodes"))
         return copy.deepcopy(self.nodes)

@@ -3,7 +3,10 @@ autoscaler send (recorded by the fake API) over the scenarios below, plus what k
 what the operator grants to routers, is exactly the permission table tests/test_chart.py holds the
 chart to. A call the chart does not grant fails here; so does a grant nothing uses."""
 
+import kopf
 from fakekube import FakeKube, gpu_node, pxd
+from pixtral_operator.cache import CachedKube, ObjectCache
+from pixtral_operator.handlers.pixtral import register
 from pixtral_operator.reconcile import reconcile
 from pixtral_operator.scale_loop import Scaler
 from pixtral_operator.settings import OperatorSettings
@@ -50,6 +53,20 @@ def everything_the_operator_does() -> set[tuple[str, str, str]]:
     return kube, body, no_canary
 
 
+def watched_by_the_operator() -> set[tuple[str, str, str]]:
+    """The list+watch streams the operator's own handlers open (the watch-fed cache, handlers/watch.py),
+    read from the kopf registry the operator registers into; the PixtralDeployments' stream is kopf's."""
+    registry = kopf.OperatorRegistry()
+    cache = ObjectCache()
+    kube = CachedKube(FakeKube(), cache)
+    register(registry, SETTINGS, kube, Scaler(kube, None), cache)
+    streams = set()
+    for handler in [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers()]:
+        for verb in ("list", "watch"):
+            streams.add((verb, handler.selector.group, handler.selector.plural))
+    return streams
+
+
 async def test_every_permission_is_used_and_every_use_is_permitted():
     kube, _, spec = everything_the_operator_does()
     prometheus = CannedPrometheus()
@@ -58,7 +75,7 @@ async def test_every_permission_is_used_and_every_use_is_permitted():
     assert ("patch", "apps", "deployments/scale") in kube.requests, "the autoscaler scaled"
 
     used: dict[tuple[str, str], set[str]] = {}
-    for verb, group, resource in kube.requests:
+    for verb, group, resource in kube.requests | watched_by_the_operator():
         used.setdefault((group, resource), set()).add(verb)
     for table in (KOPF_PERMISSIONS, ROUTER_PERMISSIONS, OWNER_REFERENCE_PERMISSIONS):
         for key, verbs in table.items():
@@ -77,5 +94,13 @@ def test_recorded_requests_name_each_call_of_the_operator():
     assert ("create", "networking.k8s.io", "networkpolicies") in requests
     assert ("delete", "apps", "deployments") in requests and ("delete", "", "services") in requests
     assert ("update", "serving.pixtral.dev", "pixtraldeployments/finalizers") in requests
-    # The operator never lists or watches its children, and never touches pods or Secrets' contents.
+    # The reconcile itself never lists or watches (the watches feed its cache), and never touches pods.
     assert not {(v, g, r) for v, g, r in requests if v in ("list", "watch") and r != "nodes"}
+
+
+def test_the_watches_cover_every_child_kind_but_never_secrets():
+    streams = watched_by_the_operator()
+    for resource in ("deployments", "services", "configmaps", "serviceaccounts", "roles", "rolebindings",
+                     "poddisruptionbudgets", "networkpolicies", "podmonitors", "nodes"):
+        assert any(r == resource and v == "watch" for v, _, r in streams), resource
+    assert not {r for _, _, r in streams if r in ("secrets", "pods", "persistentvolumeclaims")}

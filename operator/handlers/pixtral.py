@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -11,13 +12,16 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pixtral_operator import metrics
 from pixtral_operator.canary_loop import CanaryLoop
+from pixtral_operator.cache import ObjectCache
 from pixtral_operator.children import retry_delay
+from pixtral_operator.handlers.watch import register_watches
 from pixtral_operator.inflight import InFlight
-from pixtral_operator.k8s import KubeApi
+from pixtral_operator.k8s import Kube
 from pixtral_operator.reconcile import Outcome, reconcile
+from pixtral_operator.requeue import Requeue
 from pixtral_operator.scale_loop import Scaler
 from pixtral_operator.settings import OperatorSettings
-from pixtral_operator.spec import GROUP, PLURAL, VERSION
+from pixtral_operator.spec import GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ INFLIGHT_WAIT_SECONDS = 120.0
 
 
 def run_reconcile(
-    body: Any, kube: KubeApi, settings: OperatorSettings, inflight: InFlight, *, retry: int = 0, wait: bool = True
+    body: Any, kube: Kube, settings: OperatorSettings, inflight: InFlight, *, retry: int = 0, wait: bool = True
 ) -> Outcome | None:
     """One reconcile, never two at once for one object. `wait` False (the resync): skip the pass when
     another reconcile of the object is running, it reads the same state. A refused apply is in the
@@ -78,6 +82,19 @@ def _plain(body: Any) -> dict[str, Any]:
     }
 
 
+# Degraded reasons that only a Secret or claim appearing can heal: neither kind is watched (the operator
+# may never list or watch Secrets), so such an object is re-checked every RECHECK_SECONDS.
+UNWATCHED_REFERENCE_REASONS = frozenset({"SecretNotFound", "PersistentVolumeClaimNotFound"})
+RECHECK_SECONDS = 10.0
+
+
+def _waits_for_a_reference(status: kopf.Status, **_: Any) -> bool:
+    return any(
+        c.get("type") == "Degraded" and c.get("status") == "True" and c.get("reason") in UNWATCHED_REFERENCE_REASONS
+        for c in (status.get("conditions") or ())
+    )
+
+
 def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
     return bool((spec.get("autoscaling") or {}).get("enabled"))
 
@@ -86,9 +103,24 @@ def _canary_analysis(spec: kopf.Spec, **_: Any) -> bool:
     return (spec.get("canary") or {}).get("analysis") is not None
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: KubeApi, scaler: Scaler) -> None:
+def register(
+    registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: Kube, scaler: Scaler,
+    cache: ObjectCache | None = None,
+) -> None:
+    """`cache`: the watch-fed cache `kube` reads from (cache.CachedKube); with it, a change of a child
+    reconciles its owner at once. Without it only the change handlers and the resync reconcile."""
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL, registry=registry)
     inflight = InFlight()
+
+    async def reconcile_from_cache(key: tuple[str, str]) -> bool:
+        body = cache.get(KIND, *key) if cache is not None else None
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return False  # gone, or going: the delete handler and the garbage collector take over
+        await asyncio.to_thread(run_reconcile, body, kube, settings, inflight)
+        return True
+
+    if cache is not None:
+        register_watches(registry, cache, Requeue(reconcile_from_cache))
 
     def after(body: kopf.Body) -> None:
         # Autoscaling off: the autoscaler's memory and gauges go (the reconcile cleared its status keys).
@@ -102,20 +134,26 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
         run_reconcile(body, kube, settings, inflight, retry=retry)
         after(body)
 
-    # Children change on their own (pods become ready, nodes appear, a Secret gets created, someone
-    # edits one by hand): a periodic pass refreshes the status, re-judges the spec and applies back
-    # what drifted. It writes nothing when nothing changed.
+    # A change of a child (a pod becomes ready, a hand edit) or of a node's GPUs reconciles the owner
+    # through the watches (handlers/watch.py); a missing Secret or claim is re-checked below. This
+    # slow pass (PIXTRAL_RESYNC_SECONDS) is the safety net; it writes nothing when nothing changed.
     @kopf.timer(**resource, id="resync", interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
     def resync(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(body, kube, settings, inflight, retry=retry, wait=False)
         after(body)
 
+    @kopf.timer(**resource, id="recheck", interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS,
+                when=_waits_for_a_reference)
+    def recheck(body: kopf.Body, retry: int, **_: Any) -> None:
+        run_reconcile(body, kube, settings, inflight, retry=retry, wait=False)
+
     @kopf.timer(**resource, id="autoscale", interval=settings.autoscale_seconds, when=_autoscaling_enabled)
     async def autoscale(body: kopf.Body, **_: Any) -> None:
-        import asyncio
-
-        result = await scaler.tick(_plain(body))
         meta = body["metadata"]
+        # The cached body holds the status this operator wrote last, which kopf's may not have yet:
+        # comparing with it keeps the tick from writing the same status twice.
+        cached = cache.get(KIND, meta["namespace"], meta["name"]) if cache is not None else None
+        result = await scaler.tick(cached if cached is not None else _plain(body))
         for track, decision in result.decisions.items():
             if decision.event is not None:
                 kopf.event(body, type=decision.event.type, reason=decision.event.reason, message=f"{track}: {decision.event.message}")

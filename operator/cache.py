@@ -1,0 +1,205 @@
+"""The operator's picture of the cluster, fed by watch events instead of a GET per child per pass.
+
+`ObjectCache` holds the children the operator labels (`app.kubernetes.io/managed-by=pixtral-operator`),
+the nodes (for the GPU check) and the PixtralDeployments themselves. kopf's watch streams feed it
+(`handlers/watch.py`); kopf's indexes hold every handler back until the first listing of every
+watched kind is in, so a reconcile never reads a cache that is still filling.
+
+`CachedKube` is the `Kube` the reconcile and the autoscaler use: reads of the watched kinds come from
+the cache, everything else (Secrets, which the operator may never list or watch, and
+PersistentVolumeClaims) is passed to the API. Writes go to the API and their answers into the cache
+at once, so the next pass, which may run before the write's own watch event arrives, does not apply
+the same object again.
+
+A child name missing from the cache is looked up with one GET (`get`): a namesake that someone else
+created carries no operator label, so only the API can show it (ChildConflict). Where only an object
+this PixtralDeployment controls matters (a removed canary's children), a miss is the answer
+(`get_owned`)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pixtral_operator.capacity import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from pixtral_operator.k8s import Kube
+from pixtral_operator.render import labels as L
+from pixtral_operator.spec import KIND
+
+# The label every child carries (render/labels.common_labels); the watches select on it.
+MANAGED_LABEL = ("app.kubernetes.io/managed-by", L.MANAGED_BY)
+
+# (apiVersion, kind, plural) of every child kind the operator watches; Secrets are deliberately absent
+# (get and create only, never list or watch: docs/install.md#permissions).
+WATCHED_CHILD_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("apps/v1", "Deployment", "deployments"),
+    ("v1", "Service", "services"),
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "ServiceAccount", "serviceaccounts"),
+    ("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+    ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ("monitoring.coreos.com/v1", "PodMonitor", "podmonitors"),
+)
+CACHED_KINDS = frozenset(kind for _, kind, _ in WATCHED_CHILD_KINDS)
+
+Key = tuple[str, str | None, str]  # (kind, namespace, name)
+
+
+def _key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(obj.get("kind")), meta.get("namespace"), str(meta.get("name")))
+
+
+def _version(obj: Mapping[str, Any]) -> int | None:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion"))
+    except (TypeError, ValueError):
+        return None
+
+
+def controller_owner(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Pure: (namespace, name) of the PixtralDeployment that controls `obj`, if one does."""
+    meta = obj.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == KIND and meta.get("namespace"):
+            return (meta["namespace"], ref.get("name"))
+    return None
+
+
+def gpu_view(node: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Pure: the part of a node the GPU check (capacity.py) reads."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    return (labels.get(GPU_PRODUCT_LABEL), allocatable.get(GPU_RESOURCE))
+
+
+class ObjectCache:
+    """Thread-safe: kopf's event loop writes, the reconcile's worker threads read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[Key, dict[str, Any]] = {}
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self.nodes_watched = False
+
+    def put(self, obj: Mapping[str, Any]) -> None:
+        """Store `obj` unless the cache already holds a newer version of it: a write's answer is
+        stored before that write's own (or an older) watch event arrives."""
+        key = _key(obj)
+        new = copy.deepcopy(dict(obj))
+        with self._lock:
+            old = self._objects.get(key)
+            if old is not None:
+                have, got = _version(old), _version(new)
+                if have is not None and got is not None and got < have:
+                    return
+            self._objects[key] = new
+
+    def discard(self, kind: str, namespace: str | None, name: str) -> None:
+        with self._lock:
+            self._objects.pop((kind, namespace, name), None)
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            obj = self._objects.get((kind, namespace, name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def merge_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Fold a status merge patch the operator sent into the cached PixtralDeployment."""
+        with self._lock:
+            obj = self._objects.get((KIND, namespace, name))
+            if obj is None:
+                return
+            status = dict(obj.get("status") or {})
+            for field, value in copy.deepcopy(dict(patch)).items():
+                if value is None:
+                    status.pop(field, None)
+                else:
+                    status[field] = value
+            obj["status"] = status
+
+    def count(self, kind: str) -> int:
+        with self._lock:
+            return sum(1 for k in self._objects if k[0] == kind)
+
+    # --- nodes (cluster-scoped, read whole for the GPU check)
+    def put_node(self, node: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._nodes[str((node.get("metadata") or {}).get("name"))] = copy.deepcopy(dict(node))
+
+    def discard_node(self, name: str) -> None:
+        with self._lock:
+            self._nodes.pop(name, None)
+
+    def owners(self) -> list[tuple[str, str]]:
+        """Every cached PixtralDeployment's (namespace, name)."""
+        with self._lock:
+            return [(k[1] or "", k[2]) for k in self._objects if k[0] == KIND]
+
+    def nodes(self) -> list[dict[str, Any]] | None:
+        """None while nodes are not watched (the GPU check is skipped then, as on a 403)."""
+        if not self.nodes_watched:
+            return None
+        with self._lock:
+            return [copy.deepcopy(n) for n in self._nodes.values()]
+
+
+class CachedKube:
+    """A `Kube` whose reads of the watched kinds come from `cache`; see the module's docstring."""
+
+    def __init__(self, api: Kube, cache: ObjectCache, cached_kinds: Iterable[str] = CACHED_KINDS) -> None:
+        self.api = api
+        self.cache = cache
+        self.cached_kinds = frozenset(cached_kinds)
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        if kind not in self.cached_kinds:
+            return self.api.get(api_version, kind, namespace, name)
+        hit = self.cache.get(kind, namespace, name)
+        if hit is not None:
+            return hit
+        # Not ours (no operator label), or not created yet: only the API can tell.
+        return self.api.get(api_version, kind, namespace, name)
+
+    def get_owned(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """An object that matters only if the operator made it: a cache miss means there is none."""
+        if kind not in self.cached_kinds:
+            return self.api.get(api_version, kind, namespace, name)
+        return self.cache.get(kind, namespace, name)
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        applied = self.api.apply(obj)
+        self._remember(applied)
+        return applied
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        created = self.api.create(obj)
+        if created is not None:
+            self._remember(created)
+        return created
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        deleted = self.api.delete(api_version, kind, namespace, name)
+        self.cache.discard(kind, namespace, name)
+        return deleted
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.api.patch_status(namespace, name, status)
+        self.cache.merge_status(namespace, name, status)
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        self.api.scale_deployment(namespace, name, replicas)
+
+    def claim_replicas(self, namespace: str, name: str, replicas: int) -> bool:
+        return self.api.claim_replicas(namespace, name, replicas)
+
+    def list_nodes(self) -> list[dict[str, Any]] | None:
+        return self.cache.nodes()
+
+    def _remember(self, obj: Mapping[str, Any]) -> None:
+        if obj.get("kind") in self.cached_kinds:
+            self.cache.put(obj)

@@ -1,0 +1,240 @@
+"""The watch-fed cache (operator/cache.py) and reconcile-on-change (operator/requeue.py,
+handlers/watch.py): a reconcile over a filled cache reads nothing from the API but the Secrets, a
+hand edit that arrives as a watch event is applied back, an older event never replaces a newer
+write, and a child's event reconciles its owner with bursts coalesced."""
+
+import asyncio
+
+import kopf
+import pytest
+from fakekube import FakeKube, gpu_node, pxd
+from pixtral_operator.cache import CachedKube, ObjectCache, controller_owner, gpu_view
+from pixtral_operator.conditions import find
+from pixtral_operator.handlers.pixtral import register
+from pixtral_operator.reconcile import reconcile
+from pixtral_operator.requeue import Requeue
+from pixtral_operator.scale_loop import Scaler
+from pixtral_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings()
+
+
+class CountingKube(FakeKube):
+    """FakeKube that also counts every read it answers, by kind."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads: list[str] = []
+
+    def get(self, api_version, kind, namespace, name):
+        self.reads.append(kind)
+        return super().get(api_version, kind, namespace, name)
+
+    def list_nodes(self):
+        self.reads.append("Node")
+        return super().list_nodes()
+
+
+def cached(nodes=None) -> tuple[CountingKube, ObjectCache, CachedKube]:
+    api = CountingKube(nodes=nodes)
+    cache = ObjectCache()
+    cache.nodes_watched = True
+    for node in nodes or ():
+        cache.put_node(node)
+    return api, cache, CachedKube(api, cache)
+
+
+def with_status(api: FakeKube, body: dict) -> dict:
+    return {**body, "status": api.statuses.get((body["metadata"]["namespace"], body["metadata"]["name"]), {})}
+
+
+def test_a_reconcile_over_a_filled_cache_reads_only_the_secret_from_the_api():
+    api, cache, kube = cached([gpu_node("gpu-0")])
+    body = pxd()
+    reconcile(body, kube, SETTINGS, now="t0")  # creates: misses are read once, answers are cached
+    assert "Deployment" in api.reads, "a name missing from the cache is looked up (a namesake?)"
+    api.reads.clear()
+    api.writes.clear()
+    out = reconcile(with_status(api, body), kube, SETTINGS, now="t1")
+    assert api.writes == [] and out.writes == 0
+    # Secrets are never watched: the internal key's existence is the one read left.
+    assert api.reads == ["Secret"]
+
+
+def test_a_hand_edit_arriving_as_a_watch_event_is_applied_back():
+    api, cache, kube = cached()
+    body = pxd()
+    reconcile(body, kube, SETTINGS, now="t0")
+    edited = cache.get("ConfigMap", "team", "demo-router")
+    edited["data"]["config.json"] = "{}"
+    cache.put(edited)  # what the watch delivers after `kubectl edit`
+    api.writes.clear()
+    reconcile(with_status(api, body), kube, SETTINGS, now="t1")
+    assert api.writes == [("apply", "ConfigMap", "demo-router")]
+    assert cache.get("ConfigMap", "team", "demo-router")["data"]["config.json"] != "{}"
+
+
+def test_a_namesake_missing_from_the_cache_is_read_and_left_untouched():
+    api, cache, kube = cached()
+    api.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "demo-router", "namespace": "team"}})
+    out = reconcile(pxd(), kube, SETTINGS, now="t0")
+    assert find(out.status["conditions"], "Degraded")["reason"] == "ChildConflict"
+    assert not [w for w in api.writes if w[0] != "status"]
+
+
+def test_a_removed_canary_is_looked_up_in_the_cache_only():
+    api, cache, kube = cached()
+    reconcile(pxd(), kube, SETTINGS, now="t0")
+    api.reads.clear()
+    kube.get_owned("apps/v1", "Deployment", "team", "demo-canary")
+    assert api.reads == []
+    assert kube.get_owned("v1", "Secret", "team", "demo-apikey") is not None and api.reads == ["Secret"]
+
+
+def test_an_older_event_never_replaces_a_newer_write():
+    cache = ObjectCache()
+    obj = {"kind": "Service", "metadata": {"name": "a", "namespace": "n", "resourceVersion": "7"}, "spec": {"x": 2}}
+    cache.put(obj)
+    cache.put({**obj, "metadata": {**obj["metadata"], "resourceVersion": "6"}, "spec": {"x": 1}})
+    assert cache.get("Service", "n", "a")["spec"] == {"x": 2}
+    cache.put({**obj, "metadata": {**obj["metadata"], "resourceVersion": "8"}, "spec": {"x": 3}})
+    assert cache.get("Service", "n", "a")["spec"] == {"x": 3}
+    cache.discard("Service", "n", "a")
+    assert cache.get("Service", "n", "a") is None
+
+
+def test_the_cache_hands_out_copies():
+    cache = ObjectCache()
+    cache.put({"kind": "Service", "metadata": {"name": "a", "namespace": "n"}, "spec": {"x": 1}})
+    cache.get("Service", "n", "a")["spec"]["x"] = 99
+    assert cache.get("Service", "n", "a")["spec"]["x"] == 1
+
+
+def test_nodes_are_none_until_watched_then_the_gpu_check_reads_the_cache():
+    api, cache, kube = cached()
+    cache.nodes_watched = False
+    assert kube.list_nodes() is None
+    cache.nodes_watched = True
+    cache.put_node(gpu_node("gpu-0", gpus=2))
+    out = reconcile(pxd(spec={"engine": {"tensorParallelSize": 4}}), kube, SETTINGS, now="t0")
+    assert "Node" not in api.reads
+    assert find(out.status["conditions"], "Degraded")["reason"] == "InsufficientGPUsPerNode"
+    assert gpu_view(gpu_node("x", gpus=2)) != gpu_view(gpu_node("x", gpus=4))
+
+
+def test_a_status_patch_is_folded_into_the_cached_owner():
+    api, cache, kube = cached()
+    cache.put(pxd())
+    kube.patch_status("team", "demo", {"replicas": 1, "queue": None})
+    assert cache.get("PixtralDeployment", "team", "demo")["status"] == {"replicas": 1}
+
+
+def test_controller_owner_names_the_pixtraldeployment():
+    ref = {"kind": "PixtralDeployment", "name": "demo", "controller": True}
+    assert controller_owner({"metadata": {"namespace": "team", "ownerReferences": [ref]}}) == ("team", "demo")
+    assert controller_owner({"metadata": {"namespace": "team", "ownerReferences": [{**ref, "controller": False}]}}) is None
+    assert controller_owner({"metadata": {"namespace": "team", "ownerReferences": [{**ref, "kind": "ReplicaSet"}]}}) is None
+
+
+async def test_requeue_coalesces_a_burst_into_one_more_pass():
+    runs = []
+    release = asyncio.Event()
+
+    async def run(key):
+        runs.append(key)
+        if len(runs) == 1:
+            await release.wait()
+        return True
+
+    requeue = Requeue(run)
+    first = asyncio.create_task(requeue.kick(("team", "demo")))
+    await asyncio.sleep(0)
+    for _ in range(5):  # five events while the first pass runs
+        await requeue.kick(("team", "demo"))
+    release.set()
+    await first
+    assert runs == [("team", "demo")] * 2
+
+
+async def test_requeue_survives_a_failed_pass_and_stops_for_a_gone_object():
+    calls = []
+
+    async def run(key):
+        calls.append(key)
+        if key[1] == "broken":
+            raise RuntimeError("API down")
+        return False
+
+    requeue = Requeue(run)
+    await requeue.kick(("team", "broken"))
+    await requeue.kick(("team", "gone"))
+    await requeue.kick(("team", "broken"))
+    assert calls == [("team", "broken"), ("team", "gone"), ("team", "broken")]
+
+
+def handler(registry: kopf.OperatorRegistry, handler_id: str):
+    found = [h for h in [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers()] if h.id == handler_id]
+    assert len(found) == 1, handler_id
+    return found[0].fn
+
+
+@pytest.fixture
+def operator_handlers(monkeypatch):
+    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)  # no kopf event queue outside kopf.run
+    api = CountingKube(nodes=None)
+    cache = ObjectCache()
+    kube = CachedKube(api, cache)
+    registry = kopf.OperatorRegistry()
+    register(registry, SETTINGS, kube, Scaler(kube, None), cache)
+    return registry, api, cache
+
+
+async def test_a_childs_event_reconciles_its_owner_and_a_hand_edit_is_reverted(operator_handlers):
+    registry, api, cache = operator_handlers
+    body = pxd()
+    await handler(registry, "pixtraldeployment-cache")(body=body)
+    reconcile(body, CachedKube(api, cache), SETTINGS, now="t0")
+    live = cache.get("ConfigMap", "team", "demo-router")
+    live["data"]["config.json"] = "{}"
+    api.writes.clear()
+    await handler(registry, "configmaps-cache")(body=live)
+    await handler(registry, "configmaps-changed")(event={"type": "MODIFIED", "object": live})
+    assert ("apply", "ConfigMap", "demo-router") in api.writes
+    # The initial listing reconciles nothing (the resume handlers do); an object without an owner neither.
+    api.writes.clear()
+    await handler(registry, "configmaps-changed")(event={"type": None, "object": live})
+    foreign = {"kind": "ConfigMap", "metadata": {"name": "x", "namespace": "team"}}
+    await handler(registry, "configmaps-cache")(body=foreign)
+    await handler(registry, "configmaps-changed")(event={"type": "MODIFIED", "object": foreign})
+    assert api.writes == [] and cache.get("ConfigMap", "team", "x") is None
+
+
+async def test_a_deleted_child_is_recreated_and_a_deleted_owner_is_not_reconciled(operator_handlers):
+    registry, api, cache = operator_handlers
+    body = pxd()
+    await handler(registry, "pixtraldeployment-cache")(body=body)
+    reconcile(body, CachedKube(api, cache), SETTINGS, now="t0")
+    service = cache.get("Service", "team", "demo-router")
+    del api.objects[("v1", "Service", "team", "demo-router")]
+    api.writes.clear()
+    await handler(registry, "services-changed")(event={"type": "DELETED", "object": service})
+    assert ("apply", "Service", "demo-router") in api.writes
+    await handler(registry, "pixtraldeployment-gone")(event={"type": "DELETED", "object": body})
+    api.writes.clear()
+    await handler(registry, "services-changed")(event={"type": "MODIFIED", "object": service})
+    assert api.writes == []
+
+
+async def test_a_node_whose_gpus_change_reconciles_every_owner(operator_handlers):
+    registry, api, cache = operator_handlers
+    for name in ("a", "b"):
+        await handler(registry, "pixtraldeployment-cache")(body=pxd(name=name))
+    node = gpu_node("gpu-0", gpus=4)
+    await handler(registry, "node-cache")(body=node)
+    await handler(registry, "node-changed")(event={"type": None, "object": node})
+    assert api.writes == []
+    heartbeat = {**node, "status": {**node["status"], "conditions": [{"type": "Ready"}]}}
+    await handler(registry, "node-changed")(event={"type": "MODIFIED", "object": heartbeat})
+    assert api.writes == [], "a status rewrite that leaves the GPUs alone reconciles nothing"
+    await handler(registry, "node-changed")(event={"type": "MODIFIED", "object": gpu_node("gpu-0", gpus=8)})
+    assert {name for verb, kind, name in api.writes if verb == "status"} == {"a", "b"}
