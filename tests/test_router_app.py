@@ -97,6 +97,7 @@ async def serve(app):
 
 
 def config(backends: dict, **extra) -> dict:
+    # team-a may pin a track with x-pixtral-track (the tests of the override use it).
     return {"deployment": "t", "servedModelName": "tiny", "backends": backends, "apiKeys": {"team-a": KEY},
             "tenancy": {"defaultLimits": {"requestsPerMinute": 0, "maxConcurrent": 0},
                         "tenants": {"team-a": {"trackOverride": True}}},
@@ -354,7 +355,6 @@ async def test_held_requests_time_out_with_503() -> None:
         assert r.headers["retry-after"]
 
 
-async def test_canary_override_and_sticky_over_http() -> None:
 async def test_track_override_is_refused_for_tenants_not_marked_for_it() -> None:
     stable, canary = Upstream("stable"), Upstream("canary")
     async with serve(stable.app) as s_url, serve(canary.app) as c_url:
@@ -380,6 +380,7 @@ async def test_track_override_is_refused_for_tenants_not_marked_for_it() -> None
     assert len(canary.requests) == 1 and len(stable.requests) == 1
 
 
+async def test_canary_override_and_sticky_over_http() -> None:
     stable, canary = Upstream("stable"), Upstream("canary")
     async with serve(stable.app) as s_url, serve(canary.app) as c_url:
         cfg = config({"stable": [s_url], "canary": [c_url]}, canary={"weight": 50, "stickyHeader": "x-session-id"})
