@@ -301,14 +301,18 @@ async def replica_runs(args: argparse.Namespace, routers: dict[str, str], engine
         for index, spec in enumerate(args.pools):
             pool, zipf = load.parse_pool(spec)
             for strategy in (order if index % 2 == 0 else order[::-1]):
-                if elapsed() + args.replica_requests / 12 + 20 > args.deadline:
+                if elapsed() + args.replica_requests / (args.rate or 12) + 20 > args.deadline:
                     log(f"skipping pool={spec} {strategy}: not enough time left")
                     continue
                 before = [http_get(e.vllm + "/metrics")[1] for e in engines]
                 w = load.Workload(concurrency=args.replica_conc, requests=args.replica_requests, pool=pool, zipf=zipf,
                                   tag=f"replicas {strategy} pool{spec}")
-                summary = await load.closed_loop(s, routers[strategy], w, model=MODEL_NAME, headers=auth,
-                                                 seed=index * 100 + order.index(strategy))
+                seed = index * 100 + order.index(strategy)
+                if args.rate:
+                    summary = await load.open_loop(s, routers[strategy], w, model=MODEL_NAME, headers=auth,
+                                                   rate=args.rate, seed=seed)
+                else:
+                    summary = await load.closed_loop(s, routers[strategy], w, model=MODEL_NAME, headers=auth, seed=seed)
                 after = [http_get(e.vllm + "/metrics")[1] for e in engines]
                 summary.update(strategy=strategy, engines=engine_deltas(before, after), finished_at_s=round(elapsed(), 1))
                 result["runs"].append(summary)
@@ -405,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds an --ab-first A/B leaves for the second engine's start and the replica runs")
     ap.add_argument("--pools", type=lambda s: s.split(","), default=["0", "z20", "128"],
                     help="workloads: 0 = unique images, N = drawn uniformly from N images, zN = a Zipf draw over N")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="replicas mode: Poisson arrivals at this many requests/s instead of the closed loop")
     ap.add_argument("--strategies", type=lambda s: s.split(","), default=["leastOutstanding", "imageAffinity"],
                     help="router balancing strategies, one router each, compared run by run")
     ap.add_argument("--router-extra", default="{}", help="JSON merged into the router config")

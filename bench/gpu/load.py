@@ -161,6 +161,28 @@ async def closed_loop(session: aiohttp.ClientSession, base: str, w: Workload, *,
     return summarise(w, results, time.perf_counter() - t0)
 
 
+async def open_loop(session: aiohttp.ClientSession, base: str, w: Workload, *, model: str, rate: float,
+                    headers: dict | None = None, seed: int = 0) -> dict:
+    """Requests sent at Poisson arrivals of `rate` per second, whatever the server's state: no burst
+    follows a decode wave, so TTFT shows the server's cost per request (below its capacity) rather
+    than how a balancer splits bursts. `w.concurrency` is not used."""
+    rng = random.Random(seed)
+    bodies = bodies_for(w, model, rng)
+    t0 = time.perf_counter()
+    at = 0.0
+    tasks = []
+    for body in bodies:
+        at += rng.expovariate(rate)
+        delay = t0 + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(session, base, body, headers)))
+    results = list(await asyncio.gather(*tasks))
+    summary = summarise(w, results, time.perf_counter() - t0)
+    summary.update(arrival="poisson", rate_per_s=rate)
+    return summary
+
+
 async def warm_up(session: aiohttp.ClientSession, base: str, *, model: str, headers: dict | None = None) -> list[int]:
     """A text request, one 1024 px image and a small concurrent batch; returns their statuses."""
     statuses = [(await one(session, base, chat_body(model, "Hello.", [], 16), headers))["status"]]
