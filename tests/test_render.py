@@ -349,11 +349,14 @@ def test_annotations_or_a_monitor_object_never_both(mode, annotated, monitors):
 def test_the_multimodal_cache_is_sized_from_the_pods_memory():
     from pixtral_operator.render.runtime import mm_processor_cache_gib, quantity_bytes
 
-    # Two copies of at most 1/8 of the pod's memory, capped at vLLM's default of 4 GiB.
-    assert mm_processor_cache_gib("48Gi") == 3.0
-    assert mm_processor_cache_gib("8Gi") == 0.5
+    # At most 1/8 of the pod's memory (one copy, in the engine core), capped at vLLM's default of
+    # 4 GiB, rounded down to 1/16 GiB; below 1/2 GiB of memory the cache is off.
+    assert mm_processor_cache_gib("48Gi") == 4.0
+    assert mm_processor_cache_gib("8Gi") == 1.0
     assert mm_processor_cache_gib("256Gi") == 4.0
-    assert mm_processor_cache_gib("64G") == 3.6875
+    assert mm_processor_cache_gib("20G") == 2.3125
+    assert mm_processor_cache_gib("1Gi") == 0.125
+    assert mm_processor_cache_gib("448Mi") == 0.0
     assert quantity_bytes("1e9") == 1e9 and quantity_bytes("512Mi") == 512 * 2**20
     (container,) = render({"resources": {"memory": "16Gi"}})[("Deployment", "demo-stable")]["spec"]["template"]["spec"]["containers"]
-    assert env_of(container)["PIXTRAL_MM_PROCESSOR_CACHE_GB"] == "1"
+    assert env_of(container)["PIXTRAL_MM_PROCESSOR_CACHE_GB"] == "2"

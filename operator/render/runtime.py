@@ -40,11 +40,10 @@ def grace_period_seconds(spec: PixtralSpec) -> int:
     return spec.router.request_timeout_seconds + 2 * DRAIN_MARGIN_SECONDS
 
 
-# vLLM's multimodal processor cache: two copies (the API server's and the engine core's, vLLM's
-# "lru" cache type) of at most MM_CACHE_MEMORY_SHARE of the pod's memory, and never above vLLM's
-# own default of 4 GiB (docs/runtime.md, "Caches").
+# vLLM's multimodal processor cache: at most MM_CACHE_MEMORY_SHARE of the pod's memory, and never
+# above vLLM's own default of 4 GiB (docs/runtime.md, "Caches"). One copy: with vLLM's "lru" cache
+# type the engine core holds the processed images and the API server only their sizes.
 MM_CACHE_MEMORY_SHARE = 1 / 8
-MM_CACHE_COPIES = 2
 MM_CACHE_MAX_GIB = 4.0
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
@@ -66,7 +65,7 @@ def quantity_bytes(quantity: str) -> float:
 
 def mm_processor_cache_gib(memory: str) -> float:
     """The multimodal processor cache for a pod of `memory`, in GiB rounded down to 1/16."""
-    gib = quantity_bytes(memory) / 2**30 * MM_CACHE_MEMORY_SHARE / MM_CACHE_COPIES
+    gib = quantity_bytes(memory) / 2**30 * MM_CACHE_MEMORY_SHARE
     return min(MM_CACHE_MAX_GIB, math.floor(gib * 16) / 16)
 
 
