@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     kube = CachedKube(KubeApi(), cache)
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
     registry = kopf.OperatorRegistry()
-    register(registry, settings, kube, Scaler(kube, prometheus), cache)
+    register(registry, settings, kube, Scaler(kube, prometheus, fleet_seconds=settings.autoscale_seconds), cache)
 
     # A registry of our own has no login handler: use the kubernetes client's credentials
     # (ServiceAccount in a pod, KUBECONFIG elsewhere), the same ones KubeApi uses.

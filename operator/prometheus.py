@@ -401,3 +401,125 @@ async def read_signal(
         return Signal.missing(str(error))
     readings = await read_track(client, queries)
     return assess(readings, ready_replicas=ready_replicas, max_sample_age_seconds=max_sample_age_seconds)
+
+
+# --- one query per signal for every PixtralDeployment at once ("the fleet")
+#
+# The four default parts above, grouped by (namespace, deployment, track) instead of selecting one
+# track: a tick costs four queries whatever the number of objects, and each track's answer is cut
+# out of them in memory (`split_fleet`). The per-track semantics stay those of `default_queries`:
+# a group that is absent is "no data" for that track, a failed query fails every track.
+
+FLEET_LABELS = ("namespace", "deployment", "track")
+_BY = "by (namespace, deployment, track)"
+_OURS = '{deployment!=""}'  # series Prometheus' discovery labelled with a PixtralDeployment
+
+
+@dataclass(frozen=True)
+class FleetQueries:
+    engine_load: str
+    engine_pods: str
+    engine_oldest_sample: str
+    router_pending: str
+
+
+def fleet_queries() -> FleetQueries:
+    router = label_selector(
+        {}, {"__name__": f"{ROUTER_PENDING_METRIC}|{ROUTER_FALLBACK_METRIC}", "deployment": ".+"}
+    )
+    return FleetQueries(
+        engine_load=f"sum {_BY} ({ENGINE_WAITING_METRIC}{_OURS}) + sum {_BY} ({ENGINE_RUNNING_METRIC}{_OURS})",
+        engine_pods=f"count {_BY} (count by (namespace, deployment, track, pod) ({ENGINE_RUNNING_METRIC}{_OURS}))",
+        engine_oldest_sample=f"min {_BY} (timestamp({ENGINE_RUNNING_METRIC}{_OURS}))",
+        router_pending=f"sum {_BY} ({router})",
+    )
+
+
+@dataclass(frozen=True)
+class FleetResults:
+    engine_load: QueryResult
+    engine_pods: QueryResult
+    engine_oldest_sample: QueryResult
+    router_pending: QueryResult
+
+
+def _of(result: QueryResult, namespace: str, deployment: str, tracks: tuple[str, ...]) -> QueryResult:
+    if not result.ok:
+        return result
+    return QueryResult(
+        ok=True,
+        samples=tuple(
+            s for s in result.samples
+            if s.labels.get("namespace") == namespace
+            and s.labels.get("deployment") == deployment
+            and s.labels.get("track", "") in tracks
+        ),
+    )
+
+
+def split_fleet(results: FleetResults, namespace: str, deployment: str, track: str) -> TrackReadings:
+    """Pure: one track's readings, cut out of the fleet's answers. The router's series of older
+    routers carry no track label: they count for stable (as in `default_queries`)."""
+    _check_target(namespace, deployment, track)
+    router_tracks = ("stable", "") if track == "stable" else (track,)
+    return TrackReadings(
+        engine_load=_of(results.engine_load, namespace, deployment, (track,)),
+        engine_pods=_of(results.engine_pods, namespace, deployment, (track,)),
+        engine_oldest_sample=_of(results.engine_oldest_sample, namespace, deployment, (track,)),
+        router_pending=_of(results.router_pending, namespace, deployment, router_tracks),
+    )
+
+
+class FleetReader:
+    """The fleet's answers, read at most once per `max_age_seconds`: every object's timer that ticks
+    within that time shares one set of four queries (concurrent ticks wait for the same read)."""
+
+    def __init__(self, client: PrometheusClient, max_age_seconds: float) -> None:
+        if not max_age_seconds > 0:
+            raise QueryConfigError(f"the fleet read's max age must be > 0 seconds, got {max_age_seconds!r}")
+        self.client = client
+        self.max_age_seconds = max_age_seconds
+        self._lock = asyncio.Lock()
+        self._taken: float | None = None
+        self._results: FleetResults | None = None
+        self.reads = 0  # fleet reads done (each is four queries)
+
+    async def results(self, now: float) -> FleetResults:
+        """`now`: the tick's time (epoch seconds); an answer older than max_age_seconds is read again."""
+        async with self._lock:
+            taken = self._taken
+            if self._results is None or taken is None or not 0 <= now - taken < self.max_age_seconds:
+                queries = fleet_queries()
+                load, pods, oldest, pending = await asyncio.gather(
+                    self.client.query(queries.engine_load),
+                    self.client.query(queries.engine_pods),
+                    self.client.query(queries.engine_oldest_sample),
+                    self.client.query(queries.router_pending),
+                )
+                self._results = FleetResults(load, pods, oldest, pending)
+                self._taken = now
+                self.reads += 1
+            return self._results
+
+
+async def read_fleet_signal(
+    fleet: FleetReader,
+    now: float,
+    namespace: str,
+    deployment: str,
+    track: str,
+    ready_replicas: int,
+    prometheus_query: str | None = None,
+    max_sample_age_seconds: float = DEFAULT_MAX_SAMPLE_AGE_SECONDS,
+) -> Signal:
+    """As `read_signal`, from the fleet's shared answers; a spec's own prometheusQuery still runs
+    for its object alone (it cannot be grouped)."""
+    if prometheus_query:
+        return await read_signal(
+            fleet.client, namespace, deployment, track, ready_replicas, prometheus_query, max_sample_age_seconds
+        )
+    try:
+        readings = split_fleet(await fleet.results(now), namespace, deployment, track)
+    except QueryConfigError as error:
+        return Signal.missing(str(error))
+    return assess(readings, ready_replicas=ready_replicas, max_sample_age_seconds=max_sample_age_seconds)

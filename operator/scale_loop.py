@@ -20,7 +20,7 @@ from pixtral_operator import metrics
 from pixtral_operator.canary_state import effective_spec
 from pixtral_operator.scale_decision import Decision, Policy, Signal, StateError, TrackState, decide
 from pixtral_operator.k8s import Kube
-from pixtral_operator.prometheus import PrometheusClient, read_signal
+from pixtral_operator.prometheus import FleetReader, PrometheusClient, read_fleet_signal
 from pixtral_operator.render import labels as L
 from pixtral_operator.spec import TRACKS, parse
 
@@ -34,9 +34,12 @@ class TickResult:
 
 
 class Scaler:
-    def __init__(self, kube: Kube, prometheus: PrometheusClient | None) -> None:
+    def __init__(self, kube: Kube, prometheus: PrometheusClient | None, fleet_seconds: float = 1.0) -> None:
+        """`fleet_seconds`: how long one read of every object's signal (four queries) serves the
+        ticks of all objects (prometheus.FleetReader); the operator passes its tick interval."""
         self.kube = kube
         self.prometheus = prometheus
+        self.fleet = FleetReader(prometheus, fleet_seconds) if prometheus is not None else None
         self._states: dict[tuple[str, str, str], TrackState] = {}
 
     def forget(self, namespace: str, name: str) -> None:
@@ -66,11 +69,11 @@ class Scaler:
             current = int((dep.get("spec") or {}).get("replicas") or 0)
             ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
             state = self._state(namespace, name, track.track, old.get(track.track), current)
-            if self.prometheus is None:
+            if self.fleet is None:
                 signal = Signal.missing("the operator has no Prometheus URL (PIXTRAL_PROMETHEUS_URL)")
             else:
-                signal = await read_signal(
-                    self.prometheus, namespace, name, track.track, ready, spec.autoscaling.prometheus_query
+                signal = await read_fleet_signal(
+                    self.fleet, now, namespace, name, track.track, ready, spec.autoscaling.prometheus_query
                 )
             decision = decide(state, signal, policy, now)
             self._states[(namespace, name, track.track)] = decision.state

@@ -238,3 +238,26 @@ async def test_a_node_whose_gpus_change_reconciles_every_owner(operator_handlers
     assert api.writes == [], "a status rewrite that leaves the GPUs alone reconciles nothing"
     await handler(registry, "node-changed")(event={"type": "MODIFIED", "object": gpu_node("gpu-0", gpus=8)})
     assert {name for verb, kind, name in api.writes if verb == "status"} == {"a", "b"}
+
+
+async def test_the_autoscaler_compares_with_the_status_it_wrote_not_kopfs_older_copy(monkeypatch):
+    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
+    from test_scale_loop import SPEC, CannedPrometheus
+
+    api = CountingKube(nodes=[gpu_node("gpu-0")])
+    cache = ObjectCache()
+    kube = CachedKube(api, cache)
+    prom = CannedPrometheus()
+    prom.load = 5
+    registry = kopf.OperatorRegistry()
+    register(registry, SETTINGS, kube, Scaler(kube, prom, fleet_seconds=0.001), cache)
+    body = pxd(spec=SPEC)
+    await handler(registry, "pixtraldeployment-cache")(body=body)
+    reconcile(body, kube, SETTINGS, now="t0")
+    api.set_deployment_status("team", "demo-stable", replicas=1, readyReplicas=1, updatedReplicas=1)
+    cache.put(api.get("apps/v1", "Deployment", "team", "demo-stable"))
+    autoscale = next(h.fn for h in registry._spawning.get_all_handlers() if h.id == "autoscale")
+    api.writes.clear()
+    await autoscale(body=body)  # kopf's body: no status yet, and it stays so (no watch event here)
+    await autoscale(body=body)
+    assert [w for w in api.writes if w[0] == "status"] == [("status", "PixtralDeployment", "demo")]

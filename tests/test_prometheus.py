@@ -23,6 +23,8 @@ import pytest
 import yaml
 from pixtral_operator.scale_decision import Signal
 from pixtral_operator.prometheus import (
+    FleetReader,
+    FleetResults,
     PrometheusClient,
     QueryConfigError,
     QueryResult,
@@ -31,10 +33,13 @@ from pixtral_operator.prometheus import (
     assess,
     default_queries,
     escape_label_value,
+    fleet_queries,
     parse_query_response,
+    read_fleet_signal,
     read_signal,
     read_track,
     render_override,
+    split_fleet,
     track_queries,
 )
 
@@ -604,3 +609,80 @@ def test_autoscaler_modules_import_neither_kopf_nor_the_kubernetes_client():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert answer.stdout.strip() == "[]"
+
+
+# --- the fleet: one query per signal for every object -----------------------------------------
+
+
+def labelled(value: float, **labels: str) -> Sample:
+    return Sample(labels, value, 1000.0)
+
+
+def test_split_fleet_cuts_one_track_out_and_keeps_no_data_apart_from_failure():
+    ours = {"namespace": "team-a", "deployment": "demo"}
+    results = FleetResults(
+        engine_load=QueryResult(ok=True, samples=(labelled(5, **ours, track="stable"), labelled(9, **ours, track="canary"),
+                                                  labelled(7, namespace="team-b", deployment="demo", track="stable"))),
+        engine_pods=QueryResult(ok=True, samples=(labelled(2, **ours, track="stable"),)),
+        engine_oldest_sample=QueryResult.failure("HTTP 503"),
+        router_pending=QueryResult(ok=True, samples=(labelled(1, **ours), labelled(2, **ours, track="stable"),
+                                                     labelled(4, **ours, track="canary"))),
+    )
+    stable = split_fleet(results, "team-a", "demo", "stable")
+    assert stable.engine_load.value == 5 and stable.engine_pods.value == 2
+    assert not stable.engine_oldest_sample.ok and stable.engine_oldest_sample.error == "HTTP 503"
+    # An unlabelled router series (older routers) counts for stable only.
+    assert sorted(s.value for s in stable.router_pending.samples) == [1, 2]
+    canary = split_fleet(results, "team-a", "demo", "canary")
+    assert canary.engine_load.value == 9 and canary.engine_pods.empty
+    assert [s.value for s in canary.router_pending.samples] == [4]
+    absent = split_fleet(results, "team-a", "nobody", "stable")
+    assert absent.engine_load.empty and absent.router_pending.empty
+    with pytest.raises(QueryConfigError):
+        split_fleet(results, "team-a", "demo", "shadow")
+
+
+class CountingPrometheus:
+    def __init__(self, answer: QueryResult):
+        self.answer = answer
+        self.queries: list[str] = []
+
+    async def query(self, promql: str, at: float | None = None) -> QueryResult:
+        self.queries.append(promql)
+        return self.answer
+
+
+async def test_fleet_reads_four_queries_per_period_for_any_number_of_objects():
+    client = CountingPrometheus(QueryResult(ok=True, samples=()))
+    fleet = FleetReader(client, max_age_seconds=2)
+    for name in (f"pxd-{i}" for i in range(50)):
+        await read_fleet_signal(fleet, 1000.0, "team", name, "stable", 0)
+    assert len(client.queries) == 4 and fleet.reads == 1
+    await read_fleet_signal(fleet, 1001.9, "team", "pxd-0", "stable", 0)
+    assert len(client.queries) == 4
+    await read_fleet_signal(fleet, 1002.0, "team", "pxd-0", "stable", 0)
+    assert len(client.queries) == 8, "a read as old as max_age_seconds is read again"
+    # A spec's own prometheusQuery cannot be grouped: it runs for its object.
+    await read_fleet_signal(fleet, 1002.5, "team", "pxd-0", "stable", 0, prometheus_query="sum(x) or vector(0)")
+    assert client.queries[-1] == "sum(x) or vector(0)" and len(client.queries) == 9
+    with pytest.raises(QueryConfigError):
+        FleetReader(client, max_age_seconds=0)
+
+
+async def test_live_fleet_queries_give_each_track_the_signal_of_its_own_queries(live_prometheus):
+    url, _ = live_prometheus
+    async with PrometheusClient(url, timeout_seconds=5) as client:
+        fleet = FleetReader(client, max_age_seconds=60)
+        results = await fleet.results(1000.0)
+        for deployment, track, ready in (("demo", "stable", 2), ("demo", "canary", 1), ("other", "stable", 1)):
+            own = await read_track(client, default_queries("team-a", deployment, track))
+            cut = split_fleet(results, "team-a", deployment, track)
+            for part in ("engine_load", "engine_pods", "router_pending"):
+                assert getattr(cut, part).ok, (deployment, track, part, getattr(cut, part).error)
+                assert sum(x.value for x in getattr(cut, part).samples) == getattr(own, part).value, (deployment, track, part)
+            assert cut.engine_oldest_sample.value is not None
+            mine = assess(cut, ready_replicas=ready, max_sample_age_seconds=30)
+            theirs = assess(own, ready_replicas=ready, max_sample_age_seconds=30)
+            assert mine == theirs, (deployment, track)
+    assert fleet.reads == 1
+    assert all("by (namespace, deployment, track)" in q for q in vars(fleet_queries()).values())

@@ -10,7 +10,9 @@ SPEC = {"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 1, "maxRe
 
 
 class CannedPrometheus:
-    """Answers the engine/router queries from a dict the test changes between ticks."""
+    """Answers the engine/router queries from values the test changes between ticks: the same values
+    for every track of every deployment in `deployments` (the fleet queries group by namespace,
+    deployment and track; a spec's own prometheusQuery gets one unlabelled sample)."""
 
     def __init__(self) -> None:
         self.load = 0.0
@@ -18,21 +20,29 @@ class CannedPrometheus:
         self.pending = 0.0
         self.now = 1000.0
         self.fail = False
+        self.deployments = ("demo",)
+        self.queries: list[str] = []
 
     async def query(self, promql: str, at: float | None = None) -> QueryResult:
+        self.queries.append(promql)
         if self.fail:
             return QueryResult.failure("connection refused")
+        if not promql.startswith(("sum by", "count by", "min by")):
+            return QueryResult(ok=True, samples=(Sample({}, self.load, self.now),))
 
-        def one(value: float) -> QueryResult:
-            return QueryResult(ok=True, samples=(Sample({}, value, self.now),))
+        def each(value: float) -> QueryResult:
+            return QueryResult(ok=True, samples=tuple(
+                Sample({"namespace": "team", "deployment": name, "track": track}, value, self.now)
+                for name in self.deployments for track in ("stable", "canary")
+            ))
 
-        if promql.startswith("count("):
-            return one(self.pods)
-        if promql.startswith("min(timestamp"):
-            return one(self.now - 1)
+        if promql.startswith("count by"):
+            return each(self.pods)
+        if promql.startswith("min by"):
+            return each(self.now - 1)
         if "pixtral_router_pending_requests" in promql:
-            return one(self.pending)
-        return one(self.load)
+            return each(self.pending)
+        return each(self.load)
 
 
 def setup(spec=SPEC):
@@ -154,3 +164,22 @@ async def test_a_weight_zero_canary_holds_no_pod_until_a_pinned_request_wakes_it
     result = await Scaler(kube, prom).tick(body, now=prom.now)
     assert result.decisions["canary"].reason == "ScaleFromZero"
     assert kube.get("apps/v1", "Deployment", "team", "demo-canary")["spec"]["replicas"] == 1
+
+
+async def test_a_tick_of_many_objects_costs_four_queries_and_an_override_its_own():
+    kube = FakeKube(nodes=[gpu_node("gpu-0")])
+    names = [f"pxd-{i}" for i in range(20)]
+    bodies = [pxd(name=name, spec=SPEC) for name in names]
+    for body in bodies:
+        reconcile(body, kube, OperatorSettings(), now="t0")
+    prom = CannedPrometheus()
+    prom.deployments = tuple(names)
+    prom.load = 5
+    scaler = Scaler(kube, prom, fleet_seconds=2)
+    results = [await scaler.tick(body, now=1000) for body in bodies]
+    assert len(prom.queries) == 4
+    assert all(r.decisions["stable"].desired == 3 for r in results), "every object read its own share"
+    custom = pxd(name="custom", spec={**SPEC, "autoscaling": {**SPEC["autoscaling"], "prometheusQuery": 'sum(q{deployment="{deployment}"})'}})
+    reconcile(custom, kube, OperatorSettings(), now="t0")
+    await scaler.tick(custom, now=1001)
+    assert prom.queries[4:] == ['sum(q{deployment="custom"})']
