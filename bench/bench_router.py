@@ -2,6 +2,7 @@
 
     python bench/bench_router.py [--duration 10] [--rates 500,1000,2000] [--streams 1000] [--hold 30]
     python bench/bench_router.py --hardening [--baseline e03b236] [--duration 10]
+    python bench/bench_router.py --request-ids --baseline <commit> [--rounds 3] [--duration 10]
 
 Processes (all on 127.0.0.1, all stopped by PID at the end):
   router            `pixtral-runtime router --config ...`, pinned to core 0 (`taskset -c 0`)
@@ -21,6 +22,10 @@ bodies, 1,000 tenant keys (the last key presented), and the event-loop stall: th
 between the chunks of a stream (one every 5 ms) while 50 MB image bodies are admitted (and
 refused for their pixel count, so that the upstream never receives them). Results:
 bench/results/router_hardening.json and the "Router hardening" section of docs/benchmarks.md.
+
+`--request-ids` runs a baseline commit (before request IDs and the access log) and the current
+router with the access log off and on, alternating, plain requests without an x-request-id:
+bench/results/router_request_ids.json and the "Request IDs and access log" section.
 """
 
 from __future__ import annotations
@@ -596,10 +601,134 @@ part included). Raw numbers:
     path.write_text(current)
 
 
+REQUEST_IDS_START = "<!-- bench_router_request_ids:start -->"
+REQUEST_IDS_END = "<!-- bench_router_request_ids:end -->"
+
+
+def request_ids(args: argparse.Namespace) -> int:
+    """The cost of request IDs and the access log: the router before them (--baseline), the
+    current router with the access log off, and with it on, side by side, alternating rounds."""
+    work = Path(tempfile.mkdtemp(prefix="bench-router-request-ids-"))
+    tree, shim = baseline_tree(args.baseline)
+    commit = lambda where: subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"],  # noqa: E731
+                                          capture_output=True, text=True).stdout.strip()
+    baseline_commit, current_commit = commit(tree / "src"), commit(ROOT)
+    up_port = free_port()
+    up_url = f"http://127.0.0.1:{up_port}"
+    config = {"deployment": "bench", "servedModelName": "bench", "backends": {"stable": [up_url]},
+              "apiKeys": {"bench": KEY}, "tenancy": {"defaultLimits": {"requestsPerMinute": 0, "maxConcurrent": 0}}}
+    (work / "router.json").write_text(json.dumps(config))
+    # No x-request-id from the client: the router makes one for every request (the costlier path).
+    lua = wrk_lua(work / "plain.lua", json.dumps(CHAT).encode(), KEY)
+    variants = (("baseline", {**os.environ, "PYTHONPATH": str(shim)}, []),
+                ("current, access log off", None, []),
+                ("current, access log on", None, ["--access-log"]))
+    procs = Procs()
+    loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    results: dict = {"baseline": baseline_commit, "current": current_commit, "runs": {}}
+    chat_path = "/v1/chat/completions"
+    try:
+        procs.start(["taskset", "-c", "1", PY, str(ROOT / "bench" / "upstream.py"), "--port", str(up_port)],
+                    work / "upstream.log")
+        wait_http(up_url + "/health")
+        routers = {}
+        for i, (name, env, extra) in enumerate(variants):
+            port = free_port()
+            # stdout (the access log) goes to a file, as a container runtime's log pipe would take it.
+            proc = procs.start(["taskset", "-c", "0", PY, "-m", "pixtral_runtime.cli", "router", "--config",
+                                str(work / "router.json"), "--host", "127.0.0.1", "--port", str(port),
+                                "--log-level", "warning", *extra], work / f"router-{i}.log", env=env)
+            routers[name] = (f"http://127.0.0.1:{port}", proc)
+            wait_http(f"http://127.0.0.1:{port}/readyz")
+        for url, _ in routers.values():
+            run_wrk(url + chat_path, args.connections, 3, lua, "1")  # warm-up
+        for round_ in range(args.rounds):
+            for name, (url, proc) in routers.items():
+                cpu0 = cpu_seconds(proc.pid)
+                out = run_wrk(url + chat_path, args.connections, args.duration, lua, "1")
+                out["router_cpu_us_per_request"] = round(
+                    (cpu_seconds(proc.pid) - cpu0) / max(out["requests"], 1) * 1e6, 1)
+                results["runs"].setdefault(name, []).append(out)
+                print(f"[bench] round {round_ + 1} {name}: {out}", flush=True)
+        logged = (work / "router-2.log").read_bytes().splitlines()
+        results["access_log_lines"] = len(logged)
+        results["access_log_example"] = json.loads(logged[-1]) if logged else None
+    finally:
+        procs.stop_all()
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree / "src")],
+                       capture_output=True)
+        shutil.rmtree(tree, ignore_errors=True)
+
+    def median_cpu(name: str) -> float:
+        values = sorted(r["router_cpu_us_per_request"] for r in results["runs"][name])
+        return values[len(values) // 2]
+
+    results.update(
+        when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        loadavg_before=" ".join(loadavg), duration_s=args.duration, connections=args.connections,
+        median_cpu_us={name: median_cpu(name) for name, _, _ in variants},
+    )
+    out = ROOT / "bench" / "results" / "router_request_ids.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_docs:
+        write_request_ids_docs(results, [name for name, _, _ in variants])
+    print(json.dumps(results["median_cpu_us"], indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def write_request_ids_docs(results: dict, names: list[str]) -> None:
+    rows = []
+    for name in names:
+        runs = results["runs"][name]
+        rps = ", ".join(f"{r['requests_per_second']:.0f}" for r in runs)
+        cpu = ", ".join(f"{r['router_cpu_us_per_request']:.0f}" for r in runs)
+        p50 = ", ".join(f"{r['p50_ms']:.2f}" for r in runs)
+        errors = sum(r["socket_errors"] + r["non_2xx"] for r in runs)
+        label = f"{name} ({results['baseline'] if name == 'baseline' else results['current']})"
+        rows.append(f"| {label} | {rps} | {p50} | {cpu} | {results['median_cpu_us'][name]:.0f} | {errors} |")
+    base = results["median_cpu_us"]["baseline"]
+    text = f"""{REQUEST_IDS_START}
+## Request IDs and access log
+
+Command: `python bench/bench_router.py --request-ids --baseline {results['baseline']}`: the router
+before request IDs and the access log (baseline, commit {results['baseline']}, from a git worktree)
+and the current one ({results['current']}) with the access log off and on, side by side in one run,
+on {results['machine']}, at {results['when']} (load average before: {results['loadavg_before']}).
+Routers pinned to core 0, upstream and `wrk` to core 1, plain chat requests without an
+`x-request-id` (the router makes one for each), {results['connections']} connections,
+{results['duration_s']} s per run, rounds alternating (all numbers shown). The access log went to
+a file ({results['access_log_lines']} lines written). CPU time per request is the figure to read:
+the shared machine's noise moves requests/s between rounds.
+
+| router | requests/s | p50 ms | router CPU us/request | median CPU us/request | errors |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Median CPU per request against the baseline: request IDs alone
+{results['median_cpu_us'][names[1]] - base:+.0f} us, with the access log
+{results['median_cpu_us'][names[2]] - base:+.0f} us. Raw numbers: `bench/results/router_request_ids.json`.
+{REQUEST_IDS_END}
+"""
+    path = ROOT / "docs" / "benchmarks.md"
+    current = path.read_text()
+    if REQUEST_IDS_START in current and REQUEST_IDS_END in current:
+        head, rest = current.split(REQUEST_IDS_START, 1)
+        current = head + text.rstrip("\n") + rest.split(REQUEST_IDS_END, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    path.write_text(current)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="router benchmark (see module docstring)")
     parser.add_argument("--hardening", action="store_true",
                         help="current router vs --baseline side by side: plain, 1 MB images, 1,000 keys, loop stall")
+    parser.add_argument("--request-ids", action="store_true",
+                        help="the cost of request IDs and the access log: --baseline vs current, log off and on")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--request-ids)")
     parser.add_argument("--baseline", default="e03b236",
                         help="git commit of the router to compare with (--hardening; default: before the hardening)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
@@ -624,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.hardening:
         return hardening(args)
+    if args.request_ids:
+        return request_ids(args)
 
     work = Path(tempfile.mkdtemp(prefix="bench-router-"))
     up_port, router_port = free_port(), free_port()

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import admission, dispatch, urlpolicy, usage
+from .accesslog import AccessLog
 from .body import BodyBudget, ClientDisconnected, Reservation, budget_for, read_body
 from .choice import choose, choose_track
 from .config import IMAGE_AFFINITY, TRACKS, RouterConfig, load_config_file
@@ -37,6 +38,8 @@ from .headers import DROP_REQUEST, DROP_RESPONSE, forwarded
 from .internalkey import InternalKey
 from .metrics import RouterMetrics
 from .override import permitted_override
+from .requestid import HEADER as REQUEST_ID_HEADER
+from .requestid import accept_request_id, new_request_id
 from .settings import RouterSettings
 from .state import RouterState
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse
@@ -66,8 +69,12 @@ async def _send_simple(send: Send, status: int, body: bytes, content_type: bytes
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, exc: RouterError) -> None:
+async def _send_error(send: Send, exc: RouterError, request: RequestInfo) -> None:
     status, headers, body = error_response(exc)
+    if request.request_id is None:
+        request.request_id = new_request_id()
+    headers.append((REQUEST_ID_HEADER, request.request_id))
+    request.response_bytes = len(body)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -96,6 +103,9 @@ class RouterApp:
             "/metrics": self._metrics,
         }
         self.state.on_backends_changed = self._prune_backends
+        # Tenant requests only: the probes and /metrics are no tenant's (accesslog.py).
+        self.access_log = AccessLog() if settings.access_log else None
+        self._unlogged = {self._healthz, self._readyz, self._metrics}
 
     # ---- ASGI entry -------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,9 +116,17 @@ class RouterApp:
             await self._lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = RequestInfo()
+        request = RequestInfo(time.perf_counter())
         path = scope["path"].rstrip("/") or "/"
         handler = self._routes.get(path)
+        try:
+            await self._handle(scope, receive, send, request, path, handler)
+        finally:
+            if self.access_log is not None and handler not in self._unlogged:
+                self.access_log.record(request, scope["method"], scope["path"])
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo, path: str,
+                      handler: Callable[[Scope, Receive, Send, RequestInfo], Awaitable[None]] | None) -> None:
         try:
             if handler is None or (self.settings.metrics_port is not None and not self._served_here(scope, path)):
                 raise NotFound(f"Unknown path {scope['path'][:200]}.")
@@ -116,9 +134,9 @@ class RouterApp:
         except RouterError as exc:
             self._on_error(exc, request)
             if not request.response_started:
-                await _send_error(send, exc)
+                await _send_error(send, exc, request)
         except ClientDisconnected:
-            self.metrics.observe_request(request.tenant, request.track, CLIENT_CLOSED_REQUEST, None)
+            self._observe(request, CLIENT_CLOSED_REQUEST, None)
         except asyncio.CancelledError:
             if not request.client_gone:
                 raise
@@ -126,13 +144,13 @@ class RouterApp:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            self.metrics.observe_request(request.tenant, request.track, CLIENT_CLOSED_REQUEST, None)
+            self._observe(request, CLIENT_CLOSED_REQUEST, None)
         except Exception:
             # A bug, not a domain refusal: still an OpenAI-shaped 500, and the traceback in the log.
             log.exception("unexpected error on %s", scope["path"])
-            self.metrics.observe_request(request.tenant, request.track, 500, None)
+            self._observe(request, 500, None)
             if not request.response_started:
-                await _send_error(send, RouterError("Internal router error."))
+                await _send_error(send, RouterError("Internal router error."), request)
 
     def _served_here(self, scope: Scope, path: str) -> bool:
         """/metrics only on the metrics port; on that port nothing else but the probes."""
@@ -142,12 +160,16 @@ class RouterApp:
             return on_metrics_port
         return not on_metrics_port or path in ("/healthz", "/readyz")
 
+    def _observe(self, request: RequestInfo, status: int, duration: float | None) -> None:
+        request.status = status
+        self.metrics.observe_request(request.tenant, request.track, status, duration)
+
     def _on_error(self, exc: RouterError, request: RequestInfo) -> None:
         if isinstance(exc, AdmissionError):
             self.metrics.reject(exc.reason)
         if exc.status >= 500:
             log.warning("%s %s: %s", exc.status, exc.code, exc.message)
-        self.metrics.observe_request(request.tenant, request.track, exc.status, None)
+        self._observe(request, exc.status, None)
 
     # ---- lifespan -----------------------------------------------------------------------------
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -208,13 +230,16 @@ class RouterApp:
         if scope["method"] not in ("GET", "HEAD"):
             raise MethodNotAllowed("Use GET for /v1/models.")
         config = self._config()
+        request.request_id = accept_request_id(_header(scope, REQUEST_ID_HEADER))
         request.tenant = self.state.authenticator.authenticate(_header(scope, b"authorization"))
         if config.served_model_name:
             body = json.dumps({"object": "list", "data": [{
                 "id": config.served_model_name, "object": "model", "created": self._created, "owned_by": "pixtral",
             }]}).encode()
+            request.status = 200
+            request.response_bytes = len(body)
             self.metrics.observe_request(request.tenant, "-", 200, None)
-            await _send_simple(send, 200, body, b"application/json")
+            await _send_simple(send, 200, body, b"application/json", [(REQUEST_ID_HEADER, request.request_id)])
             return
         await self._forward(scope, receive, send, request, b"", "stable", time.perf_counter())
 
@@ -241,7 +266,7 @@ class RouterApp:
         config = self._config()
         sticky_name = config.sticky_header.encode() if config.sticky_header else None
         override_name = config.override_header.encode()
-        authorization = content_length = sticky = override = None
+        authorization = content_length = sticky = override = request_id = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -251,6 +276,9 @@ class RouterApp:
                 sticky = value
             elif name == override_name:
                 override = value
+            elif name == REQUEST_ID_HEADER:
+                request_id = value
+        request.request_id = accept_request_id(request_id)
 
         request.tenant = tenant = state.authenticator.authenticate(authorization)
         policy = config.admission
@@ -274,6 +302,7 @@ class RouterApp:
         try:
             try:
                 body = await read_body(receive, policy.max_body_bytes, declared, reservation)
+                request.request_bytes = len(body)
                 limiter.enter(tenant)
                 entered = True
                 guard.body_received()
@@ -297,7 +326,7 @@ class RouterApp:
                     rng=state.rng, sticky_value=sticky, override=forced_track,
                 )
                 body, added_usage = usage.ask_for_usage(body, admitted.body)
-                tap = usage.tap_for(admitted.body, added_usage)
+                tap = request.tap = usage.tap_for(admitted.body, added_usage)
                 await self._forward_with_retry(scope, send, request, body, track, started, admitted.key, tap)
             except asyncio.CancelledError:
                 if not guard.ours():
@@ -325,7 +354,7 @@ class RouterApp:
         if request.response_started:
             # Headers are out: the only honest signal left is to cut the stream short.
             log.warning("request exceeded %gs mid-response; cut", config.request_timeout_seconds)
-            self.metrics.observe_request(request.tenant, request.track, 504, time.perf_counter() - started)
+            self._observe(request, 504, time.perf_counter() - started)
             return
         raise UpstreamTimeout(f"The backend did not answer within {config.request_timeout_seconds:g}s.") from None
 
@@ -404,6 +433,8 @@ class RouterApp:
             target = target + b"?" + scope["query_string"]
         # The tenant's Authorization is dropped; vLLM gets the internal key instead (internalkey.py).
         headers = forwarded(scope["headers"], DROP_REQUEST) + self.internal_key.headers()
+        # The request ID the router accepted or made: vLLM names the request by it (requestid.py).
+        headers.append((REQUEST_ID_HEADER, request.request_id or new_request_id()))
         exclude: list[str] = []
         outstanding = state.outstanding
         routing = self._config().routing
@@ -418,6 +449,7 @@ class RouterApp:
                 choice = await self._wait_for_backend(track, exclude, key)
             served_track, backend = choice
             request.track = served_track
+            request.backend = backend
             outstanding[backend] = outstanding.get(backend, 0) + 1
             self.metrics.backend_started(served_track, backend)
             fallback = self.metrics.fallback_by_track[track] if served_track != track else None
@@ -459,6 +491,8 @@ class RouterApp:
                      backend: str, started: float, method: bytes = b"POST", tap: usage.Tap | None = None) -> None:
         headers = forwarded(response.headers, DROP_RESPONSE)
         headers.append((b"x-pixtral-track", _TRACK_HEADER_VALUES.get(track) or track.encode()))
+        if request.request_id is not None:
+            headers.append((REQUEST_ID_HEADER, request.request_id))
         if self.settings.debug_headers:
             headers.append((b"x-pixtral-backend", self._backend(backend)[2]))
         length = response.content_length
@@ -474,6 +508,7 @@ class RouterApp:
                 request.response_started = True
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 request.response_done = True
+                request.response_bytes = len(payload)
                 await send({"type": "http.response.body", "body": payload})
             else:
                 if length is not None:
@@ -481,6 +516,7 @@ class RouterApp:
                 request.response_started = True
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 first = True
+                sent = 0
                 async for chunk in response.chunks():
                     if first:
                         metrics.observe_ttfb(track, time.perf_counter() - started)
@@ -489,17 +525,20 @@ class RouterApp:
                         chunk = tap.feed(chunk)  # a usage event the client did not ask for is left out
                         if not chunk:
                             continue
+                    sent += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 request.response_done = True
-                await send({"type": "http.response.body", "body": tap.finish() if tap is not None else b""})
+                last = tap.finish() if tap is not None else b""
+                request.response_bytes = sent + len(last)
+                await send({"type": "http.response.body", "body": last})
         except UpstreamError as exc:
             if not request.response_started:
                 raise UpstreamUnreachable(f"Backend {backend} failed: {exc}") from None
             log.warning("stream from %s broke: %s", backend, exc)
             request.response_done = False
-            metrics.observe_request(request.tenant, track, 502, time.perf_counter() - started)
+            self._observe(request, 502, time.perf_counter() - started)
             return
-        metrics.observe_request(request.tenant, track, response.status, time.perf_counter() - started)
+        self._observe(request, response.status, time.perf_counter() - started)
 
 
 async def _check_host(loop: asyncio.AbstractEventLoop, host: str) -> None:

@@ -21,16 +21,24 @@ WATCH_AFTER_SECONDS = 0.05
 
 
 class RequestInfo:
-    """What the error path and metrics need to know about one request."""
+    """What the error path, the metrics and the access log need to know about one request."""
 
-    __slots__ = ("tenant", "track", "response_started", "response_done", "client_gone")
+    __slots__ = ("tenant", "track", "response_started", "response_done", "client_gone", "request_id", "started",
+                 "backend", "status", "request_bytes", "response_bytes", "tap")
 
-    def __init__(self) -> None:
+    def __init__(self, started: float = 0.0) -> None:
         self.tenant = "-"
         self.track = "-"
         self.response_started = False
         self.response_done = False
         self.client_gone = False
+        self.request_id: bytes | None = None
+        self.started = started
+        self.backend: str | None = None
+        self.status = 0
+        self.request_bytes = 0
+        self.response_bytes = 0
+        self.tap = None
 
 
 class Guard:

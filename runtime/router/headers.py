@@ -1,7 +1,7 @@
 """Which headers cross the router, both ways (RFC 9110 7.6.1).
 
 Hop-by-hop headers, and any header a `Connection` header names, belong to one connection and are
-not forwarded; neither are the ones the router sets itself (Host, Content-Length) or the tenant's
+not forwarded; neither are the ones the router sets itself (Host, Content-Length, X-Request-Id) or the tenant's
 key (the runtime has no business with it: the router sends its internal key instead, internalkey.py).
 """
 
@@ -13,8 +13,8 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization", b"te",
      b"trailer", b"transfer-encoding", b"upgrade"}
 )
-DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"expect"}
-DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server", b"content-length"}
+DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"expect", b"x-request-id"}
+DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
 
 
 def connection_listed(headers: Headers) -> frozenset[bytes]:

@@ -79,7 +79,8 @@ def server_config(app: Any, settings: RouterSettings, **overrides: Any) -> Any:
         # httptools, with the header deadline and size limit uvicorn lacks (serverproto.py).
         http=protocol_class(settings.header_timeout_seconds, settings.max_header_bytes),
         lifespan="on",
-        access_log=settings.access_log,
+        # The router writes its own access log, one JSON line per tenant request (accesslog.py).
+        access_log=False,
         log_level=settings.log_level,
         server_header=False,
         # The router never uses the client address, so uvicorn's X-Forwarded-For rewriting is pure cost.
