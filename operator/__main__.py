@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from pixtral_operator.scale_loop import Scaler
     from prometheus_client import start_http_server
 
-    settings = OperatorSettings.from_env()
+    settings = outer_settings = OperatorSettings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per Prometheus query every tick would drown the operator's own messages.
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        kopf_settings, operator_settings = settings, outer_settings
         # Our status has a schema; kopf keeps its own bookkeeping in annotations instead.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="serving.pixtral.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 30
+        kopf_settings.peering.lifetime = operator_settings.peering_lifetime_seconds
 
     start_http_server(settings.metrics_port, addr=settings.health_host)
     standalone = args.standalone or not args.peering

@@ -57,6 +57,18 @@ def _labels(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    if name not in env:
+        return default
+    try:
+        value = int(env[name])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SettingsError(f"{name}={env[name]!r}: expected a whole number of seconds, at least 1")
+    return value
+
+
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     if name not in env:
         return default
@@ -83,6 +95,9 @@ class OperatorSettings:
     # The safety net behind the watches (handlers/watch.py): a full pass of every object this often.
     resync_seconds: float = 300.0
     autoscale_seconds: float = 2.0
+    # kopf peering: how long a replica's record counts as alive without a keep-alive. A killed
+    # active replica is replaced by a standby after at most this long (kopf's own default is 60 s).
+    peering_lifetime_seconds: int = 10
     # How often the canary analysis looks (a check is due once per spec.canary.analysis.intervalSeconds).
     canary_seconds: float = 2.0
     cluster_domain: str = "svc"
@@ -111,6 +126,7 @@ class OperatorSettings:
             log_level=env.get("PIXTRAL_LOG_LEVEL", "INFO").upper(),
             resync_seconds=float(env.get("PIXTRAL_RESYNC_SECONDS", str(cls.resync_seconds))),
             autoscale_seconds=float(env.get("PIXTRAL_AUTOSCALE_SECONDS", "2")),
+            peering_lifetime_seconds=_positive_int(env, "PIXTRAL_PEERING_LIFETIME_SECONDS", cls.peering_lifetime_seconds),
             canary_seconds=float(env.get("PIXTRAL_CANARY_SECONDS", "2")),
             strict_gpu_check=_flag(env, "PIXTRAL_STRICT_GPU_CHECK", False),
             monitoring=_monitoring(env),

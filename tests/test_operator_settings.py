@@ -53,3 +53,13 @@ def test_monitor_labels_are_parsed_and_checked():
     for bad in ("release", "bad key=x", "k=not valid", "-k=v"):
         with pytest.raises(S.SettingsError, match="PIXTRAL_MONITOR_LABELS"):
             OperatorSettings.from_env({"PIXTRAL_MONITOR_LABELS": bad})
+
+
+def test_the_peering_lifetime_defaults_to_ten_seconds_and_refuses_nonsense():
+    from pixtral_operator.settings import OperatorSettings, SettingsError
+
+    assert OperatorSettings.from_env({}).peering_lifetime_seconds == 10
+    assert OperatorSettings.from_env({"PIXTRAL_PEERING_LIFETIME_SECONDS": "30"}).peering_lifetime_seconds == 30
+    for bad in ("0", "ten", "-5"):
+        with pytest.raises(SettingsError, match="PIXTRAL_PEERING_LIFETIME_SECONDS"):
+            OperatorSettings.from_env({"PIXTRAL_PEERING_LIFETIME_SECONDS": bad})
