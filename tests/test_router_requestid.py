@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
+import time
 
 import pytest
+from pixtral_runtime.router import accesslog
 from pixtral_runtime.router.accesslog import AccessLog, access_line, utc_stamp
 from pixtral_runtime.router.guard import RequestInfo
 from pixtral_runtime.router.requestid import MAX_LENGTH, accept_request_id, new_request_id
@@ -64,6 +67,49 @@ def test_access_line_has_the_fields_and_tokens_when_reported() -> None:
 
 def test_utc_stamp() -> None:
     assert utc_stamp(0.999) == "1970-01-01T00:00:00.999Z"
+    assert utc_stamp(1796184000.5) == "2026-12-02T04:00:00.500Z"
+    assert utc_stamp(1796184001.0) == "2026-12-02T04:00:01.000Z"  # the cached second moves on
+
+
+def finished(request_id: bytes) -> RequestInfo:
+    request = RequestInfo(started=time.perf_counter())
+    request.request_id, request.status = request_id, 200
+    return request
+
+
+def test_without_an_event_loop_each_line_is_written_at_once(tmp_path) -> None:
+    path = tmp_path / "access.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        AccessLog(fd).record(finished(b"r1"), "POST", "/v1/completions")
+        assert [x["request_id"] for x in read_lines(str(path))] == ["r1"]
+    finally:
+        os.close(fd)
+
+
+async def test_lines_are_batched_into_one_write_per_interval(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "access.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    writes: list[int] = []
+    real_write = os.write
+    monkeypatch.setattr(accesslog.os, "write", lambda f, data: writes.append(len(data)) or real_write(f, data))
+    try:
+        log = AccessLog(fd)
+        for i in range(3):
+            log.record(finished(b"r%d" % i), "POST", "/v1/chat/completions")
+        assert writes == [] and read_lines(str(path)) == []
+        await asyncio.sleep(accesslog.FLUSH_SECONDS * 3)
+        assert len(writes) == 1 and [x["request_id"] for x in read_lines(str(path))] == ["r0", "r1", "r2"]
+        # A full batch goes out at once, without waiting for the timer.
+        big, recorded = b"x" * 120, 0
+        while len(writes) == 1 and recorded < 10_000:  # bounded
+            log.record(finished(big), "POST", "/v1/chat/completions")
+            recorded += 1
+        assert len(writes) == 2 and writes[1] >= accesslog.FLUSH_BYTES
+        log.flush()  # nothing left over: every recorded line is in the file exactly once
+        assert [x["request_id"] for x in read_lines(str(path))] == ["r0", "r1", "r2"] + ["x" * 120] * recorded
+    finally:
+        os.close(fd)
 
 
 class UsageUpstream:
@@ -104,6 +150,11 @@ async def test_request_ids_travel_and_every_tenant_request_is_logged_once() -> N
                 unknown = await client.get("/nope")
                 assert (await client.get("/healthz")).status_code == 200
                 assert (await client.get("/metrics")).status_code == 200
+                # Batched: out within FLUSH_SECONDS, without an explicit flush.
+                for _ in range(100):  # bounded wait
+                    if len(read_lines(logfile.name)) == 5:
+                        break
+                    await asyncio.sleep(0.02)
             finally:
                 os.close(fd)
         lines = read_lines(logfile.name)

@@ -211,6 +211,8 @@ class RouterApp:
             await self._discovery.stop()
         if self.upstream is not None:
             self.upstream.close()
+        if self.access_log is not None:
+            self.access_log.flush()
 
     # ---- small endpoints --------------------------------------------------------------------------
     async def _healthz(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo) -> None:
