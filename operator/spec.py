@@ -114,6 +114,7 @@ class TenantLimits:
     images_per_minute: int | None = None
     megapixels_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    weight: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +132,8 @@ class Router:
     allowed_image_url_schemes: tuple[str, ...] = ("data",)
     routing_strategy: str = "leastOutstanding"
     routing_epsilon: float = 0.25
+    # spec.router.fairQueuing as given (the CRD validates it); empty: off.
+    fair_queuing: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +195,7 @@ def _source(raw: Mapping[str, Any] | None) -> ModelSource:
 def _limits(raw: Mapping[str, Any] | None) -> TenantLimits:
     raw = raw or {}
     return TenantLimits(raw.get("requestsPerMinute"), raw.get("maxConcurrent"), raw.get("imagesPerMinute"),
-                        raw.get("megapixelsPerMinute"), raw.get("tokensPerMinute"))
+                        raw.get("megapixelsPerMinute"), raw.get("tokensPerMinute"), raw.get("weight"))
 
 
 def _analysis(raw: Mapping[str, Any] | None) -> Policy | None:
@@ -304,6 +307,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
             allowed_image_url_schemes=tuple(router.get("allowedImageUrlSchemes") or ("data",)),
             routing_strategy=str((router.get("routing") or {}).get("strategy", "leastOutstanding")),
             routing_epsilon=float((router.get("routing") or {}).get("epsilon", 0.25)),
+            fair_queuing=dict(router.get("fairQueuing") or {}),
         ),
         scheduling=Scheduling(
             node_selector=dict(scheduling.get("nodeSelector") or {}),

@@ -368,3 +368,33 @@ def test_the_crd_bounds_tokens_per_minute_where_the_other_limits_are() -> None:
     for props in (router_schema["properties"]["defaultLimits"]["properties"],
                   router_schema["properties"]["tenants"]["items"]["properties"]):
         assert props["tokensPerMinute"]["type"] == "integer" and props["tokensPerMinute"]["minimum"] == 1
+
+
+async def test_a_new_budget_applies_to_a_running_router_without_a_restart() -> None:
+    engine = Engine(prompt=40, completion=3)
+    async with serve(engine.app) as url, router(budget_config(url, 40)) as client:
+        assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).status_code == 429
+        # What the ConfigMap watch does with a new config.json (discovery.py).
+        client.app.state.apply_config(parse_config(budget_config(url, 0)))
+        assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).status_code == 200
+        client.app.state.apply_config(parse_config(budget_config(url, 10)))
+        r = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        assert r.status_code == 429 and "10 tokens per minute" in r.json()["error"]["message"]
+
+
+def test_a_stream_that_arrives_whole_is_cut_the_same_way() -> None:
+    tap = usage.SseTap(strip=True)
+    assert tap.body(STREAM) == STRIPPED and tap.tokens == 33
+    assert usage.BodyTap().body(b'{"usage": {"prompt_tokens": 1}}') == b'{"usage": {"prompt_tokens": 1}}'
+
+
+def test_the_dashboard_shows_each_tenants_usage() -> None:
+    import pathlib
+
+    board = json.loads(pathlib.Path(__file__).parents[1].joinpath(
+        "charts/pixtral-operator/files/dashboard.json").read_text())
+    queries = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    for name in ("pixtral_router_tenant_prompt_tokens_total", "pixtral_router_tenant_completion_tokens_total",
+                 "pixtral_router_tenant_images_total", "pixtral_router_tenant_megapixels_total"):
+        assert f"sum by (tenant) (rate({name}" in queries, name

@@ -39,6 +39,8 @@ def _limits(limits: TenantLimits) -> dict[str, int]:
         out["megapixelsPerMinute"] = limits.megapixels_per_minute
     if limits.tokens_per_minute is not None:
         out["tokensPerMinute"] = limits.tokens_per_minute
+    if limits.weight is not None:
+        out["weight"] = limits.weight
     return out
 
 
@@ -74,6 +76,9 @@ def router_config(spec: PixtralSpec) -> dict[str, Any]:
         },
         "tenancy": tenancy,
         "routing": {"strategy": spec.router.routing_strategy, "epsilon": spec.router.routing_epsilon},
+        # The router's field names are the CRD's; it reads 0 (off) where backendConcurrency is absent.
+        "fairQueuing": {k: v for k, v in spec.router.fair_queuing.items()
+                        if k in ("backendConcurrency", "maxQueuedPerTenant", "maxQueued", "maxWaitSeconds")},
         "requestTimeoutSeconds": spec.router.request_timeout_seconds,
         "pendingTimeoutSeconds": spec.router.pending_timeout_seconds,
         # Its ready endpoints are the replicas that share each tenant's limits (docs/router.md, "Limits").

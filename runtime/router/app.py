@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import admission, dispatch, urlpolicy, usage
+from . import admission, dispatch, fairqueue, urlpolicy, usage
 from .accesslog import AccessLog
 from .body import BodyBudget, ClientDisconnected, Reservation, budget_for, read_body
 from .choice import choose, choose_track
@@ -33,6 +33,7 @@ from .errors import (
     UpstreamUnreachable,
     error_response,
 )
+from .gate import TrackGate
 from .guard import Guard, RequestInfo
 from .headers import DROP_REQUEST, DROP_RESPONSE, forwarded
 from .internalkey import InternalKey
@@ -103,6 +104,10 @@ class RouterApp:
             "/metrics": self._metrics,
         }
         self.state.on_backends_changed = self._prune_backends
+        # Fair queuing (fairqueue.py decides, gate.py waits): one gate per track.
+        self._gates = {track: TrackGate() for track in TRACKS}
+        for track, gate in self._gates.items():
+            self.metrics.watch_queue(track, gate.queue.__len__)
         # Tenant requests only: the probes and /metrics are no tenant's (accesslog.py).
         self.access_log = AccessLog() if settings.access_log else None
         self._unlogged = {self._healthz, self._readyz, self._metrics}
@@ -329,7 +334,12 @@ class RouterApp:
                 )
                 body, added_usage = usage.ask_for_usage(body, admitted.body)
                 tap = request.tap = usage.tap_for(admitted.body, added_usage)
-                await self._forward_with_retry(scope, send, request, body, track, started, admitted.key, tap)
+                gate = await self._fair_turn(config, track, tenant)
+                try:
+                    await self._forward_with_retry(scope, send, request, body, track, started, admitted.key, tap)
+                finally:
+                    if gate is not None:
+                        gate.release()
             except asyncio.CancelledError:
                 if not guard.ours():
                     raise  # the client left (handled by the caller), or a cancellation not of our making
@@ -351,6 +361,20 @@ class RouterApp:
         if tap.reported:
             self.metrics.tenant_tokens(tenant, tap.prompt, tap.completion)
         self.state.limiter.debit_tokens(tenant, tap.tokens)
+
+    async def _fair_turn(self, config: RouterConfig, track: str, tenant: str) -> TrackGate | None:
+        """Wait for the tenant's turn while every backend of the track is at its concurrency target
+        (docs/router.md, "Fair queuing"); the gate to release after the request, or None."""
+        policy = config.fair_queuing
+        if not policy.backend_concurrency:
+            return None
+        state = self.state
+        limiter = state.limiter
+        capacity = fairqueue.capacity(len(state.pool.ready.get(track, ())), policy.backend_concurrency,
+                                      limiter.replicas)
+        gate = self._gates[track]
+        held = await gate.acquire(tenant, capacity, limiter.limits_for(tenant).weight, policy)
+        return gate if held else None
 
     def _timed_out(self, request: RequestInfo, config: RouterConfig, started: float) -> None:
         if request.response_started:
@@ -504,7 +528,7 @@ class RouterApp:
                 payload = await response.read()
                 metrics.observe_ttfb(track, time.perf_counter() - started)
                 if tap is not None:
-                    tap.body(payload)
+                    payload = tap.body(payload)
                 shown = length if method == b"HEAD" and length is not None else len(payload)
                 headers.append((b"content-length", str(shown).encode()))
                 request.response_started = True

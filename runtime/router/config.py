@@ -41,6 +41,9 @@ class Limits:
     # Prompt + completion tokens per minute, as the engine reports them (usage.py), debited after
     # each answer: a request admitted under the budget completes, the next waits until it is back.
     tokens_per_minute: int = 0
+    # The tenant's share of freed places when a track is saturated (fair queuing): served up to
+    # `weight` requests per turn. Not a limit: never split between router replicas.
+    weight: int = 1
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,17 @@ class RoutingPolicy:
 
 
 @dataclass(frozen=True)
+class QueuePolicy:
+    # 0: fair queuing off. Otherwise the requests one backend serves at once before the router holds
+    # more back in per-tenant queues (vLLM's --max-num-seqs is the natural value: beyond it vLLM
+    # queues first come first served). Split between router replicas like the tenants' limits.
+    backend_concurrency: int = 0
+    max_queued_per_tenant: int = 100
+    max_queued: int = 1000
+    max_wait_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class TenancyPolicy:
     api_keys_secret: str | None = None
     default_limits: Limits = Limits(requests_per_minute=600, max_concurrent=16)
@@ -93,6 +107,7 @@ class RouterConfig:
     admission: AdmissionPolicy = AdmissionPolicy()
     tenancy: TenancyPolicy = TenancyPolicy()
     routing: RoutingPolicy = RoutingPolicy()
+    fair_queuing: QueuePolicy = QueuePolicy()
     request_timeout_seconds: float = 600.0
     pending_timeout_seconds: float = 120.0
     # The router's own Service: its ready endpoints are the replicas that share each tenant's limits.
@@ -163,6 +178,24 @@ def _limits(raw: Any, where: str, default: Limits) -> Limits:
         images_per_minute=_int(raw, "imagesPerMinute", where, default.images_per_minute),
         megapixels_per_minute=_int(raw, "megapixelsPerMinute", where, default.megapixels_per_minute),
         tokens_per_minute=_int(raw, "tokensPerMinute", where, default.tokens_per_minute),
+        weight=_weight(raw, where, default.weight),
+    )
+
+
+def _weight(raw: dict, where: str, default: int) -> int:
+    weight = _int(raw, "weight", where, default, minimum=1)
+    if weight > 1000:
+        raise ConfigError(f"{where}.weight must be an integer in [1, 1000], got {weight}")
+    return weight
+
+
+def _fair_queuing(raw: dict, where: str) -> QueuePolicy:
+    d = QueuePolicy()
+    return QueuePolicy(
+        backend_concurrency=_int(raw, "backendConcurrency", where, d.backend_concurrency),
+        max_queued_per_tenant=_int(raw, "maxQueuedPerTenant", where, d.max_queued_per_tenant, minimum=1),
+        max_queued=_int(raw, "maxQueued", where, d.max_queued, minimum=1),
+        max_wait_seconds=_number(raw, "maxWaitSeconds", where, d.max_wait_seconds, minimum=0.001, maximum=3600.0),
     )
 
 
@@ -264,6 +297,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
     )
 
     routing = _routing(_obj(data, "routing", where), f"{where}.routing")
+    fair_queuing = _fair_queuing(_obj(data, "fairQueuing", where), f"{where}.fairQueuing")
 
     api_keys: dict[str, str] | None = None
     if data.get("apiKeys") is not None:
@@ -284,6 +318,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
         admission=admission,
         tenancy=tenancy,
         routing=routing,
+        fair_queuing=fair_queuing,
         request_timeout_seconds=_number(data, "requestTimeoutSeconds", where, 600.0, minimum=0.001),
         pending_timeout_seconds=_number(data, "pendingTimeoutSeconds", where, 120.0, minimum=0.0),
         router_service=_str(data, "routerService", where, None),
@@ -295,6 +330,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
 KNOWN_TOP_LEVEL = frozenset(
     {
         "deployment", "servedModelName", "tracks", "canary", "overrideHeader", "admission", "tenancy", "routing",
+        "fairQueuing",
         "requestTimeoutSeconds", "pendingTimeoutSeconds", "routerService", "backends", "apiKeys",
     }
 )

@@ -92,6 +92,21 @@ class ServerBusy(RouterError):
         return [(b"retry-after", b"1")]
 
 
+class QueueTimeout(RouterError):
+    """A request waited its turn for a busy track (fair queuing) longer than the bound."""
+
+    status = 503
+    error_type = "service_unavailable"
+    default_code = "queue_timeout"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(1, int(retry_after_seconds))
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(self.retry_after_seconds).encode())]
+
+
 class NotFound(RouterError):
     status = 404
     error_type = "invalid_request_error"

@@ -160,6 +160,11 @@ class RouterMetrics:
             "Ready router replicas this one shares each tenant's limits with (itself included).", registry=r,
         )
         self.router_replicas.set(1)
+        self.queued = Gauge(
+            "pixtral_router_queued_requests",
+            "Requests waiting their tenant's turn because every backend of the track is at its concurrency "
+            "target (fair queuing), by track.", ["track"], registry=r,
+        )
         self.config_loaded = Gauge(
             "pixtral_router_config_loaded", "1 once a valid configuration is loaded.", registry=r
         )
@@ -227,6 +232,10 @@ class RouterMetrics:
         in_flight = self._hot.in_flight
         for key in [k for k, v in in_flight.items() if not v and k[1] not in current]:
             del in_flight[key]
+
+    def watch_queue(self, track: str, length) -> None:
+        """Export a track's fair-queue length, read at scrape time (nothing on the request path)."""
+        self.queued.labels(track).set_function(length)
 
     def reject(self, reason: str) -> None:
         self._child(self.rejections, reason).inc()

@@ -8,6 +8,7 @@ or metrics; only tenant names do.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -70,7 +71,8 @@ def replica_share(limits: Limits, replicas: int) -> Limits:
     def part(value: int) -> int:
         return max(1, math.ceil(value / replicas)) if value else 0
 
-    return Limits(
+    return dataclasses.replace(
+        limits,
         requests_per_minute=part(limits.requests_per_minute),
         max_concurrent=part(limits.max_concurrent),
         images_per_minute=part(limits.images_per_minute),
@@ -149,6 +151,10 @@ class TenantLimiter:
         if replicas != self._replicas:
             self._replicas = replicas
             self._shares = {}
+
+    @property
+    def replicas(self) -> int:
+        return self._replicas
 
     def limits_for(self, tenant: str) -> Limits:
         """This replica's part of the tenant's limits."""

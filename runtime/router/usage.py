@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 # `"usage": {` outside a string: inside a JSON string the quotes would be escaped (`\"usage\"`).
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_USAGE_KEY = b'"usage"'
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 # The usage object is short; its counts come first (vLLM's UsageInfo field order).
@@ -80,6 +81,8 @@ def _dumps(value: dict[str, Any]) -> bytes:
 
 def usage_in(text: bytes) -> tuple[int, int] | None:
     """(prompt, completion) tokens of the last `usage` object in a JSON text, or None."""
+    if _USAGE_KEY not in text:  # a C scan; the regex only where the key is
+        return None
     last = None
     for last in _USAGE.finditer(text):
         pass
@@ -111,9 +114,10 @@ class Tap:
             self.prompt, self.completion = usage
             self.reported = True
 
-    def body(self, payload: bytes) -> None:
-        """A whole non-streaming answer."""
+    def body(self, payload: bytes) -> bytes:
+        """A whole answer, relayed in one write; returns what the client gets."""
         self._found(usage_in(payload))
+        return payload
 
     def feed(self, chunk: bytes) -> bytes:
         """A chunk of an answer relayed as it comes; returns what the client gets."""
@@ -179,9 +183,13 @@ class SseTap(Tap):
         rest, self._partial = self._partial, b""
         return self._events(rest) if rest else b""
 
+    def body(self, payload: bytes) -> bytes:
+        # A stream answered with a Content-Length arrives whole: the same cut, in one go.
+        return self.feed(payload) + self.finish()
+
     def _events(self, complete: bytes) -> bytes:
         self.events += complete.count(_SEPARATOR)
-        if _USAGE.search(complete) is None:
+        if _USAGE_KEY not in complete or _USAGE.search(complete) is None:
             return complete
         kept = []
         for event in complete.split(_SEPARATOR):
