@@ -621,7 +621,7 @@ def request_ids(args: argparse.Namespace) -> int:
     # No x-request-id from the client: the router makes one for every request (the costlier path).
     lua = wrk_lua(work / "plain.lua", json.dumps(CHAT).encode(), KEY)
     variants = (("baseline", {**os.environ, "PYTHONPATH": str(shim)}, []),
-                ("current, access log off", None, []),
+                ("current, access log off", None, ["--no-access-log"]),
                 ("current, access log on", None, ["--access-log"]))
     procs = Procs()
     loadavg = Path("/proc/loadavg").read_text().split()[:3]

@@ -88,7 +88,9 @@ def test_unknown_fields_are_reported_not_fatal() -> None:
 def test_settings_flags_override_env() -> None:
     env = {"PIXTRAL_ROUTER_PORT": "9000", "PIXTRAL_NAMESPACE": "ns", "PIXTRAL_ROUTER_CONFIGMAP": "demo-router"}
     s = settings_from(["--port", "9100"], env)
-    assert s.port == 9100 and s.namespace == "ns" and s.mode == "kubernetes" and not s.access_log
+    assert s.port == 9100 and s.namespace == "ns" and s.mode == "kubernetes" and s.access_log
+    assert not settings_from(["--config", "/x.json"], {"PIXTRAL_ROUTER_ACCESS_LOG": "0"}).access_log
+    assert not settings_from(["--config", "/x.json", "--no-access-log"], {}).access_log
     assert settings_from(["--config", "/x.json"], {}).mode == "static"
     with pytest.raises(SettingsError, match="no configuration source"):
         settings_from([], {})

@@ -23,6 +23,8 @@ class RouterSettings:
     # An already parsed static configuration (tests, embedding); wins over config_path.
     config: RouterConfig | None = None
     log_level: str = "info"
+    # One JSON line per tenant request on stdout (accesslog.py). The command line turns it on unless
+    # told otherwise; off here for embedding and tests, which build their settings by hand.
     access_log: bool = False
     # How long an idle pooled upstream connection is kept. Below uvicorn's (and so vLLM's) 5 s
     # keep-alive, so the router never reuses a connection the backend is about to close.
@@ -76,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add x-pixtral-backend (the serving pod's address) to answers (env PIXTRAL_ROUTER_DEBUG_HEADERS=1)")
     p.add_argument("--graceful-shutdown-seconds", type=float,
                    help="time in-flight requests get on SIGTERM (env PIXTRAL_ROUTER_GRACEFUL_SHUTDOWN_SECONDS, default 30)")
-    p.add_argument("--access-log", action="store_true", default=None,
-                   help="log every request (env PIXTRAL_ROUTER_ACCESS_LOG=1; off by default for throughput)")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=None,
+                   help="one JSON line per tenant request on stdout (env PIXTRAL_ROUTER_ACCESS_LOG=0 turns it off; "
+                   "default on)")
     return p
 
 
@@ -99,8 +102,8 @@ def settings_from(argv: list[str], environ: Mapping[str, str]) -> RouterSettings
             "--namespace/PIXTRAL_NAMESPACE and --configmap/PIXTRAL_ROUTER_CONFIGMAP (Kubernetes)"
         )
     access_log = args.access_log if args.access_log is not None else environ.get(
-        "PIXTRAL_ROUTER_ACCESS_LOG", ""
-    ).lower() in {"1", "true", "yes"}
+        "PIXTRAL_ROUTER_ACCESS_LOG", "1"
+    ).lower() not in {"0", "false", "no", "off"}
     metrics_port = _optional_int(args.metrics_port, environ, "PIXTRAL_ROUTER_METRICS_PORT", 1, 65535)
     if metrics_port is not None and metrics_port == port:
         raise SettingsError(f"the metrics port must differ from the tenant port {port}")
