@@ -81,14 +81,17 @@ def _dumps(value: dict[str, Any]) -> bytes:
 
 def usage_in(text: bytes) -> tuple[int, int] | None:
     """(prompt, completion) tokens of the last `usage` object in a JSON text, or None."""
-    if _USAGE_KEY not in text:  # a C scan; the regex only where the key is
+    # Backwards from the end, where vLLM puts it: a C scan for the key, the regex only there.
+    at = text.rfind(_USAGE_KEY)
+    found = None
+    while at >= 0:
+        found = _USAGE.match(text, at)
+        if found is not None:
+            break
+        at = text.rfind(_USAGE_KEY, 0, at)
+    if found is None:
         return None
-    last = None
-    for last in _USAGE.finditer(text):
-        pass
-    if last is None:
-        return None
-    window = text[last.end(): last.end() + _USAGE_WINDOW]
+    window = text[found.end(): found.end() + _USAGE_WINDOW]
     prompt = _PROMPT.search(window)
     completion = _COMPLETION.search(window)
     if prompt is None and completion is None:
