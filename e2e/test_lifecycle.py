@@ -70,7 +70,7 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     wait_condition(cluster, namespace, NAME, "Progressing", "False", 60)
     table = cluster.kubectl("get", "pxd", NAME, "-n", namespace).stdout
     header, row = table.strip().splitlines()[:2]
-    assert header.split()[:5] == ["NAME", "READY", "REPLICAS", "CANARY", "QUEUE"]
+    assert header.split()[:6] == ["NAME", "READY", "REPLICAS", "CANARY", "PHASE", "QUEUE"]
     assert row.split()[:3] == [NAME, "True", "1/1"]
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                              f"involvedObject.kind=PixtralDeployment,involvedObject.name={NAME}").stdout
