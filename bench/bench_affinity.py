@@ -1,6 +1,7 @@
 """Image-affinity routing on the real vLLM CPU engine: imageAffinity vs leastOutstanding vs roundRobin.
 
     .venv/bin/python bench/bench_affinity.py calibrate [--vision-hidden H --vision-layers L]
+    .venv/bin/python bench/bench_affinity.py render    # the docs section again, from the results file
     .venv/bin/python bench/bench_affinity.py run [--rounds 2] [--conversations 30] [--unique 40]
                                                  [--vision-hidden H --vision-layers L]
 
@@ -442,7 +443,6 @@ def run(args: argparse.Namespace) -> int:
     load_before = load_average()
     runs: list[Run] = []
     seed_base = int.from_bytes(os.urandom(3), "little") << 20
-    rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-affinity-", dir=args.work_dir) as tmp:
         work = Path(tmp)
         model = write_tiny_model(work / "model", dims=dims)
@@ -466,6 +466,8 @@ def run(args: argparse.Namespace) -> int:
                     for strategy in strategies:
                         run_index += 1
                         seeds = seed_base + run_index * 10_000  # fresh images for every run
+                        # The same draws (image ranks, turn counts) for every strategy of a round.
+                        rng = random.Random(f"{args.seed}/{round_index}")
                         conversations = (repeated_workload(rng, seeds, args.conversations) if workload == "repeated"
                                          else unique_workload(seeds, args.unique))
                         before = [scrape(e.url) for e in engines]
@@ -552,6 +554,38 @@ def fmt_rate(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
+# Pixtral-12B's cost of one image before its first token, in decode steps, estimated from its sizes
+# on one H200 (989 TFLOP/s bf16 dense, 4.8 TB/s): a 512x512 image is 1,056 tokens; their prefill
+# through the 10.9 B non-embedding decoder parameters (2 FLOP each per token, 23 TFLOP) plus the
+# 0.4 B vision encoder over 1,024 patches (0.8 TFLOP) takes 24 ms at peak, one decode step reads the
+# 24.5 GB of weights in 5.1 ms at peak: about 5 steps (6 at a plausible 65% of peak compute and 85%
+# of peak bandwidth); a 1024x1024 image (4,160 tokens) about 4x that.
+PIXTRAL_12B_IMAGE_DECODE_STEPS = {"512x512": "5-6", "1024x1024": "19-25"}
+
+
+def calibration_text(result: dict) -> str:
+    entries = json.loads(CALIBRATION.read_text()) if CALIBRATION.exists() else []
+    mine = [e for e in entries if e["model"] == result["model"]]
+    if not mine:
+        return "No calibration of this model was recorded (`bench_affinity.py calibrate`)."
+    c = mine[-1]
+    m = c["median_ms"]
+    return (f"Is the test model's image cost like Pixtral-12B's? `bench_affinity.py calibrate` ({c['finished_at']}, "
+            f"one engine, sequential, medians of {c['n']}, load average {c['load_average_before']}): TTFT text "
+            f"{m['text_ttft']:.0f} ms, fresh image {m['image_ttft']:.0f} ms, the same image again {m['image_again_ttft']:.0f} ms, "
+            f"{m['itl']:.1f} ms per output token, so one {IMAGE_PX}x{IMAGE_PX} image costs "
+            f"**{c['image_cost_decode_steps']:g} decode steps** before its first token and a cache hit saves "
+            f"{c['cache_saving_decode_steps']:g}. Pixtral-12B on one H200, estimated from its sizes (the "
+            "prefill of the image tokens through the decoder dominates; the 0.4 B vision encoder is about 3% of "
+            "it; peak compute and bandwidth, see `PIXTRAL_12B_IMAGE_DECODE_STEPS` in the script): "
+            f"{PIXTRAL_12B_IMAGE_DECODE_STEPS['512x512']} decode steps for a 512x512 image, "
+            f"{PIXTRAL_12B_IMAGE_DECODE_STEPS['1024x1024']} for 1024x1024. The test model sits in that range, "
+            "most of its cost being the image's preprocessing on the CPU rather than its tiny encoder, so the "
+            "benchmark uses it as it is; `pixtral-runtime tiny-model --vision-hidden H --vision-layers L` "
+            "(`bench_affinity.py --vision-hidden/--vision-layers`) sizes the encoder up in Pixtral-12B's "
+            "proportions where a heavier image is wanted.")
+
+
 def markdown(result: dict) -> str:
     agg, settings = result["aggregate"], result["settings"]
     rows = ["| workload | strategy | requests | TTFT p50 | TTFT p95 | p50 per run | req/s | output tok/s | "
@@ -565,9 +599,11 @@ def markdown(result: dict) -> str:
                         f"{fmt_rate(a['prefix_cache_hit_rate'])} | {fmt_rate(a['mm_cache_hit_rate'])} |")
     verdicts = []
     for baseline, t in agg["targets_vs"].items():
-        verdicts.append(f"against {baseline}: repeated-image TTFT p50 {100 * t['repeated_ttft_p50_lower_by']:+.0f}% lower "
-                        f"(target >= 30%: **{'met' if t['repeated_met'] else 'missed'}**), unique-image TTFT p50 "
-                        f"{100 * t['unique_ttft_p50_worse_by']:+.1f}% worse (target <= 5%: "
+        lower, worse = t["repeated_ttft_p50_lower_by"], t["unique_ttft_p50_worse_by"]
+        verdicts.append(f"against {baseline}: repeated-image TTFT p50 {abs(100 * lower):.0f}% "
+                        f"{'lower' if lower >= 0 else 'higher'} (target >= 30% lower: "
+                        f"**{'met' if t['repeated_met'] else 'missed'}**), unique-image TTFT p50 {abs(100 * worse):.1f}% "
+                        f"{'higher' if worse >= 0 else 'lower'} (target at most 5% higher: "
                         f"**{'met' if t['unique_met'] else 'missed'}**)")
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
     m = result["machine"]
@@ -600,6 +636,8 @@ def markdown(result: dict) -> str:
         *rows,
         "",
         "Targets, imageAffinity " + "; ".join(verdicts) + ".",
+        "",
+        calibration_text(result),
         SECTION_END,
     ])
 
@@ -618,6 +656,7 @@ def write_docs(section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
+    sub.add_parser("render", help="rewrite the docs section from bench/results/affinity.json without running")
     for name in ("calibrate", "run"):
         p = sub.add_parser(name)
         p.add_argument("--vision-hidden", type=int, default=None, help="vision encoder width (tiny-model option)")
@@ -631,10 +670,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--unique", type=int, default=40, help="unique workload: requests per run")
     r.add_argument("--concurrency", type=int, default=4)
     r.add_argument("--max-tokens", type=int, default=16)
-    r.add_argument("--seed", type=int, default=0, help="seed of the Zipf draws and turn counts")
+    r.add_argument("--seed", type=int, default=0, help="seed of the Zipf draws and turn counts (per round)")
     r.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     r.add_argument("--work-dir", default=None, help="parent of the run's temporary folder (model, logs)")
     args = parser.parse_args(argv)
+    if args.mode == "render":
+        write_docs(markdown(json.loads(RESULTS.read_text())))
+        return 0
     try:
         model_dims(args)
     except ValueError as exc:
