@@ -642,8 +642,11 @@ def request_ids(args: argparse.Namespace) -> int:
             wait_http(f"http://127.0.0.1:{port}/readyz")
         for url, _ in routers.values():
             run_wrk(url + chat_path, args.connections, 3, lua, "1")  # warm-up
+        names = list(routers)
         for round_ in range(args.rounds):
-            for name, (url, proc) in routers.items():
+            # The order turns each round: no router always runs first or last in a round.
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                url, proc = routers[name]
                 cpu0 = cpu_seconds(proc.pid)
                 out = run_wrk(url + chat_path, args.connections, args.duration, lua, "1")
                 out["router_cpu_us_per_request"] = round(
@@ -699,7 +702,7 @@ and the current one ({results['current']}) with the access log off and on, side 
 on {results['machine']}, at {results['when']} (load average before: {results['loadavg_before']}).
 Routers pinned to core 0, upstream and `wrk` to core 1, plain chat requests without an
 `x-request-id` (the router makes one for each), {results['connections']} connections,
-{results['duration_s']} s per run, rounds alternating (all numbers shown). The access log went to
+{results['duration_s']} s per run, {len(results['runs'][names[0]])} rounds, the order turning each round (all numbers shown). The access log went to
 a file ({results['access_log_lines']} lines written). CPU time per request is the figure to read:
 the shared machine's noise moves requests/s between rounds.
 
