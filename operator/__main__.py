@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import time
 import sys
 from typing import Any
 
@@ -12,6 +13,14 @@ from pixtral_operator._version import __version__
 from pixtral_operator.settings import OperatorSettings
 
 FINALIZER = "serving.pixtral.dev/finalizer"
+
+
+def peering_priority(started: float, tiebreak: int) -> int:
+    """kopf lets the peer with the highest priority work. The replica that started first keeps it:
+    a replacement pod (after a crash, or the next one of a rollout) stands by instead of pausing the
+    replica that has every object in hand and making it hand over again. `tiebreak` (0-999, random)
+    separates replicas started in the same second: kopf pauses every peer when two share a priority."""
+    return (10**10 - int(started)) * 1000 + tiebreak
 
 
 def parse_args(argv: list[str], settings: OperatorSettings) -> argparse.Namespace:
@@ -80,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start_http_server(settings.metrics_port, addr=settings.health_host)
     standalone = args.standalone or not args.peering
-    # kopf pauses every peer when two share a priority: each replica draws its own, and the
-    # highest one works while the others stand by.
-    priority = None if standalone else random.SystemRandom().randint(1, 1_000_000)
+    priority = None if standalone else peering_priority(time.time(), random.SystemRandom().randint(0, 999))
     kopf.run(
         priority=priority,
         registry=registry,

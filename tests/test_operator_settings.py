@@ -63,3 +63,12 @@ def test_the_peering_lifetime_defaults_to_ten_seconds_and_refuses_nonsense():
     for bad in ("0", "ten", "-5"):
         with pytest.raises(SettingsError, match="PIXTRAL_PEERING_LIFETIME_SECONDS"):
             OperatorSettings.from_env({"PIXTRAL_PEERING_LIFETIME_SECONDS": bad})
+
+
+def test_the_replica_that_started_first_keeps_the_highest_peering_priority():
+    from pixtral_operator.__main__ import peering_priority
+
+    first = peering_priority(1_800_000_000.0, 999)
+    replacement = peering_priority(1_800_000_001.0, 0)
+    assert first > replacement > 0
+    assert peering_priority(1_800_000_000.2, 3) != peering_priority(1_800_000_000.7, 4), "same second: the tiebreak decides"
