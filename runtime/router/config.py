@@ -66,7 +66,8 @@ ROUTING_STRATEGIES = (LEAST_OUTSTANDING, IMAGE_AFFINITY, ROUND_ROBIN)
 
 @dataclass(frozen=True)
 class RoutingPolicy:
-    # Least outstanding stays the default until the affinity benchmark shows it wins (issue 16).
+    # Least outstanding stays the default: the affinity benchmark did not put imageAffinity clearly
+    # ahead of it (docs/benchmarks.md, "Image affinity").
     strategy: str = LEAST_OUTSTANDING
     # Bounded loads: a backend above (1 + epsilon) x the mean load is skipped (affinity.py).
     epsilon: float = 0.25
