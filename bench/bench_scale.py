@@ -15,11 +15,10 @@ fit a 2-core machine): every child object exists, no pod does. Measured:
   ServiceAccount, Role, RoleBinding, PodDisruptionBudget, NetworkPolicy, the internal key's Secret)
   and a written status (`observedGeneration` 1, conditions); target <= 60 s;
 - at rest, over `--rest` seconds after a 30 s settle: the operator's API requests per second. The API
-  server's `apiserver_request_total` has no client label, so the operator's share is read from the
-  same server's `apiserver_flowcontrol_dispatched_requests_total{flow_schema="service-accounts"}`:
-  every request of a ServiceAccount outside kube-system, which here is only the operator (no router
-  pod runs); target <= 0.05 per object per second. The all-clients `apiserver_request_total` rate
-  is reported beside it;
+  server's `apiserver_request_total` has no client label (and this one exports no flow-control
+  metrics), so the operator's share is the difference of its rate with the operator running and with
+  the operator's Deployment scaled to zero for `--baseline` seconds right after, as issue 19
+  measured it; target <= 0.05 per object per second;
 - Prometheus queries per autoscaler tick (`prometheus_http_requests_total{handler="/api/v1/query"}`
   of Prometheus itself over the same window, per `PIXTRAL_AUTOSCALE_SECONDS`);
 - the operator pods' RSS and CPU (from /proc of each container over the window);
@@ -186,6 +185,9 @@ class Release:
                           "--set", f"replicaCount={self.replicas}", "--wait", "--timeout", "3m", timeout=240)
         wait_for(lambda: len(self.ready()) >= self.replicas, 180, f"{self.replicas} operator pod(s) Ready")
 
+    def pods(self) -> list[dict]:
+        return self.cluster.rest.get(f"/api/v1/namespaces/{self.namespace}/pods", labelSelector=self.selector)["items"]
+
     def ready(self) -> list[dict]:
         return ready_pods(self.cluster, self.namespace, self.selector)
 
@@ -217,7 +219,6 @@ def prometheus_queries(cluster: Cluster) -> float:
 def counters(cluster: Cluster) -> dict[str, float]:
     text = api_metrics(cluster)
     return {
-        "operator": metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema="service-accounts"),
         "all": metric_sum(text, "apiserver_request_total"),
         "queries": prometheus_queries(cluster),
     }
@@ -281,6 +282,9 @@ def old_images(commit: str, say) -> dict[str, str]:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(workdir, filter="data")
+    # The image's environment is frozen from a .venv (images.venv_freeze); the old commit's
+    # dependencies are this checkout's or older, so this one serves.
+    (workdir / ".venv").symlink_to(ROOT / ".venv")
     built = images_mod.python_images(images_mod.cache_root(os.environ, Path.home()), workdir, runtime=False, say=say)
     return {"operator": built["operator"], "chart": str(workdir / "charts" / "pixtral-operator"), "root": str(workdir)}
 
@@ -288,18 +292,32 @@ def old_images(commit: str, say) -> dict[str, str]:
 # ---------------------------------------------------------------- the run
 
 
-def measure_rest(cluster: Cluster, release: Release, objects: int, seconds: float) -> dict:
+def measure_rest(cluster: Cluster, release: Release, objects: int, seconds: float, baseline: float) -> dict:
     pods = [p["metadata"]["name"] for p in release.ready()]
     before, procs_before, t0 = counters(cluster), {p: release.proc(p) for p in pods}, time.monotonic()
     log(f"at rest for {seconds:.0f}s ({len(pods)} operator pod(s))")
     time.sleep(seconds)
     after, procs_after, elapsed = counters(cluster), {p: release.proc(p) for p in pods}, time.monotonic() - t0
-    operator_rate = (after["operator"] - before["operator"]) / elapsed
+    all_rate = (after["all"] - before["all"]) / elapsed
+    # The same window without the operator: everything else the API server serves meanwhile.
+    deployment = f"{release.name}-pixtral-operator"
+    release.cluster.kubectl("scale", "deployment", deployment, "-n", release.namespace, "--replicas=0")
+    wait_for(lambda: not release.pods(), 120, "the operator pods gone")
+    time.sleep(10)
+    quiet_before, q0 = counters(release.cluster), time.monotonic()
+    time.sleep(baseline)
+    quiet_after, quiet_elapsed = counters(release.cluster), time.monotonic() - q0
+    release.cluster.kubectl("scale", "deployment", deployment, "-n", release.namespace, f"--replicas={release.replicas}")
+    wait_for(lambda: len(release.ready()) >= release.replicas, 180, "the operator pods Ready again")
+    quiet_rate = (quiet_after["all"] - quiet_before["all"]) / quiet_elapsed
+    operator_rate = all_rate - quiet_rate
     return {
         "seconds": round(elapsed, 1),
+        "baseline_seconds": round(quiet_elapsed, 1),
         "operator_requests_per_second": round(operator_rate, 3),
         "operator_requests_per_object_second": round(operator_rate / objects, 5),
-        "all_clients_requests_per_second": round((after["all"] - before["all"]) / elapsed, 2),
+        "all_clients_requests_per_second": round(all_rate, 2),
+        "without_operator_requests_per_second": round(quiet_rate, 2),
         "prometheus_queries_per_tick": round((after["queries"] - before["queries"]) / (elapsed / AUTOSCALE_SECONDS), 2),
         "pods": {p: {"cpu_percent": round(100 * (procs_after[p][0] - procs_before[p][0]) / elapsed, 1),
                      "rss_mib": round(procs_after[p][1], 1)} for p in pods},
@@ -345,7 +363,7 @@ def run(cluster: Cluster, args: argparse.Namespace, cleanup: contextlib.ExitStac
     log(f"create: {result.get('create_seconds')} s ({progress})")
 
     time.sleep(30)  # the first autoscaler ticks and status writes settle
-    result["rest"] = measure_rest(cluster, release, args.objects, args.rest)
+    result["rest"] = measure_rest(cluster, release, args.objects, args.rest, args.baseline)
     log(f"rest: {result['rest']}")
 
     samples = [change_spec(cluster, namespace, f"pxd-{i:03d}", f"v{i}", 30) for i in (7, 77, 177) if i < args.objects]
@@ -372,7 +390,7 @@ def run(cluster: Cluster, args: argparse.Namespace, cleanup: contextlib.ExitStac
         cleanup.callback(delete_objects, cluster, namespace)
         old_release.install(images["router"])
         time.sleep(20)
-        result["old"] = {"commit": args.old_commit, "rest": measure_rest(cluster, old_release, args.objects, args.old_rest)}
+        result["old"] = {"commit": args.old_commit, "rest": measure_rest(cluster, old_release, args.objects, args.old_rest, args.baseline)}
         log(f"old design at rest: {result['old']}")
     return result
 
@@ -408,9 +426,9 @@ def write_docs(result: dict) -> None:
         f"**scaled to zero** (`replicas: 0`, autoscaling on with `minReplicas: 0`, `maxReplicas: 1`; a `pods: 0` "
         "ResourceQuota keeps the router pods from starting, so every child object exists and no pod runs), "
         f"the operator from this checkout with 2 replicas (kopf peering), at rest over {rest['seconds']} s. "
-        "Operator requests: `apiserver_flowcontrol_dispatched_requests_total{flow_schema=\"service-accounts\"}` "
-        "(`apiserver_request_total` has no client label; the operator is the only ServiceAccount client outside "
-        "kube-system here). Queries: Prometheus' own `prometheus_http_requests_total{handler=\"/api/v1/query\"}` "
+        "Operator requests: `apiserver_request_total` with the operator running minus the same with it scaled "
+        f"to zero for {rest['baseline_seconds']} s right after. "
+        "Queries: Prometheus' own `prometheus_http_requests_total{handler=\"/api/v1/query\"}` "
         f"per {AUTOSCALE_SECONDS:g} s tick. After the failover: {result['after_failover']['objects_complete']} of "
         f"{result['objects']} objects complete, {result['after_failover']['statuses_current']} statuses current.",
         "",
@@ -431,6 +449,7 @@ def main() -> int:
     parser.add_argument("--rest", type=float, default=300.0, help="seconds at rest to measure")
     parser.add_argument("--old-commit", default="", help="also measure the operator of this commit at rest")
     parser.add_argument("--old-rest", type=float, default=60.0)
+    parser.add_argument("--baseline", type=float, default=60.0, help="seconds with the operator scaled to zero")
     parser.add_argument("--keep-cluster", action="store_true")
     parser.add_argument("--no-docs", action="store_true", help="write bench/results only")
     args = parser.parse_args()
