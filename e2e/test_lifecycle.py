@@ -12,6 +12,7 @@ import pytest
 from localcluster import wait_for
 from pixtral_e2e import (  # noqa: F401  (fixtures)
     API_KEY,
+    OTHER_KEY,
     apply,
     chat,
     chat_body,
@@ -57,7 +58,9 @@ def track_counts(url: str, n: int, headers: dict[str, str] | None = None) -> dic
 
 def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     keys = create_api_keys(cluster, namespace)
-    spec = tiny_spec(tiny_model, router={"apiKeysSecretRef": {"name": keys}, "requestTimeoutSeconds": 120})
+    # team-a may pin a track with x-pixtral-track; team-b may not (refused below).
+    spec = tiny_spec(tiny_model, router={"apiKeysSecretRef": {"name": keys}, "requestTimeoutSeconds": 120,
+                                         "tenants": [{"name": "team-a", "trackOverride": True}]})
     apply(cluster, namespace, pxd_manifest(NAME, spec))
 
     # --- create -> Ready, with conditions, printer columns and the endpoint in status
@@ -144,6 +147,9 @@ def test_lifecycle(cluster, namespace, operator, tiny_model, local_images):
     assert lo <= counts.get("canary", 0) <= hi, counts
     pinned = {chat(url, chat_body(max_tokens=1), headers={"x-pixtral-track": "canary"}).headers["x-pixtral-track"] for _ in range(3)}
     assert pinned == {"canary"}
+    refused = chat(url, chat_body(max_tokens=1), key=OTHER_KEY, headers={"x-pixtral-track": "canary"})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "track_override_not_allowed", refused.text
     for session in ("alice", "bob", "carol"):
         tracks = {chat(url, chat_body(max_tokens=1), headers={"x-session-id": session}).headers["x-pixtral-track"] for _ in range(4)}
         assert len(tracks) == 1, (session, tracks)
