@@ -13,7 +13,7 @@ TORCHVISION_VERSION ?= 0.28.0
 INSTALL_STAMP := $(VENV)/.installed
 
 .PHONY: help install system-deps binaries images test test-unit test-e2e cluster-up cluster-down cluster-status \
-        demo bench lint generate clean
+        demo bench bench-fairness lint generate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ demo: install system-deps binaries ## the main job: local cluster, helm install,
 
 bench: install binaries ## benchmarks under bench/; results land in bench/results/ and docs/benchmarks.md
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+bench-fairness: install system-deps binaries ## the fair-queuing latency target on the real engine (e2e/test_fairness.py, skipped by make test)
+	PIXTRAL_LATENCY_TARGETS=1 $(PY) -m pytest e2e/test_fairness.py -q -s -p no:cacheprovider
 
 lint: install ## ruff, and the layering rules (tests/test_layering.py)
 	$(VENV)/bin/ruff check operator runtime tests e2e bench charts

@@ -37,6 +37,18 @@ from pixtral_e2e import (  # noqa: E402
 __all__ = ["crds", "local_images", "operator", "tiny_model", "tiny_model_dir", "wait_for"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Latency targets are measurements, not pass/fail checks of `make test`: on this shared 2-core
+    machine their outcome depends on what else runs. `make bench-fairness` runs them
+    (PIXTRAL_LATENCY_TARGETS=1) and docs/benchmarks.md records what they measured."""
+    if os.environ.get("PIXTRAL_LATENCY_TARGETS") == "1":
+        return
+    skip = pytest.mark.skip(reason="a latency target: run by make bench-fairness (PIXTRAL_LATENCY_TARGETS=1)")
+    for item in items:
+        if item.get_closest_marker("latency_target"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """The running local cluster (started on first use): kubeconfig, kubectl, helm, Prometheus, clients."""

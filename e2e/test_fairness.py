@@ -7,6 +7,10 @@ seconds: a noisy tenant with 10 workers, each sending as often as the quiet tena
 the track saturated. The quiet tenant's p95 latency must stay within 2x its p95 alone. Then a
 tenant with a small tokens-per-minute budget is refused with 429 and Retry-After once the engine's
 usage (streamed and not) has spent it, and the router's counters show that usage.
+
+The fairness check is a latency target (marker `latency_target`): `make test` skips it, since on
+a shared 2-core machine its outcome depends on what else runs; `make bench-fairness` runs it and
+docs/benchmarks.md ("Tenant economics") records its figures.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ def p95(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20, method="inclusive")[18]
 
 
+@pytest.mark.latency_target
 def test_a_noisy_tenant_cannot_push_the_quiet_tenants_p95_above_twice_its_alone(router) -> None:
     with httpx.Client(base_url=router.url, timeout=180) as client:
         paced(client, "quiet", 3, threading.Event())  # warm-up: first requests compile and allocate
