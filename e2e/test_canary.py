@@ -80,7 +80,7 @@ STOP_ENGINE_SCRIPT = """
 import os, signal
 found = []
 for pid in os.listdir("/proc"):
-    if pid.isdigit():
+    if pid.isdigit() and int(pid) != os.getpid():  # this script's own argv holds the name too
         try:
             title = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
         except OSError:
