@@ -50,7 +50,10 @@ ANALYSIS = {"steps": [25, 50], "intervalSeconds": 15, "minRequests": 5, "maxErro
 SLOW_CPU_LIMIT = "200m"
 SLOW_CPU_REQUEST = "100m"
 REQUEST_TIMEOUT_SECONDS = 15  # the router's: a hung canary's requests end as 504 after this
-LOAD_CLIENTS = 4
+# A hung canary holds each client it serves for REQUEST_TIMEOUT_SECONDS, so with a quarter of the
+# requests it completes about one request per client per 15 s window: 10 clients give the
+# analysis its minRequests (5) where 4 did not.
+LOAD_CLIENTS = 10
 CANARY_SELECTOR = f"serving.pixtral.dev/deployment={NAME},serving.pixtral.dev/track=canary"
 
 # Closed-loop clients; one line per answer: "R <unix time> <status> <track that served it>".
