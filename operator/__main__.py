@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import time
 import sys
+import time
 from typing import Any
 
 from pixtral_operator._version import __version__

@@ -277,7 +277,7 @@ def reconcile(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings, n
         # A merge patch removes a key set to null: the autoscaler's report goes with the autoscaler.
         patch.update({k: None for k in AUTOSCALER_STATUS_KEYS if old_status.get(k) is not None})
     owned = [k for k in OWNED_STATUS_KEYS if k in status]  # status.canary may be the analysis loop's
-    stale = set((old_status.get("canary") or {})) - set(status.get("canary") or {}) if "canary" in status else set()
+    stale = set(old_status.get("canary") or {}) - set(status.get("canary") or {}) if "canary" in status else set()
     if stale:
         # What the analysis loop kept in status.canary goes with the analysis.
         patch["canary"] = {**status["canary"], **{k: None for k in stale}}

@@ -18,10 +18,10 @@ from typing import Any
 
 from pixtral_operator import metrics
 from pixtral_operator.canary_state import effective_spec
-from pixtral_operator.scale_decision import Decision, Policy, Signal, StateError, TrackState, decide
 from pixtral_operator.k8s import Kube
 from pixtral_operator.prometheus import FleetReader, PrometheusClient, read_fleet_signal
 from pixtral_operator.render import labels as L
+from pixtral_operator.scale_decision import Decision, Policy, Signal, StateError, TrackState, decide
 from pixtral_operator.spec import TRACKS, parse
 
 log = logging.getLogger(__name__)

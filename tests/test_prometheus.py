@@ -21,7 +21,6 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 import yaml
-from pixtral_operator.scale_decision import Signal
 from pixtral_operator.prometheus import (
     FleetReader,
     FleetResults,
@@ -42,6 +41,7 @@ from pixtral_operator.prometheus import (
     split_fleet,
     track_queries,
 )
+from pixtral_operator.scale_decision import Signal
 
 # --- query rendering ------------------------------------------------------------------------
 

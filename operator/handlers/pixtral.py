@@ -11,8 +11,8 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 from pixtral_operator import metrics
-from pixtral_operator.canary_loop import CanaryLoop
 from pixtral_operator.cache import ObjectCache
+from pixtral_operator.canary_loop import CanaryLoop
 from pixtral_operator.children import retry_delay
 from pixtral_operator.handlers.watch import register_watches
 from pixtral_operator.inflight import InFlight

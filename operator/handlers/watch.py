@@ -17,7 +17,6 @@ from pixtral_operator.cache import WATCHED_CHILD_KINDS, ObjectCache, controller_
 from pixtral_operator.requeue import Requeue
 from pixtral_operator.spec import GROUP, PLURAL, VERSION
 
-
 _UNSEEN = object()
 
 
