@@ -153,3 +153,9 @@ def test_properties_of_any_sequence_of_checks(policy, sequence):
     for i, verdict in enumerate(verdicts):
         if verdict.state.phase in A.FINISHED_PHASES:
             assert all(w == verdict.weight for w in weights[i:])
+
+
+def test_an_error_rate_never_reads_above_one_when_the_extrapolated_errors_exceed_the_requests():
+    # Seen on the local cluster: a hung canary's window read 3.2 requests and 3.2026 errors.
+    assert TrackWindow(requests=3.2, errors=3.2026, latency=None).error_rate == 1.0
+    assert TrackWindow(requests=4.0, errors=1.0, latency=None).error_rate == 0.25
