@@ -48,7 +48,6 @@ from autoscale_support import (  # noqa: E402
     pxd_events,
 )
 from localcluster import ApiError, Cluster, wait_for  # noqa: E402
-from localcluster.procs import start_time  # noqa: E402
 from pixtral_e2e import (  # noqa: E402
     RESTRICTED_NAMESPACE_LABELS,
     InClusterOperator,
@@ -80,16 +79,6 @@ SCRAPE_INTERVAL = "1s"  # the local cluster's Prometheus
 def log(message: str) -> None:
     print(f"[bench_autoscaler {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-
-def other_sessions_alive(paths: localcluster.ClusterPaths) -> bool:
-    sessions = paths.state_dir / "sessions"
-    for marker in sessions.glob("*") if sessions.is_dir() else []:
-        try:
-            if start_time(int(marker.name)) == int(marker.read_text()):
-                return True
-        except ValueError:
-            continue
-    return False
 
 
 def create_namespace(cluster: Cluster) -> str:
@@ -137,7 +126,7 @@ def delete_pxd(cluster: Cluster, namespace: str) -> None:
 def leave_cluster(cluster: Cluster, paths: localcluster.ClusterPaths, marker: Path, stop: bool) -> None:
     cluster.close()
     localcluster.leave_session(paths, marker, keep=True)
-    if stop and not other_sessions_alive(paths):
+    if stop and not localcluster.other_sessions_alive(paths):
         localcluster.down(paths, say=lambda line: log(f"cluster: {line}"))
 
 

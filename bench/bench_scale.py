@@ -58,7 +58,6 @@ sys.path.insert(0, str(ROOT / "e2e"))
 import localcluster  # noqa: E402
 import localcluster.images as images_mod  # noqa: E402
 from localcluster import ApiError, Cluster, wait_for  # noqa: E402
-from localcluster.procs import start_time  # noqa: E402
 from pixtral_e2e import RESTRICTED_NAMESPACE_LABELS, install_crds, ready_pods, split_reference  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "scale.json"
@@ -122,16 +121,6 @@ def verdict(value: float | None, target: float) -> str:
 
 # ---------------------------------------------------------------- cluster helpers
 
-
-def other_sessions_alive(paths: localcluster.ClusterPaths) -> bool:
-    sessions = paths.state_dir / "sessions"
-    for marker in sessions.glob("*") if sessions.is_dir() else []:
-        try:
-            if start_time(int(marker.name)) == int(marker.read_text()):
-                return True
-        except ValueError:
-            continue
-    return False
 
 
 def create_namespace(cluster: Cluster, prefix: str) -> str:
@@ -464,7 +453,7 @@ def main() -> int:
         def leave() -> None:
             cluster.close()
             localcluster.leave_session(paths, marker, keep=True)
-            if started_cluster and not args.keep_cluster and not other_sessions_alive(paths):
+            if started_cluster and not args.keep_cluster and not localcluster.other_sessions_alive(paths):
                 localcluster.down(paths, say=lambda line: log(f"cluster: {line}"))
         cleanup.callback(leave)
         result = run(cluster, args, cleanup)

@@ -12,6 +12,7 @@ from .cluster import (
     down,
     join_session,
     leave_session,
+    other_sessions_alive,
     running_info,
     status,
     up,
@@ -23,5 +24,6 @@ from .waiting import WaitTimeout, wait_for
 
 __all__ = [
     "ApiError", "Binaries", "ClusterError", "ClusterInfo", "ClusterPaths", "Credentials", "KubeClient", "NodePool",
-    "Cluster", "WaitTimeout", "down", "join_session", "leave_session", "running_info", "status", "up", "usage", "wait_for",
+    "Cluster", "WaitTimeout", "down", "join_session", "leave_session", "other_sessions_alive", "running_info",
+    "status", "up", "usage", "wait_for",
 ]

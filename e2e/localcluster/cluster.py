@@ -741,6 +741,20 @@ def join_session(paths: ClusterPaths) -> Path:
     return marker
 
 
+def session_alive(marker: Path) -> bool:
+    """Whether the process a session marker names still runs (its pid with the same start time)."""
+    try:
+        return procs.start_time(int(marker.name)) == int(marker.read_text())
+    except ValueError:
+        return False
+
+
+def other_sessions_alive(paths: ClusterPaths) -> bool:
+    """Whether any session marker left names a live process (call after leaving your own)."""
+    sessions = paths.state_dir / "sessions"
+    return any(session_alive(m) for m in sessions.glob("*")) if sessions.is_dir() else False
+
+
 def leave_session(paths: ClusterPaths, marker: Path, keep: bool) -> bool:
     """Ends a session's use of the cluster. Stops it only when this process started it as a test
     session (owner "pytest"), keep is false and no other session still uses it; if others do, the
@@ -752,11 +766,7 @@ def leave_session(paths: ClusterPaths, marker: Path, keep: bool) -> bool:
             return False
         sessions = paths.state_dir / "sessions"
         for other in sorted(sessions.glob("*")) if sessions.is_dir() else []:
-            try:
-                alive = procs.start_time(int(other.name)) == int(other.read_text())
-            except ValueError:
-                alive = False
-            if alive:
+            if session_alive(other):
                 state["starter_pid"] = int(other.name)
                 save_state(paths, state)
                 return False
