@@ -55,6 +55,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from docsection import replace_section
 from PIL import Image
 from pixtral_runtime.tiny_model import TinyDims, with_vision_encoder, write_tiny_model
 
@@ -643,14 +644,7 @@ def markdown(result: dict) -> str:
 
 
 def write_docs(section: str) -> None:
-    text = DOCS.read_text()
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        _, after = rest.split(SECTION_END, 1)
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(text)
+    replace_section(DOCS, SECTION_START, SECTION_END, section)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from docsection import replace_section
 from PIL import Image
 from pixtral_runtime.supervisor.command import LaunchForm, vllm_command
 from pixtral_runtime.supervisor.settings import RuntimeSettings
@@ -210,14 +211,7 @@ def markdown(result: dict) -> str:
 
 
 def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        _, after = rest.split(SECTION_END, 1)
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(text)
+    replace_section(DOCS, SECTION_START, SECTION_END, section)
 
 
 def main(argv: list[str] | None = None) -> int:
