@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import random
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pixtral_operator._version import __version__
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from pixtral_operator.cache import CachedKube, ObjectCache
     from pixtral_operator.handlers.pixtral import register
     from pixtral_operator.k8s import KubeApi, load_config
+    from pixtral_operator.logfilter import quiet_routine_successes
     from pixtral_operator.prometheus import PrometheusClient
     from pixtral_operator.scale_loop import Scaler
     from prometheus_client import start_http_server
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     kube = CachedKube(KubeApi(), cache)
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
     registry = kopf.OperatorRegistry()
-    register(registry, settings, kube, Scaler(kube, prometheus, fleet_seconds=settings.autoscale_seconds), cache)
+    routine = register(registry, settings, kube, Scaler(kube, prometheus, fleet_seconds=settings.autoscale_seconds), cache)
+    quiet_routine_successes(routine)
 
     # A registry of our own has no login handler: use the kubernetes client's credentials
     # (ServiceAccount in a pod, KUBECONFIG elsewhere), the same ones KubeApi uses.
@@ -73,8 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         kopf_settings, operator_settings = settings, outer_settings
+        # kopf runs the sync handlers in its own pool; asyncio.to_thread (the timers' reads and status
+        # writes, the reconciles after a child's change) uses the loop's default one.
+        kopf_settings.execution.max_workers = operator_settings.worker_threads
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=operator_settings.worker_threads, thread_name_prefix="kube")
+        )
         # Our status has a schema; kopf keeps its own bookkeeping in annotations instead.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="serving.pixtral.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -57,7 +57,7 @@ def _labels(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive_int(env: Mapping[str, str], name: str, default: int, unit: str = "seconds") -> int:
     if name not in env:
         return default
     try:
@@ -65,7 +65,7 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise SettingsError(f"{name}={env[name]!r}: expected a whole number of seconds, at least 1")
+        raise SettingsError(f"{name}={env[name]!r}: expected a whole number of {unit}, at least 1")
     return value
 
 
@@ -100,6 +100,10 @@ class OperatorSettings:
     peering_lifetime_seconds: int = 10
     # How often the canary analysis looks (a check is due once per spec.canary.analysis.intervalSeconds).
     canary_seconds: float = 2.0
+    # Threads for the blocking Kubernetes calls, in kopf's handler pool and in the pool the timers'
+    # reads and status writes hop to. Each holds a thread for an API round trip; the default of both
+    # pools (CPU count + 4: 6 on 2 cores) made 200 creates wait in line for the pool.
+    worker_threads: int = 16
     cluster_domain: str = "svc"
     # False: a GPU capacity finding is advisory (operator/capacity.py), so node pools that scale from
     # zero see pending pods; True: it refuses the spec.
@@ -128,6 +132,7 @@ class OperatorSettings:
             autoscale_seconds=float(env.get("PIXTRAL_AUTOSCALE_SECONDS", "2")),
             peering_lifetime_seconds=_positive_int(env, "PIXTRAL_PEERING_LIFETIME_SECONDS", cls.peering_lifetime_seconds),
             canary_seconds=float(env.get("PIXTRAL_CANARY_SECONDS", "2")),
+            worker_threads=_positive_int(env, "PIXTRAL_WORKER_THREADS", cls.worker_threads, unit="threads"),
             strict_gpu_check=_flag(env, "PIXTRAL_STRICT_GPU_CHECK", False),
             monitoring=_monitoring(env),
             monitor_labels=_labels(env, "PIXTRAL_MONITOR_LABELS"),

@@ -156,6 +156,19 @@ async def test_requeue_coalesces_a_burst_into_one_more_pass():
     assert runs == [("team", "demo")] * 2
 
 
+async def test_requeue_waits_on_the_loop_while_another_reconcile_holds_the_object():
+    answers = [None, None, True]  # busy twice (the create handler runs), then the pass runs
+    calls = []
+
+    async def run(key):
+        calls.append(key)
+        return answers[len(calls) - 1]
+
+    requeue = Requeue(run, busy_seconds=0.01)
+    await asyncio.wait_for(requeue.kick(("team", "demo")), timeout=5)
+    assert calls == [("team", "demo")] * 3
+
+
 async def test_requeue_survives_a_failed_pass_and_stops_for_a_gone_object():
     calls = []
 

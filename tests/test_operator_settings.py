@@ -72,3 +72,13 @@ def test_the_replica_that_started_first_keeps_the_highest_peering_priority():
     replacement = peering_priority(1_800_000_001.0, 0)
     assert first > replacement > 0
     assert peering_priority(1_800_000_000.2, 3) != peering_priority(1_800_000_000.7, 4), "same second: the tiebreak decides"
+
+
+def test_the_worker_threads_default_to_sixteen_and_refuse_nonsense():
+    from pixtral_operator.settings import OperatorSettings, SettingsError
+
+    assert OperatorSettings.from_env({}).worker_threads == 16
+    assert OperatorSettings.from_env({"PIXTRAL_WORKER_THREADS": "4"}).worker_threads == 4
+    for bad in ("0", "many"):
+        with pytest.raises(SettingsError, match="PIXTRAL_WORKER_THREADS=.*whole number of threads"):
+            OperatorSettings.from_env({"PIXTRAL_WORKER_THREADS": bad})

@@ -106,21 +106,24 @@ def _canary_analysis(spec: kopf.Spec, **_: Any) -> bool:
 def register(
     registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: Kube, scaler: Scaler,
     cache: ObjectCache | None = None,
-) -> None:
+) -> frozenset[str]:
     """`cache`: the watch-fed cache `kube` reads from (cache.CachedKube); with it, a change of a child
-    reconciles its owner at once. Without it only the change handlers and the resync reconcile."""
+    reconciles its owner at once. Without it only the change handlers and the resync reconcile.
+    Returns the ids of the routine handlers (timers, watch events), whose successes are not logged."""
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL, registry=registry)
     inflight = InFlight()
 
-    async def reconcile_from_cache(key: tuple[str, str]) -> bool:
+    async def reconcile_from_cache(key: tuple[str, str]) -> bool | None:
         body = cache.get(KIND, *key) if cache is not None else None
         if body is None or body["metadata"].get("deletionTimestamp"):
             return False  # gone, or going: the delete handler and the garbage collector take over
-        await asyncio.to_thread(run_reconcile, body, kube, settings, inflight)
-        return True
+        # Not waiting for a running reconcile's lock in the thread: Requeue waits on the loop instead.
+        outcome = await asyncio.to_thread(run_reconcile, body, kube, settings, inflight, wait=False)
+        return None if outcome is None else True
 
+    routine: set[str] = {"resync", "recheck", "autoscale", "canary"}  # the timers below
     if cache is not None:
-        register_watches(registry, cache, Requeue(reconcile_from_cache))
+        routine |= register_watches(registry, cache, Requeue(reconcile_from_cache))
 
     def after(body: kopf.Body) -> None:
         # Autoscaling off: the autoscaler's memory and gauges go (the reconcile cleared its status keys).
@@ -193,3 +196,5 @@ def register(
     @kopf.on.delete(**resource, id="forget", optional=True)
     def forget(body: kopf.Body, **_: Any) -> None:
         forget_object(body["metadata"]["namespace"], body["metadata"]["name"], scaler, inflight)
+
+    return frozenset(routine)

@@ -25,7 +25,8 @@ def _split(api_version: str) -> tuple[str, str]:
     return group, version
 
 
-def register_watches(registry: kopf.OperatorRegistry, cache: ObjectCache, requeue: Requeue) -> None:
+def register_watches(registry: kopf.OperatorRegistry, cache: ObjectCache, requeue: Requeue) -> frozenset[str]:
+    """Returns the ids of the event handlers, which run for every watch event (logfilter.py)."""
     for api_version, kind, plural in WATCHED_CHILD_KINDS:
         group, version = _split(api_version)
         _register_child(registry, cache, requeue, group, version, plural, kind)
@@ -68,6 +69,8 @@ def register_watches(registry: kopf.OperatorRegistry, cache: ObjectCache, requeu
             meta = event["object"]["metadata"]
             cache.discard(event["object"].get("kind", ""), meta.get("namespace"), meta["name"])
             requeue.forget((meta.get("namespace"), meta["name"]))
+
+    return frozenset({"node-changed", "pixtraldeployment-gone", *(f"{plural}-changed" for _, _, plural in WATCHED_CHILD_KINDS)})
 
 
 def _register_child(
