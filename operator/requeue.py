@@ -9,7 +9,7 @@ most two passes, and an event is never lost to a pass that read the state before
 A pass that finds another reconcile of the object running (the create or update handler) is not
 run then: it waits BUSY_SECONDS on the event loop and tries again. Waiting for the other's lock in a
 worker thread instead would hold that thread as long as the other runs; while 200 objects are
-being created, such waits took every thread of the pool that the autoscaler's and the canary's
+being created, such waits can fill the pool that the autoscaler's and the canary's
 reads and status writes share."""
 
 from __future__ import annotations
