@@ -16,6 +16,7 @@ docs/benchmarks.md ("Tenant economics") records its figures.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import threading
 import time
@@ -30,7 +31,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.cluster, pytest.mark.timeout(600)]
 
 SERVED_NAME = "tiny-pixtral"
 KEYS = {"noisy": "sk-e2e-noisy", "quiet": "sk-e2e-quiet", "metered": "sk-e2e-metered"}
-BACKEND_CONCURRENCY = 2
+# `make bench-fairness` compares targets with PIXTRAL_FAIRNESS_CONCURRENCY (docs/benchmarks.md).
+BACKEND_CONCURRENCY = int(os.environ.get("PIXTRAL_FAIRNESS_CONCURRENCY", "2"))
 NOISY_WORKERS = 10  # each as fast as the quiet tenant's one: 10x its rate
 PERIOD_SECONDS = 0.4  # each worker's pace (closed loop: it waits for its answer, then for the pace)
 QUIET_REQUESTS = 24
@@ -125,17 +127,26 @@ def test_a_noisy_tenant_cannot_push_the_quiet_tenants_p95_above_twice_its_alone(
             except BaseException as exc:  # reported by the main thread
                 errors.append(exc)
 
+        # The queue's length is a gauge: one look can fall between two waits (a fast engine drains a
+        # queue of a few in tens of milliseconds), so it is sampled through the loaded phase.
+        queue_samples: list[float] = []
+
+        def sample_queue() -> None:
+            while not stop.wait(0.05):
+                queue_samples.append(metric(client.get("/metrics").text, "pixtral_router_queued_requests", track="stable"))
+
         workers = [threading.Thread(target=noisy, daemon=True) for _ in range(NOISY_WORKERS)]
+        workers.append(threading.Thread(target=sample_queue, daemon=True))
         for w in workers:
             w.start()
         try:
             time.sleep(3 * PERIOD_SECONDS)  # the noisy backlog builds up first
-            queued = metric(client.get("/metrics").text, "pixtral_router_queued_requests", track="stable")
             loaded = paced(client, "quiet", QUIET_REQUESTS, threading.Event())
         finally:
             stop.set()
             for w in workers:
                 w.join(timeout=180)
+        queued = max(queue_samples, default=0.0)
         assert not errors, errors
         m = client.get("/metrics").text
 
@@ -143,7 +154,7 @@ def test_a_noisy_tenant_cannot_push_the_quiet_tenants_p95_above_twice_its_alone(
     summary = (f"quiet alone p95 {p95(alone):.3f}s (median {statistics.median(alone):.3f}s), "
                f"with the noisy tenant p95 {p95(loaded):.3f}s (median {statistics.median(loaded):.3f}s); "
                f"noisy: {noisy_count} requests, p95 {p95(sum(noisy_latencies, [])):.3f}s; "
-               f"queued when measured: {queued:g}")
+               f"queue length at most {queued:g} in {len(queue_samples)} looks")
     print(summary)
     # The noisy tenant did saturate the track: it waited in the router's queue.
     assert queued >= 1, summary
