@@ -121,7 +121,13 @@ def register(
         outcome = await asyncio.to_thread(run_reconcile, body, kube, settings, inflight, wait=False)
         return None if outcome is None else True
 
-    routine: set[str] = {"resync", "recheck", "autoscale", "canary"}  # the timers below
+    routine: set[str] = set()
+
+    def timer(handler_id: str, **options: Any) -> Any:
+        """kopf.timer for this resource; a timer is routine (one pass per object per interval)."""
+        routine.add(handler_id)
+        return kopf.timer(**resource, id=handler_id, **options)
+
     if cache is not None:
         routine |= register_watches(registry, cache, Requeue(reconcile_from_cache))
 
@@ -140,17 +146,17 @@ def register(
     # A change of a child (a pod becomes ready, a hand edit) or of a node's GPUs reconciles the owner
     # through the watches (handlers/watch.py); a missing Secret or claim is re-checked below. This
     # slow pass (PIXTRAL_RESYNC_SECONDS) is the safety net; it writes nothing when nothing changed.
-    @kopf.timer(**resource, id="resync", interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
+    @timer("resync", interval=settings.resync_seconds, initial_delay=settings.resync_seconds)
     def resync(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(body, kube, settings, inflight, retry=retry, wait=False)
         after(body)
 
-    @kopf.timer(**resource, id="recheck", interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS,
+    @timer("recheck", interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS,
                 when=_waits_for_a_reference)
     def recheck(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(body, kube, settings, inflight, retry=retry, wait=False)
 
-    @kopf.timer(**resource, id="autoscale", interval=settings.autoscale_seconds, when=_autoscaling_enabled)
+    @timer("autoscale", interval=settings.autoscale_seconds, when=_autoscaling_enabled)
     async def autoscale(body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         # The cached body holds the status this operator wrote last, which kopf's may not have yet:
@@ -165,7 +171,7 @@ def register(
 
     canary_loop = CanaryLoop(kube, scaler.prometheus, settings)
 
-    @kopf.timer(**resource, id="canary", interval=settings.canary_seconds, when=_canary_analysis)
+    @timer("canary", interval=settings.canary_seconds, when=_canary_analysis)
     async def canary(body: kopf.Body, retry: int, **_: Any) -> None:
         import asyncio
 

@@ -27,9 +27,8 @@ def _split(api_version: str) -> tuple[str, str]:
 
 def register_watches(registry: kopf.OperatorRegistry, cache: ObjectCache, requeue: Requeue) -> frozenset[str]:
     """Returns the ids of the event handlers, which run for every watch event (logfilter.py)."""
-    for api_version, kind, plural in WATCHED_CHILD_KINDS:
-        group, version = _split(api_version)
-        _register_child(registry, cache, requeue, group, version, plural, kind)
+    ids = {_register_child(registry, cache, requeue, *_split(api_version), plural, kind)
+           for api_version, kind, plural in WATCHED_CHILD_KINDS}
 
     cache.nodes_watched = True
 
@@ -41,7 +40,11 @@ def register_watches(registry: kopf.OperatorRegistry, cache: ObjectCache, requeu
     # The index above has stored it already; compare with what the last event showed.
     gpu_seen: dict[str, Any] = {}
 
-    @kopf.on.event(group="", version="v1", plural="nodes", id="node-changed", registry=registry)
+    def on_event(handler_id: str, **where: Any) -> Any:
+        ids.add(handler_id)
+        return kopf.on.event(**where, id=handler_id, registry=registry)
+
+    @on_event("node-changed", group="", version="v1", plural="nodes")
     async def node_event(event: kopf.RawEvent, **_: Any) -> None:
         name = event["object"]["metadata"]["name"]
         if event["type"] == "DELETED":
@@ -63,20 +66,23 @@ def register_watches(registry: kopf.OperatorRegistry, cache: ObjectCache, requeu
     async def index_owner(body: kopf.Body, **_: Any) -> None:
         cache.put(dict(body))
 
-    @kopf.on.event(group=GROUP, version=VERSION, plural=PLURAL, id="pixtraldeployment-gone", registry=registry)
+    @on_event("pixtraldeployment-gone", group=GROUP, version=VERSION, plural=PLURAL)
     async def owner_event(event: kopf.RawEvent, **_: Any) -> None:
         if event["type"] == "DELETED":
             meta = event["object"]["metadata"]
             cache.discard(event["object"].get("kind", ""), meta.get("namespace"), meta["name"])
             requeue.forget((meta.get("namespace"), meta["name"]))
 
-    return frozenset({"node-changed", "pixtraldeployment-gone", *(f"{plural}-changed" for _, _, plural in WATCHED_CHILD_KINDS)})
+    return frozenset(ids)
 
 
 def _register_child(
     registry: kopf.OperatorRegistry, cache: ObjectCache, requeue: Requeue,
     group: str, version: str, plural: str, kind: str,
-) -> None:
+) -> str:
+    """Returns the id of the child kind's event handler."""
+    changed_id = f"{plural}-changed"
+
     @kopf.index(group=group, version=version, plural=plural, id=f"{plural}-cache", registry=registry)
     async def index_child(body: kopf.Body, **_: Any) -> None:
         obj = dict(body)
@@ -87,7 +93,7 @@ def _register_child(
         else:
             cache.discard(kind, meta.get("namespace"), meta.get("name"))
 
-    @kopf.on.event(group=group, version=version, plural=plural, id=f"{plural}-changed", registry=registry)
+    @kopf.on.event(group=group, version=version, plural=plural, id=changed_id, registry=registry)
     async def child_event(event: kopf.RawEvent, **_: Any) -> None:
         obj = event["object"]
         meta = obj.get("metadata") or {}
@@ -97,3 +103,5 @@ def _register_child(
         if owner is not None and event["type"] is not None:
             # The initial listing (type None) changed nothing: the resume handlers reconcile anyway.
             await requeue.kick(owner)
+
+    return changed_id
