@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +22,7 @@ from . import admission, dispatch, fairqueue, urlpolicy, usage
 from .accesslog import AccessLog
 from .body import BodyBudget, ClientDisconnected, Reservation, budget_for, read_body
 from .choice import choose, choose_track
-from .config import IMAGE_AFFINITY, TRACKS, RouterConfig, load_config_file
+from .config import IMAGE_AFFINITY, TRACKS, RouterConfig, TracingPolicy, load_config_file
 from .errors import (
     AdmissionError,
     MethodNotAllowed,
@@ -43,6 +44,7 @@ from .requestid import HEADER as REQUEST_ID_HEADER
 from .requestid import accept_request_id, new_request_id
 from .settings import RouterSettings
 from .state import RouterState
+from .tracing import TRACEPARENT, RequestTracer
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("pixtral_runtime.router")
@@ -111,6 +113,10 @@ class RouterApp:
         # Tenant requests only: the probes and /metrics are no tenant's (accesslog.py).
         self.access_log = AccessLog() if settings.access_log else None
         self._unlogged = {self._healthz, self._readyz, self._metrics}
+        # Spans per tenant request (tracing.py); rebuilt when the configuration's policy changes.
+        self.tracer: RequestTracer | None = None
+        self._route_names = {handler: route for route, handler in self._routes.items()}
+        self.state.on_config_applied = self._apply_tracing
 
     # ---- ASGI entry -------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,11 +130,17 @@ class RouterApp:
         request = RequestInfo(time.perf_counter())
         path = scope["path"].rstrip("/") or "/"
         handler = self._routes.get(path)
+        tracer = self.tracer if handler not in self._unlogged else None
+        if tracer is not None:
+            request.span = tracer.start(scope["method"], self._route_names.get(handler),
+                                        _header(scope, TRACEPARENT))
         try:
             await self._handle(scope, receive, send, request, path, handler)
         finally:
             if self.access_log is not None and handler not in self._unlogged:
                 self.access_log.record(request, scope["method"], scope["path"])
+            if tracer is not None:
+                tracer.finish(request.span, request, scope["method"], scope["path"])
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo, path: str,
                       handler: Callable[[Scope, Receive, Send, RequestInfo], Awaitable[None]] | None) -> None:
@@ -218,6 +230,33 @@ class RouterApp:
             self.upstream.close()
         if self.access_log is not None:
             self.access_log.flush()
+        if self.tracer is not None:
+            tracer, self.tracer = self.tracer, None
+            await asyncio.to_thread(tracer.shutdown)
+
+    def _apply_tracing(self, config: RouterConfig) -> None:
+        """A changed tracing policy takes effect for the next request, without a restart; the old
+        tracer exports what it holds in a thread (its shutdown waits on the network)."""
+        old = self.tracer
+        policy = config.tracing
+        if (old.policy if old is not None else TracingPolicy()) == policy:
+            return
+        self.tracer = None
+        if policy.endpoint:
+            resource = {"pixtral.deployment": config.deployment}
+            if self.settings.namespace:
+                resource["k8s.namespace.name"] = self.settings.namespace
+            try:
+                self.tracer = RequestTracer(policy, resource)
+            except Exception:  # a broken exporter must not take the router down with it
+                log.exception("tracing to %s could not start; requests are served untraced", policy.endpoint)
+            else:
+                log.info("tracing to %s (%s), sampling ratio %g", policy.endpoint, policy.protocol,
+                         policy.sampling_ratio)
+        elif old is not None:
+            log.info("tracing off")
+        if old is not None:
+            threading.Thread(target=old.shutdown, name="tracer-shutdown", daemon=True).start()
 
     # ---- small endpoints --------------------------------------------------------------------------
     async def _healthz(self, scope: Scope, receive: Receive, send: Send, request: RequestInfo) -> None:
@@ -326,6 +365,7 @@ class RouterApp:
                 for host in admitted.hosts:
                     await _check_host(loop, host)
                 if admitted.images:
+                    request.images, request.pixels = admitted.images, admitted.pixels
                     limiter.take_images(tenant, admitted.images, admitted.pixels / 1e6)
                     self.metrics.tenant_images(tenant, admitted.images, admitted.pixels)
                 track = choose_track(
@@ -461,6 +501,8 @@ class RouterApp:
         headers = forwarded(scope["headers"], DROP_REQUEST) + self.internal_key.headers()
         # The request ID the router accepted or made: vLLM names the request by it (requestid.py).
         headers.append((REQUEST_ID_HEADER, request.request_id or new_request_id()))
+        if request.span is not None:
+            headers.append((TRACEPARENT, RequestTracer.traceparent(request.span)))
         exclude: list[str] = []
         outstanding = state.outstanding
         routing = self._config().routing

@@ -84,6 +84,21 @@ class QueuePolicy:
     max_wait_seconds: float = 30.0
 
 
+# OTLP protocols the router and vLLM both export with (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL's values).
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+@dataclass(frozen=True)
+class TracingPolicy:
+    # The OTLP traces endpoint as the exporter takes it (for http/protobuf the full URL, .../v1/traces);
+    # None: tracing off. The operator derives it from spec.tracing (docs/operations.md, "Tracing").
+    endpoint: str | None = None
+    protocol: str = "grpc"
+    # Share of requests traced, decided per trace ID; vLLM follows the router's decision (its
+    # sampler is parent-based), so a trace never holds one side only.
+    sampling_ratio: float = 1.0
+
+
 @dataclass(frozen=True)
 class TenancyPolicy:
     api_keys_secret: str | None = None
@@ -109,6 +124,7 @@ class RouterConfig:
     tenancy: TenancyPolicy = TenancyPolicy()
     routing: RoutingPolicy = RoutingPolicy()
     fair_queuing: QueuePolicy = QueuePolicy()
+    tracing: TracingPolicy = TracingPolicy()
     request_timeout_seconds: float = 600.0
     pending_timeout_seconds: float = 120.0
     # The router's own Service: its ready endpoints are the replicas that share each tenant's limits.
@@ -226,6 +242,17 @@ def _routing(raw: dict, where: str) -> RoutingPolicy:
     return RoutingPolicy(strategy=strategy, epsilon=epsilon)
 
 
+def _tracing(raw: dict, where: str) -> TracingPolicy:
+    endpoint = _str(raw, "endpoint", where, None)
+    protocol = _str(raw, "protocol", where, TracingPolicy.protocol)
+    if protocol not in OTLP_PROTOCOLS:
+        raise ConfigError(f"{where}.protocol must be one of {', '.join(OTLP_PROTOCOLS)}, got {protocol!r}")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.endpoint must be an http:// or https:// URL, got {endpoint[:80]!r}")
+    ratio = _number(raw, "samplingRatio", where, TracingPolicy.sampling_ratio, minimum=0.0, maximum=1.0)
+    return TracingPolicy(endpoint=endpoint or None, protocol=protocol, sampling_ratio=ratio)
+
+
 def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
     """Validate the decoded config.json; raises ConfigError naming the field."""
     _expect(data, dict, source, "a JSON object")
@@ -299,6 +326,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
 
     routing = _routing(_obj(data, "routing", where), f"{where}.routing")
     fair_queuing = _fair_queuing(_obj(data, "fairQueuing", where), f"{where}.fairQueuing")
+    tracing = _tracing(_obj(data, "tracing", where), f"{where}.tracing")
 
     api_keys: dict[str, str] | None = None
     if data.get("apiKeys") is not None:
@@ -320,6 +348,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
         tenancy=tenancy,
         routing=routing,
         fair_queuing=fair_queuing,
+        tracing=tracing,
         request_timeout_seconds=_number(data, "requestTimeoutSeconds", where, 600.0, minimum=0.001),
         pending_timeout_seconds=_number(data, "pendingTimeoutSeconds", where, 120.0, minimum=0.0),
         router_service=_str(data, "routerService", where, None),
@@ -331,7 +360,7 @@ def parse_config(data: Any, *, source: str = "config.json") -> RouterConfig:
 KNOWN_TOP_LEVEL = frozenset(
     {
         "deployment", "servedModelName", "tracks", "canary", "overrideHeader", "admission", "tenancy", "routing",
-        "fairQueuing",
+        "fairQueuing", "tracing",
         "requestTimeoutSeconds", "pendingTimeoutSeconds", "routerService", "backends", "apiKeys",
     }
 )

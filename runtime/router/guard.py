@@ -24,7 +24,7 @@ class RequestInfo:
     """What the error path, the metrics and the access log need to know about one request."""
 
     __slots__ = ("tenant", "track", "response_started", "response_done", "client_gone", "request_id", "started",
-                 "backend", "status", "request_bytes", "response_bytes", "tap")
+                 "backend", "status", "request_bytes", "response_bytes", "tap", "images", "pixels", "span")
 
     def __init__(self, started: float = 0.0) -> None:
         self.tenant = "-"
@@ -39,6 +39,11 @@ class RequestInfo:
         self.request_bytes = 0
         self.response_bytes = 0
         self.tap = None
+        # What admission counted (the access log and the trace show it).
+        self.images = 0
+        self.pixels = 0
+        # The request's tracing span (tracing.py), None while tracing is off.
+        self.span = None
 
 
 class Guard:

@@ -1,8 +1,9 @@
 """Which headers cross the router, both ways (RFC 9110 7.6.1).
 
 Hop-by-hop headers, and any header a `Connection` header names, belong to one connection and are
-not forwarded; neither are the ones the router sets itself (Host, Content-Length, X-Request-Id) or the tenant's
-key (the runtime has no business with it: the router sends its internal key instead, internalkey.py).
+not forwarded; neither are the ones the router sets itself (Host, Content-Length, X-Request-Id, traceparent) or the
+tenant's key (the runtime has no business with it: the router sends its internal key instead,
+internalkey.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization", b"te",
      b"trailer", b"transfer-encoding", b"upgrade"}
 )
-DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"expect", b"x-request-id"}
+# A client's trace context stays here: the router's own span is vLLM's parent (tracing.py says why).
+DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"expect", b"x-request-id",
+                             b"traceparent", b"tracestate"}
 DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server", b"content-length", b"x-request-id"}
 
 

@@ -80,6 +80,8 @@ class RouterState:
         self.metrics = metrics
         # Called with every backend of every track after a change (the app prunes per-backend state).
         self.on_backends_changed: Callable[[set[str]], None] | None = None
+        # Called with each configuration once applied (the app rebuilds its tracer from it).
+        self.on_config_applied: Callable[[RouterConfig], None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -100,6 +102,8 @@ class RouterState:
         self._rebuild_authenticator()
         self.metrics.config_loaded.set(1)
         self._export_ready()
+        if self.on_config_applied is not None:
+            self.on_config_applied(config)
         log.info(
             "config applied: deployment=%s canary weight=%s tenants=%d auth=%s",
             config.deployment, config.canary_weight, len(config.tenancy.tenants),
