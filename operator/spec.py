@@ -136,6 +136,19 @@ class Router:
     fair_queuing: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+# spec.tracing's protocols: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL's values that vLLM and the router both export with.
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracing:
+    """spec.tracing: where the router and the engines send their spans; off without an endpoint."""
+
+    endpoint: str | None = None
+    protocol: str = "grpc"
+    sampling_ratio: float = 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Scheduling:
     node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -160,6 +173,7 @@ class PixtralSpec:
     autoscaling: Autoscaling
     router: Router
     scheduling: Scheduling
+    tracing: Tracing = Tracing()
 
     def tracks(self) -> list[TrackSpec]:
         return [self.stable] + ([self.canary_track] if self.canary_track else [])
@@ -217,6 +231,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
     router = spec.get("router") or {}
     scheduling = spec.get("scheduling") or {}
     canary_raw = spec.get("canary")
+    tracing = spec.get("tracing") or {}
 
     stable = TrackSpec(
         track="stable",
@@ -314,5 +329,10 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> PixtralSpec:
             tolerations=tuple(scheduling.get("tolerations") or ()),
             affinity=scheduling.get("affinity"),
             priority_class_name=scheduling.get("priorityClassName"),
+        ),
+        tracing=Tracing(
+            endpoint=tracing.get("endpoint") or None,
+            protocol=str(tracing.get("protocol", Tracing.protocol)),
+            sampling_ratio=float(tracing.get("samplingRatio", Tracing.sampling_ratio)),
         ),
     )

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pixtral_operator.canary_analysis import Policy, PolicyError
-from pixtral_operator.spec import SpecProblem
+from pixtral_operator.spec import OTLP_PROTOCOLS, SpecProblem
 from pixtral_runtime.supervisor.command import conflicting_managed_flag
 
 # Kubernetes names a Service (and so each track's and the router's) with a DNS-1035 label of at
@@ -47,6 +47,13 @@ OPERATOR_ENV_NAMES = (
     "HF_HOME",
     "VLLM_CACHE_ROOT",
     "TORCHINDUCTOR_CACHE_DIR",
+    # spec.tracing (operator/render/tracing.py)
+    "PIXTRAL_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
 )
 
 # resource.Quantity's syntax (k8s.io/apimachinery), without the sign: a request must be positive.
@@ -144,6 +151,29 @@ def _env_problems(field: str, env: Any) -> Iterator[SpecProblem]:
             )
 
 
+# spec.tracing.endpoint: an http(s) URL with a host, no user info, query or fragment (the CRD's pattern).
+TRACING_ENDPOINT = re.compile(r"^https?://[^/?#@\s]+(/[^?#@\s]*)?$")
+
+
+def _tracing_problems(tracing: Any) -> Iterator[SpecProblem]:
+    if not isinstance(tracing, Mapping):
+        yield SpecProblem("spec.tracing", "InvalidTracing", "spec.tracing must be an object")
+        return
+    endpoint = tracing.get("endpoint")
+    if endpoint is not None and (not isinstance(endpoint, str) or not TRACING_ENDPOINT.match(endpoint)):
+        yield SpecProblem("spec.tracing.endpoint", "InvalidTracing",
+                          f"spec.tracing.endpoint must be an http:// or https:// URL without credentials, query or "
+                          f"fragment (e.g. http://otel-collector.observability:4317), got {str(endpoint)[:100]!r}")
+    protocol = tracing.get("protocol", OTLP_PROTOCOLS[0])
+    if protocol not in OTLP_PROTOCOLS:
+        yield SpecProblem("spec.tracing.protocol", "InvalidTracing",
+                          f"spec.tracing.protocol must be one of {', '.join(OTLP_PROTOCOLS)}, got {protocol!r}")
+    ratio = tracing.get("samplingRatio", 1.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        yield SpecProblem("spec.tracing.samplingRatio", "InvalidTracing",
+                          f"spec.tracing.samplingRatio must be a number from 0 to 1, got {ratio!r}")
+
+
 def spec_problems(name: str, spec: Mapping[str, Any]) -> list[SpecProblem]:
     """Pure: every rule of the CRD that an old object may break, each naming its field."""
     problems = name_problems(name)
@@ -164,6 +194,8 @@ def spec_problems(name: str, spec: Mapping[str, Any]) -> list[SpecProblem]:
                 problems += _extra_args_problems(f"{engine_field}.extraArgs", engine["extraArgs"])
             if "env" in engine:
                 problems += _env_problems(f"{engine_field}.env", engine["env"])
+    if spec.get("tracing") is not None:
+        problems += _tracing_problems(spec["tracing"])
     resources = spec.get("resources")
     if isinstance(resources, Mapping):
         for key in ("cpu", "memory"):

@@ -96,7 +96,7 @@ def test_crd_reference_doc_is_generated_from_the_schema():
 from pixtral_operator import validation as V  # noqa: E402
 from pixtral_operator.render import desired_children  # noqa: E402
 from pixtral_operator.settings import OperatorSettings  # noqa: E402
-from pixtral_operator.spec import parse  # noqa: E402
+from pixtral_operator.spec import OTLP_PROTOCOLS, Tracing, parse  # noqa: E402
 from pixtral_runtime.supervisor.command import MANAGED_FLAGS  # noqa: E402
 
 ENGINE = SPEC["engine"]["properties"]
@@ -106,6 +106,7 @@ EVERY_CHILD = {  # a spec that renders every kind of child
     "canary": {"weight": 10, "engine": {"image": "r:2"}},
     "router": {"apiKeysSecretRef": {"name": "keys"}},
     "model": {"revision": "main", "source": {"hub": {"tokenSecretRef": {"name": "hf"}}}},
+    "tracing": {"endpoint": "http://otel-collector.observability:4317"},
 }
 
 
@@ -157,6 +158,13 @@ def test_the_canary_is_held_to_the_same_rules_as_stable():
     assert "x-kubernetes-preserve-unknown-fields" not in CANARY["model"]["properties"]["source"]
 
 
+def test_the_tracing_endpoint_pattern_is_the_operators():
+    tracing = SPEC["tracing"]["properties"]
+    assert tracing["endpoint"]["pattern"] == V.TRACING_ENDPOINT.pattern
+    assert tuple(tracing["protocol"]["enum"]) == OTLP_PROTOCOLS
+    assert tracing["protocol"]["default"] == Tracing.protocol and tracing["samplingRatio"]["default"] == Tracing.sampling_ratio
+
+
 def test_quantities_have_a_rule():
     for key in ("cpu", "memory"):
         (rule,) = SPEC["resources"]["properties"][key]["x-kubernetes-validations"]
@@ -183,6 +191,11 @@ REFUSED = [
     ("demo", {"resources": {"cpu": 0}}, "spec.resources.cpu"),
     ("demo", {"resources": {"memory": "-1Gi"}}, "spec.resources.memory"),
     ("demo", {"resources": {"memory": "48GB"}}, "spec.resources.memory"),
+    ("demo", {"tracing": {"endpoint": "otel-collector:4317"}}, "spec.tracing.endpoint"),
+    ("demo", {"tracing": {"endpoint": "http://user:pw@otel-collector:4317"}}, "spec.tracing.endpoint"),
+    ("demo", {"tracing": {"endpoint": "http://c:4318/v1/traces?x=1"}}, "spec.tracing.endpoint"),
+    ("demo", {"tracing": {"endpoint": "http://c:4317", "protocol": "http/json"}}, "spec.tracing.protocol"),
+    ("demo", {"tracing": {"samplingRatio": 2}}, "spec.tracing.samplingRatio"),
 ]
 
 
@@ -204,6 +217,8 @@ def test_operator_check_names_the_field(name, raw, field):
         ("demo", {"engine": {"env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PIXTRAL_LOG_LEVEL"}]}}),
         ("demo", {"canary": {"model": {"source": {"pvc": {"claimName": "w2"}}}, "engine": {"extraArgs": []}}}),
         ("demo", EVERY_CHILD),
+        ("demo", {"tracing": {"endpoint": "https://otlp.example.com:443/v1/traces", "protocol": "http/protobuf",
+                              "samplingRatio": 0}}),
     ],
 )
 def test_operator_check_accepts_the_edge_of_each_rule(name, raw):

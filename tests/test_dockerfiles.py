@@ -80,8 +80,10 @@ def test_runtime_image():
 
 def test_runtime_image_adds_what_vllm_lacks():
     """Every runtime dependency is either in vLLM's image or installed explicitly by the Dockerfile."""
+    # vLLM requires the OpenTelemetry SDK and opentelemetry-exporter-otlp (both OTLP exporters).
     shipped_with_vllm = {"fastapi", "uvicorn", "httpx", "mistral-common", "pillow", "safetensors",
-                         "pyyaml", "prometheus-client"}
+                         "pyyaml", "prometheus-client", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc",
+                         "opentelemetry-exporter-otlp-proto-http"}
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     needed = {re.split(r"[<>=!~\[ ]", requirement)[0].lower()
               for requirement in project["dependencies"] + project["optional-dependencies"]["runtime"]}
@@ -92,7 +94,8 @@ def test_runtime_image_adds_what_vllm_lacks():
 
 # What the router's modules import that is not the standard library, and the distribution providing it.
 ROUTER_IMPORT_SOURCES = {"uvicorn": "uvicorn", "httptools": "uvicorn", "uvloop": "uvicorn", "kubernetes": "kubernetes",
-                         "orjson": "orjson", "PIL": "pillow", "prometheus_client": "prometheus-client", "yaml": "pyyaml"}
+                         "orjson": "orjson", "PIL": "pillow", "prometheus_client": "prometheus-client", "yaml": "pyyaml",
+                         "opentelemetry": "opentelemetry-sdk"}
 
 
 def router_imports() -> set[str]:

@@ -78,6 +78,13 @@ def test_revision_is_rendered_only_when_set_and_extra_args_come_last():
     assert argv[-3:] == ["--enforce-eager", "--dtype", "bfloat16"]
 
 
+def test_the_traces_endpoint_is_rendered_only_when_set():
+    assert "--otlp-traces-endpoint" not in vllm_command(SETTINGS, LaunchForm.VLLM_SERVE, "python")
+    traced = dataclasses.replace(SETTINGS, otlp_traces_endpoint="http://collector.obs:4317")
+    argv = vllm_command(traced, LaunchForm.VLLM_SERVE, "python")
+    assert flag_value(argv, "--otlp-traces-endpoint") == "http://collector.obs:4317"
+
+
 def test_served_model_name_defaults_to_the_model_string():
     argv = vllm_command(RuntimeSettings(model="mistralai/Pixtral-12B-2409"), LaunchForm.VLLM_SERVE, "python")
     assert flag_value(argv, "--served-model-name") == "mistralai/Pixtral-12B-2409"
@@ -103,6 +110,7 @@ def test_served_model_name_defaults_to_the_model_string():
         (["--max-num-seqs", "64"], "--max-num-seqs"),
         (["--host", "0.0.0.0"], "--host"),
         (["--revision", "main"], "--revision"),
+        (["--otlp-traces-endpoint=http://elsewhere:4317"], "--otlp-traces-endpoint"),
         # argparse expands unambiguous prefixes, so these would reach a managed flag too.
         (["--max-num-s", "64"], "--max-num-seqs"),
         (["--served-model", "x"], "--served-model-name"),

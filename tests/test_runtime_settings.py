@@ -58,6 +58,7 @@ def test_empty_env_values_mean_unset():
         ([], {"PIXTRAL_VLLM_PORT": "70000"}, "PIXTRAL_VLLM_PORT"),
         (["--health-port", "8000"], {}, "health port"),
         ([], {"PIXTRAL_DRAIN_TIMEOUT_SECONDS": "-5"}, "PIXTRAL_DRAIN_TIMEOUT_SECONDS"),
+        ([], {"PIXTRAL_OTLP_TRACES_ENDPOINT": "collector:4317"}, "PIXTRAL_OTLP_TRACES_ENDPOINT"),
         ([], {"PIXTRAL_LOAD_FORMAT": "auto"}, "PIXTRAL_LOAD_FORMAT"),
         ([], {"PIXTRAL_EXTRA_ARGS": "--enforce-eager"}, "PIXTRAL_EXTRA_ARGS"),
         ([], {"PIXTRAL_EXTRA_ARGS": '{"a": 1}'}, "PIXTRAL_EXTRA_ARGS"),

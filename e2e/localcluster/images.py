@@ -93,7 +93,8 @@ PYTHON_ENV = (
 )
 # What `pixtral_runtime.router` imports from the runtime extra (runtime/router/*.py, runtime/cli.py):
 # not fastapi, httpx, mistral-common or safetensors, which only the vLLM side uses.
-ROUTER_DISTRIBUTIONS = frozenset({"uvicorn", "kubernetes", "orjson", "pillow"})
+ROUTER_DISTRIBUTIONS = frozenset({"uvicorn", "kubernetes", "orjson", "pillow", "opentelemetry-sdk",
+                                  "opentelemetry-exporter-otlp-proto-grpc", "opentelemetry-exporter-otlp-proto-http"})
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COPY_BUFFER = 1 << 20

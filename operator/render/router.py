@@ -10,6 +10,7 @@ from pixtral_operator.render import labels as L
 from pixtral_operator.render.internalkey import KEY as INTERNAL_KEY
 from pixtral_operator.render.policy import pod_scrape_annotations
 from pixtral_operator.render.security import container_security_context, pod_security_context
+from pixtral_operator.render.tracing import router_tracing
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import PixtralSpec, TenantLimits
 
@@ -79,6 +80,7 @@ def router_config(spec: PixtralSpec) -> dict[str, Any]:
         # The router's field names are the CRD's; it reads 0 (off) where backendConcurrency is absent.
         "fairQueuing": {k: v for k, v in spec.router.fair_queuing.items()
                         if k in ("backendConcurrency", "maxQueuedPerTenant", "maxQueued", "maxWaitSeconds")},
+        "tracing": router_tracing(spec),
         "requestTimeoutSeconds": spec.router.request_timeout_seconds,
         "pendingTimeoutSeconds": spec.router.pending_timeout_seconds,
         # Its ready endpoints are the replicas that share each tenant's limits (docs/router.md, "Limits").

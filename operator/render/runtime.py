@@ -10,6 +10,7 @@ from pixtral_operator.render import labels as L
 from pixtral_operator.render.internalkey import KEY as INTERNAL_KEY
 from pixtral_operator.render.policy import pod_scrape_annotations
 from pixtral_operator.render.security import container_security_context, pod_security_context
+from pixtral_operator.render.tracing import runtime_tracing_env
 from pixtral_operator.settings import OperatorSettings
 from pixtral_operator.spec import MODEL_MOUNT_PATH, PixtralSpec, TrackSpec
 from pixtral_operator.validation import QUANTITY
@@ -104,6 +105,7 @@ def _env(spec: PixtralSpec, track: TrackSpec) -> list[dict[str, Any]]:
             }
         )
     env += [{"name": name, "value": value} for name, value in CACHE_ENV]
+    env += runtime_tracing_env(spec, track)
     managed = {e["name"] for e in env}
     env.extend(dict(e) for e in track.env if e.get("name") not in managed)
     return env

@@ -51,6 +51,8 @@ MANAGED_FLAGS: dict[str, tuple[str, ...]] = {
     # The internal key comes from VLLM_API_KEY (a Secret the operator generates; docs/runtime.md):
     # on the command line it would show in `ps` and the pod spec, and an extra arg would replace it.
     "--api-key": (),
+    # spec.tracing: an extra arg would send the engine's spans elsewhere than the router's.
+    "--otlp-traces-endpoint": (),
 }
 
 # A host name that can never resolve (RFC 6761 `.invalid`): vLLM treats an empty domain list as
@@ -133,6 +135,8 @@ def engine_flags(settings: RuntimeSettings) -> list[str]:
     ]
     if settings.revision:
         flags += ["--revision", settings.revision]
+    if settings.otlp_traces_endpoint:
+        flags += ["--otlp-traces-endpoint", settings.otlp_traces_endpoint]
     # What image affinity feeds on (docs/runtime.md, "Caches"), stated rather than left to vLLM's
     # defaults. Not managed: engine.extraArgs come later and may change them (the last flag wins).
     flags += ["--enable-prefix-caching", "--mm-processor-cache-gb", f"{settings.mm_processor_cache_gb:g}"]

@@ -47,6 +47,9 @@ class RuntimeSettings:
     health_port: int = 8081
     drain_timeout_seconds: float = 30.0
     load_format: str = "mistral"
+    # vLLM's --otlp-traces-endpoint: it exports a span per request there, a child of the router's
+    # (traceparent). The protocol and sampler come from OTEL_* variables (docs/operations.md, "Tracing").
+    otlp_traces_endpoint: str | None = None
 
 
 # (field, env var, flag, parser) in the order of docs/settings.md.
@@ -66,6 +69,7 @@ _SETTINGS_TABLE: tuple[tuple[str, str, str, str], ...] = (
     ("health_port", "PIXTRAL_HEALTH_PORT", "--health-port", "int"),
     ("drain_timeout_seconds", "PIXTRAL_DRAIN_TIMEOUT_SECONDS", "--drain-timeout", "float"),
     ("load_format", "PIXTRAL_LOAD_FORMAT", "--load-format", "str"),
+    ("otlp_traces_endpoint", "PIXTRAL_OTLP_TRACES_ENDPOINT", "--otlp-traces-endpoint", "str"),
 )
 
 
@@ -155,6 +159,12 @@ def validate(settings: RuntimeSettings) -> RuntimeSettings:
         raise SettingsError(
             f"load format (PIXTRAL_LOAD_FORMAT / --load-format) must be one of {', '.join(LOAD_FORMATS)}, "
             f"got {settings.load_format!r}"
+        )
+    endpoint = settings.otlp_traces_endpoint
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise SettingsError(
+            "OTLP traces endpoint (PIXTRAL_OTLP_TRACES_ENDPOINT / --otlp-traces-endpoint) must be an http:// or "
+            f"https:// URL, got {endpoint[:80]!r}"
         )
     if settings.drain_timeout_seconds < 0:
         raise SettingsError(
