@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from pixtral_operator.spec import PixtralSpec, TrackSpec, Tracing
+from pixtral_operator.spec import PixtralSpec, Tracing, TrackSpec
 
 # OTLP/HTTP's path for traces; the OTLP/HTTP exporters take the full URL.
 HTTP_TRACES_PATH = "/v1/traces"
