@@ -3,6 +3,7 @@
     python bench/bench_router.py [--duration 10] [--rates 500,1000,2000] [--streams 1000] [--hold 30]
     python bench/bench_router.py --hardening [--baseline e03b236] [--duration 10]
     python bench/bench_router.py --request-ids --baseline <commit> [--rounds 3] [--duration 10]
+    python bench/bench_router.py --tracing [--rounds 3] [--duration 10]
 
 Processes (all on 127.0.0.1, all stopped by PID at the end):
   router            `pixtral-runtime router --config ...`, pinned to core 0 (`taskset -c 0`)
@@ -26,6 +27,10 @@ bench/results/router_hardening.json and the "Router hardening" section of docs/b
 `--request-ids` runs a baseline commit (before request IDs and the access log) and the current
 router with the access log off and on, alternating, plain requests without an x-request-id:
 bench/results/router_request_ids.json and the "Request IDs and access log" section.
+
+`--tracing` runs the current router with tracing off, at samplingRatio 0.1 and at 1, exporting
+over OTLP/gRPC to e2e/tools/otlp_receiver.py on loopback, alternating:
+bench/results/router_tracing.json and the "Tracing" section.
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+
+from docsection import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -605,6 +613,34 @@ REQUEST_IDS_START = "<!-- bench_router_request_ids:start -->"
 REQUEST_IDS_END = "<!-- bench_router_request_ids:end -->"
 
 
+def alternating_rounds(routers: dict[str, tuple[str, subprocess.Popen]], args: argparse.Namespace, lua: Path,
+                       path: str, warmups: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """`args.rounds` wrk runs of each router (url, process), the order turning each round so that no
+    router always runs first or last; each run with the router's CPU time per request. `warmups`,
+    if given, gets the requests each router served while warming up."""
+    for name, (url, _) in routers.items():
+        warm = run_wrk(url + path, args.connections, 3, lua, "1")
+        if warmups is not None:
+            warmups[name] = warm["requests"]
+    names = list(routers)
+    runs: dict[str, list[dict]] = {}
+    for round_ in range(args.rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            url, proc = routers[name]
+            cpu0 = cpu_seconds(proc.pid)
+            out = run_wrk(url + path, args.connections, args.duration, lua, "1")
+            out["router_cpu_us_per_request"] = round(
+                (cpu_seconds(proc.pid) - cpu0) / max(out["requests"], 1) * 1e6, 1)
+            runs.setdefault(name, []).append(out)
+            print(f"[bench] round {round_ + 1} {name}: {out}", flush=True)
+    return runs
+
+
+def median_cpu(runs: list[dict]) -> float:
+    values = sorted(r["router_cpu_us_per_request"] for r in runs)
+    return values[len(values) // 2]
+
+
 def request_ids(args: argparse.Namespace) -> int:
     """The cost of request IDs and the access log: the router before them (--baseline), the
     current router with the access log off, and with it on, side by side, alternating rounds."""
@@ -640,19 +676,7 @@ def request_ids(args: argparse.Namespace) -> int:
                                 "--log-level", "warning", *extra], work / f"router-{i}.log", env=env)
             routers[name] = (f"http://127.0.0.1:{port}", proc)
             wait_http(f"http://127.0.0.1:{port}/readyz")
-        for url, _ in routers.values():
-            run_wrk(url + chat_path, args.connections, 3, lua, "1")  # warm-up
-        names = list(routers)
-        for round_ in range(args.rounds):
-            # The order turns each round: no router always runs first or last in a round.
-            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-                url, proc = routers[name]
-                cpu0 = cpu_seconds(proc.pid)
-                out = run_wrk(url + chat_path, args.connections, args.duration, lua, "1")
-                out["router_cpu_us_per_request"] = round(
-                    (cpu_seconds(proc.pid) - cpu0) / max(out["requests"], 1) * 1e6, 1)
-                results["runs"].setdefault(name, []).append(out)
-                print(f"[bench] round {round_ + 1} {name}: {out}", flush=True)
+        results["runs"] = alternating_rounds(routers, args, lua, chat_path)
         logged = (work / "router-2.log").read_bytes().splitlines()
         results["access_log_lines"] = len(logged)
         results["access_log_example"] = json.loads(logged[-1]) if logged else None
@@ -662,15 +686,11 @@ def request_ids(args: argparse.Namespace) -> int:
                        capture_output=True)
         shutil.rmtree(tree, ignore_errors=True)
 
-    def median_cpu(name: str) -> float:
-        values = sorted(r["router_cpu_us_per_request"] for r in results["runs"][name])
-        return values[len(values) // 2]
-
     results.update(
         when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         loadavg_before=" ".join(loadavg), duration_s=args.duration, connections=args.connections,
-        median_cpu_us={name: median_cpu(name) for name, _, _ in variants},
+        median_cpu_us={name: median_cpu(results["runs"][name]) for name, _, _ in variants},
     )
     out = ROOT / "bench" / "results" / "router_request_ids.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -725,13 +745,121 @@ Median CPU per request against the baseline: request IDs alone
     path.write_text(current)
 
 
+TRACING_START = "<!-- bench_router_tracing:start -->"
+TRACING_END = "<!-- bench_router_tracing:end -->"
+RECEIVER = ROOT / "e2e" / "tools" / "otlp_receiver.py"
+
+
+def tracing(args: argparse.Namespace) -> int:
+    """The cost of tracing on the router: off, on with samplingRatio 0.1, and on with 1 (every
+    request), exporting over OTLP/gRPC to a receiver on loopback, side by side, alternating rounds."""
+    work = Path(tempfile.mkdtemp(prefix="bench-router-tracing-"))
+    up_port, grpc_port, http_port = free_port(), free_port(), free_port()
+    up_url = f"http://127.0.0.1:{up_port}"
+    base = {"deployment": "bench", "servedModelName": "bench", "backends": {"stable": [up_url]},
+            "apiKeys": {"bench": KEY}, "tenancy": {"defaultLimits": {"requestsPerMinute": 0, "maxConcurrent": 0}}}
+    variants = {"tracing off": {}, "samplingRatio 0.1": {"samplingRatio": 0.1}, "samplingRatio 1": {"samplingRatio": 1}}
+    lua = wrk_lua(work / "plain.lua", json.dumps(CHAT).encode(), KEY)
+    procs = Procs()
+    loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    results: dict = {"current": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                               capture_output=True, text=True).stdout.strip()}
+    chat_path = "/v1/chat/completions"
+    try:
+        procs.start(["taskset", "-c", "1", PY, str(ROOT / "bench" / "upstream.py"), "--port", str(up_port)],
+                    work / "upstream.log")
+        # The receiver shares core 1 with the upstream and wrk: the router's core does nothing else.
+        procs.start(["taskset", "-c", "1", PY, str(RECEIVER), "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
+                     "--http-port", str(http_port)], work / "receiver.log")
+        wait_http(up_url + "/health")
+        wait_http(f"http://127.0.0.1:{http_port}/healthz")
+        routers = {}
+        for i, (name, policy) in enumerate(variants.items()):
+            config = dict(base)
+            if policy:
+                config["tracing"] = {"endpoint": f"http://127.0.0.1:{grpc_port}", "protocol": "grpc", **policy}
+            (work / f"router-{i}.json").write_text(json.dumps(config))
+            port = free_port()
+            proc = procs.start(["taskset", "-c", "0", PY, "-m", "pixtral_runtime.cli", "router", "--config",
+                                str(work / f"router-{i}.json"), "--host", "127.0.0.1", "--port", str(port),
+                                "--log-level", "warning", "--no-access-log"], work / f"router-{i}.log")
+            routers[name] = (f"http://127.0.0.1:{port}", proc)
+            wait_http(f"http://127.0.0.1:{port}/readyz")
+        warmups: dict[str, int] = {}
+        results["runs"] = alternating_rounds(routers, args, lua, chat_path, warmups)
+        # Let the last batches leave (the SDK's schedule delay is 5 s) before counting what arrived.
+        time.sleep(7)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/stats", timeout=10) as answer:
+            results["spans_received"] = json.loads(answer.read())["received"]
+    finally:
+        procs.stop_all()
+    results.update(
+        when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        loadavg_before=" ".join(loadavg), duration_s=args.duration, connections=args.connections,
+        median_cpu_us={name: median_cpu(results["runs"][name]) for name in variants},
+        # Every request of ratio 1, a tenth of ratio 0.1's, warm-up runs included.
+        requests_traced_expected=round(
+            sum(r["requests"] for r in results["runs"]["samplingRatio 1"]) + warmups["samplingRatio 1"]
+            + 0.1 * (sum(r["requests"] for r in results["runs"]["samplingRatio 0.1"]) + warmups["samplingRatio 0.1"])),
+    )
+    out = ROOT / "bench" / "results" / "router_tracing.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_docs:
+        write_tracing_docs(results, list(variants))
+    print(json.dumps({k: results[k] for k in ("median_cpu_us", "spans_received", "requests_traced_expected")},
+                     indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def write_tracing_docs(results: dict, names: list[str]) -> None:
+    rows = []
+    for name in names:
+        runs = results["runs"][name]
+        rps = ", ".join(f"{r['requests_per_second']:.0f}" for r in runs)
+        cpu = ", ".join(f"{r['router_cpu_us_per_request']:.0f}" for r in runs)
+        p50 = ", ".join(f"{r['p50_ms']:.2f}" for r in runs)
+        p99 = ", ".join(f"{r['p99_ms']:.2f}" for r in runs)
+        errors = sum(r["socket_errors"] + r["non_2xx"] for r in runs)
+        rows.append(f"| {name} | {rps} | {p50} | {p99} | {cpu} | {results['median_cpu_us'][name]:.0f} | {errors} |")
+    off = results["median_cpu_us"][names[0]]
+    text = f"""{TRACING_START}
+## Tracing
+
+Command: `python bench/bench_router.py --tracing` (commit {results['current']}): one router with
+tracing off, one with `samplingRatio` 0.1 and one with 1 (every request traced), exporting over
+OTLP/gRPC to `e2e/tools/otlp_receiver.py` on loopback, side by side in one run, on
+{results['machine']}, at {results['when']} (load average before: {results['loadavg_before']}).
+Routers pinned to core 0; the upstream, the receiver and `wrk` to core 1. Plain chat requests,
+{results['connections']} connections, {results['duration_s']} s per run,
+{len(results['runs'][names[0]])} rounds, the order turning each round (all numbers shown). The
+router's CPU time per request includes its exporter thread: it is the figure to read.
+
+| router | requests/s | p50 ms | p99 ms | router CPU us/request | median CPU us/request | errors |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Median CPU per request against tracing off: {results['median_cpu_us'][names[1]] - off:+.0f} us at
+ratio 0.1, {results['median_cpu_us'][names[2]] - off:+.0f} us at ratio 1. The receiver counted
+{results['spans_received']} spans, against about {results['requests_traced_expected']} expected
+from the requests served (all of ratio 1's and a tenth of ratio 0.1's, warm-up runs included).
+Raw numbers: `bench/results/router_tracing.json`.
+{TRACING_END}
+"""
+    replace_section(ROOT / "docs" / "benchmarks.md", TRACING_START, TRACING_END, text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="router benchmark (see module docstring)")
     parser.add_argument("--hardening", action="store_true",
                         help="current router vs --baseline side by side: plain, 1 MB images, 1,000 keys, loop stall")
     parser.add_argument("--request-ids", action="store_true",
                         help="the cost of request IDs and the access log: --baseline vs current, log off and on")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--request-ids)")
+    parser.add_argument("--tracing", action="store_true",
+                        help="the cost of tracing: off, samplingRatio 0.1 and 1, exporting to a receiver on loopback")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--request-ids, --tracing)")
     parser.add_argument("--baseline", default="e03b236",
                         help="git commit of the router to compare with (--hardening; default: before the hardening)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
@@ -758,6 +886,8 @@ def main(argv: list[str] | None = None) -> int:
         return hardening(args)
     if args.request_ids:
         return request_ids(args)
+    if args.tracing:
+        return tracing(args)
 
     work = Path(tempfile.mkdtemp(prefix="bench-router-"))
     up_port, router_port = free_port(), free_port()

@@ -211,3 +211,16 @@ async def test_tracing_follows_config_reloads_without_a_restart() -> None:
                 threading.Event().wait(0.02)
         assert len(store.all()) == 1
     assert [bool(h) for h in up.trace_headers] == [False, True, False]
+
+
+def test_the_sampling_rule_is_the_sdks() -> None:
+    from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
+    from pixtral_runtime.router.tracing import sampled
+
+    rng = __import__("random").Random(7)
+    for ratio in (0.0, 0.1, 0.5, 1.0):
+        sdk = TraceIdRatioBased(ratio)
+        for _ in range(500):
+            trace_id = rng.getrandbits(128)
+            expected = sdk.should_sample(None, trace_id, "x").decision is Decision.RECORD_AND_SAMPLE
+            assert sampled(trace_id, ratio) == expected

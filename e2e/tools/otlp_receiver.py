@@ -2,8 +2,9 @@
 
 OTLP/HTTP (`POST /v1/traces`, protobuf) and, where grpcio is installed, OTLP/gRPC (the
 TraceService's Export). `GET /spans` answers every span kept so far as a JSON list; at most
-MAX_SPANS are kept (the oldest go first). It runs as a pod in the e2e tracing test (the router
-image holds opentelemetry-proto and grpcio) and in-process, on loopback, in the router's unit tests.
+MAX_SPANS are kept (the oldest go first). `GET /stats` counts every span received. It runs as a
+pod in the e2e tracing test (the router image holds opentelemetry-proto and grpcio), in-process on
+loopback in the router's unit tests, and as a process on loopback in bench/bench_router.py --tracing.
 
 Why not the OpenTelemetry Collector: its core distribution is a few hundred Go modules, several
 minutes of a cold build on two cores for a test that needs only "which spans arrived"
@@ -69,6 +70,7 @@ class SpanStore:
     def __init__(self, limit: int = MAX_SPANS) -> None:
         self._spans: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
         self._lock = threading.Lock()
+        self.received = 0  # every span ever added, kept or not
 
     def add(self, payload: bytes) -> None:
         request = trace_service_pb2.ExportTraceServiceRequest()
@@ -79,6 +81,7 @@ class SpanStore:
         spans = spans_of(request)
         with self._lock:
             self._spans.extend(spans)
+            self.received += len(spans)
 
     def all(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -108,10 +111,11 @@ def http_server(store: SpanStore, host: str, port: int) -> ThreadingHTTPServer:
             self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802
-            if self.path not in ("/spans", "/healthz"):
+            answers = {"/spans": store.all, "/stats": lambda: {"received": store.received}, "/healthz": lambda: "ok"}
+            if self.path not in answers:
                 self.send_error(404)
                 return
-            body = json.dumps(store.all() if self.path == "/spans" else "ok").encode()
+            body = json.dumps(answers[self.path]()).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
@@ -140,7 +144,7 @@ def grpc_server(store: SpanStore, host: str, port: int) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="An OTLP traces receiver that keeps what it is sent (GET /spans).")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--http-port", type=int, default=4318)
     parser.add_argument("--grpc-port", type=int, default=4317)
