@@ -636,6 +636,17 @@ def alternating_rounds(routers: dict[str, tuple[str, subprocess.Popen]], args: a
     return runs
 
 
+def round_cells(runs: list[dict]) -> dict[str, str | int]:
+    """A router's rounds as table cells: every round's figure, comma-separated, and the errors of all."""
+    return {
+        "rps": ", ".join(f"{r['requests_per_second']:.0f}" for r in runs),
+        "cpu": ", ".join(f"{r['router_cpu_us_per_request']:.0f}" for r in runs),
+        "p50": ", ".join(f"{r['p50_ms']:.2f}" for r in runs),
+        "p99": ", ".join(f"{r['p99_ms']:.2f}" for r in runs),
+        "errors": sum(r["socket_errors"] + r["non_2xx"] for r in runs),
+    }
+
+
 def median_cpu(runs: list[dict]) -> float:
     values = sorted(r["router_cpu_us_per_request"] for r in runs)
     return values[len(values) // 2]
@@ -705,13 +716,10 @@ def request_ids(args: argparse.Namespace) -> int:
 def write_request_ids_docs(results: dict, names: list[str]) -> None:
     rows = []
     for name in names:
-        runs = results["runs"][name]
-        rps = ", ".join(f"{r['requests_per_second']:.0f}" for r in runs)
-        cpu = ", ".join(f"{r['router_cpu_us_per_request']:.0f}" for r in runs)
-        p50 = ", ".join(f"{r['p50_ms']:.2f}" for r in runs)
-        errors = sum(r["socket_errors"] + r["non_2xx"] for r in runs)
+        c = round_cells(results["runs"][name])
         label = f"{name} ({results['baseline'] if name == 'baseline' else results['current']})"
-        rows.append(f"| {label} | {rps} | {p50} | {cpu} | {results['median_cpu_us'][name]:.0f} | {errors} |")
+        rows.append(f"| {label} | {c['rps']} | {c['p50']} | {c['cpu']} | {results['median_cpu_us'][name]:.0f} "
+                    f"| {c['errors']} |")
     base = results["median_cpu_us"]["baseline"]
     text = f"""{REQUEST_IDS_START}
 ## Request IDs and access log
@@ -817,13 +825,9 @@ def tracing(args: argparse.Namespace) -> int:
 def write_tracing_docs(results: dict, names: list[str]) -> None:
     rows = []
     for name in names:
-        runs = results["runs"][name]
-        rps = ", ".join(f"{r['requests_per_second']:.0f}" for r in runs)
-        cpu = ", ".join(f"{r['router_cpu_us_per_request']:.0f}" for r in runs)
-        p50 = ", ".join(f"{r['p50_ms']:.2f}" for r in runs)
-        p99 = ", ".join(f"{r['p99_ms']:.2f}" for r in runs)
-        errors = sum(r["socket_errors"] + r["non_2xx"] for r in runs)
-        rows.append(f"| {name} | {rps} | {p50} | {p99} | {cpu} | {results['median_cpu_us'][name]:.0f} | {errors} |")
+        c = round_cells(results["runs"][name])
+        rows.append(f"| {name} | {c['rps']} | {c['p50']} | {c['p99']} | {c['cpu']} "
+                    f"| {results['median_cpu_us'][name]:.0f} | {c['errors']} |")
     off = results["median_cpu_us"][names[0]]
     text = f"""{TRACING_START}
 ## Tracing

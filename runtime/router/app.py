@@ -130,7 +130,9 @@ class RouterApp:
         request = RequestInfo(time.perf_counter())
         path = scope["path"].rstrip("/") or "/"
         handler = self._routes.get(path)
-        tracer = self.tracer if handler not in self._unlogged else None
+        tracer = self.tracer
+        if tracer is not None and handler in self._unlogged:
+            tracer = None  # probes and /metrics are no tenant's requests
         if tracer is not None:
             request.span = tracer.start(scope["method"], self._route_names.get(handler),
                                         _header(scope, TRACEPARENT))
