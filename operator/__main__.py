@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if not namespaces and not args.all_namespaces:
         namespaces = settings.watch_namespaces
 
-    load_config()
+    # Both thread pools (kopf's handlers, the loop's default executor) call the API server.
+    load_config(connections=2 * settings.worker_threads)
     # Reads of the children and nodes come from the watch-fed cache (operator/cache.py).
     cache = ObjectCache()
     kube = CachedKube(KubeApi(), cache)

@@ -52,12 +52,19 @@ class Kube(Protocol):
     def list_nodes(self) -> list[dict[str, Any]] | None: ...
 
 
-def load_config() -> None:
-    """In a pod: the ServiceAccount; elsewhere: KUBECONFIG / ~/.kube/config."""
+def load_config(connections: int | None = None) -> None:
+    """In a pod: the ServiceAccount; elsewhere: KUBECONFIG / ~/.kube/config. `connections`: keep-alive
+    connections to the API server kept for reuse, at least; the client's default (5 per CPU, so 10
+    on 2 cores) is below the operator's thread count, and every request past it opens and closes a
+    new TLS connection ("Connection pool is full, discarding connection")."""
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+    if connections is not None:
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, connections)
+        client.Configuration.set_default(configuration)
 
 
 class KubeApi:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -83,16 +84,30 @@ def _plain(body: Any) -> dict[str, Any]:
 
 
 # Degraded reasons that only a Secret or claim appearing can heal: neither kind is watched (the operator
-# may never list or watch Secrets), so such an object is re-checked every RECHECK_SECONDS.
+# may never list or watch Secrets), so such an object is re-checked every RECHECK_SECONDS; so is one
+# whose status is behind its spec (behind_its_spec). The check reads kopf's copy of the object: no request.
 UNWATCHED_REFERENCE_REASONS = frozenset({"SecretNotFound", "PersistentVolumeClaimNotFound"})
 RECHECK_SECONDS = 10.0
 
 
-def _waits_for_a_reference(status: kopf.Status, **_: Any) -> bool:
+def waits_for_a_reference(status: Mapping[str, Any]) -> bool:
     return any(
         c.get("type") == "Degraded" and c.get("status") == "True" and c.get("reason") in UNWATCHED_REFERENCE_REASONS
         for c in (status.get("conditions") or ())
     )
+
+
+def behind_its_spec(body: Mapping[str, Any]) -> bool:
+    """No status written for the object's current generation. Normally a matter of seconds, while
+    the change handler runs; it stays so when the change was lost: two peered replicas starting at
+    once both work until one pauses (kopf's peering), and a create the pausing one took is then not
+    handled until the resync. Measured at 200 objects: 3 objects waited the full 300 s."""
+    status = body.get("status") or {}
+    return status.get("observedGeneration") != (body.get("metadata") or {}).get("generation")
+
+
+def _needs_recheck(body: kopf.Body, status: kopf.Status, **_: Any) -> bool:
+    return waits_for_a_reference(status) or behind_its_spec(body)
 
 
 def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
@@ -151,8 +166,7 @@ def register(
         run_reconcile(body, kube, settings, inflight, retry=retry, wait=False)
         after(body)
 
-    @timer("recheck", interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS,
-                when=_waits_for_a_reference)
+    @timer("recheck", interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS, when=_needs_recheck)
     def recheck(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(body, kube, settings, inflight, retry=retry, wait=False)
 
