@@ -12,10 +12,10 @@ ours. The client's `traceparent` and `tracestate` never reach vLLM (headers.DROP
 
 Off (the default: no endpoint), this costs the request path one `is None` test. On, the router
 draws the sampling decision itself, from the trace ID as the SDK's TraceIdRatioBased does, and an
-unsampled request gets only its IDs (for the traceparent that tells vLLM not to trace it either):
-the SDK's span machinery costs about 20 us per request even for a span it will not record, against
-a few for the IDs. A sampled request's span is made and ended on the event loop and the SDK's
-BatchSpanProcessor exports from its own thread (docs/benchmarks.md, "Tracing").
+unsampled request gets only its IDs (for the traceparent that tells vLLM not to trace it either),
+where the SDK would still build its sampler's inputs, a span object and its context. A sampled
+request's span is made and ended on the event loop and the SDK's BatchSpanProcessor exports from
+its own thread; the cost of both is in docs/benchmarks.md, "Tracing".
 """
 
 from __future__ import annotations
