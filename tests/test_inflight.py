@@ -99,6 +99,30 @@ def test_a_refused_apply_raises_a_temporary_error_with_backoff_after_reporting_i
     assert degraded["reason"] == "ApplyFailed"
 
 
+UNMAPPED = ('secrets "demo-apikey" is forbidden: cannot set blockOwnerDeletion in this case because cannot find '
+            'RESTMapping for APIVersion serving.pixtral.dev/v1alpha1 Kind PixtralDeployment: no matches for kind')
+
+
+def test_a_kind_the_api_server_does_not_map_yet_is_retried_every_2s_with_one_warning(posted_events):
+    """Right after the CRD is installed, admission refuses owner references to its kind for a few
+    seconds: retried at a short fixed delay, its Warning posted on the first pass only."""
+    kube = FakeKube(nodes=[gpu_node("gpu-0")])
+    kube.refuse[("Deployment", "demo-stable")] = (403, UNMAPPED)
+    delays = []
+    for retry in range(6):
+        with pytest.raises(kopf.TemporaryError) as raised:
+            handlers.run_reconcile(pxd(), kube, SETTINGS, InFlight(), retry=retry)
+        delays.append(raised.value.delay)
+    assert delays == [2.0] * 6
+    assert [e["reason"] for e in posted_events].count("ApplyFailed") == 1
+    # Any other refusal keeps its backoff and its Warning on every pass.
+    kube.refuse[("Deployment", "demo-stable")] = (403, "deployments.apps is forbidden")
+    with pytest.raises(kopf.TemporaryError) as raised:
+        handlers.run_reconcile(pxd(), kube, SETTINGS, InFlight(), retry=4)
+    assert raised.value.delay == retry_delay(4) == 80
+    assert [e["reason"] for e in posted_events].count("ApplyFailed") == 2
+
+
 def degraded_gauge(name):
     from prometheus_client import REGISTRY
 

@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from pixtral_operator import metrics
 from pixtral_operator.cache import ObjectCache
 from pixtral_operator.canary_loop import CanaryLoop
-from pixtral_operator.children import retry_delay
+from pixtral_operator.children import KIND_NOT_YET_KNOWN, retry_after, retry_delay
 from pixtral_operator.handlers.watch import register_watches
 from pixtral_operator.inflight import InFlight
 from pixtral_operator.k8s import Kube
@@ -57,9 +57,12 @@ def run_reconcile(
     metrics.WRITES.labels(namespace).inc(outcome.writes)
     metrics.DEGRADED.labels(namespace, name).set(1 if outcome.problems else 0)
     for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        # A kind the API server does not map yet is retried every 2 s for up to half a minute: one
+        # Warning says so, not one per pass.
+        if not (retry and KIND_NOT_YET_KNOWN in event.message):
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if outcome.retry:
-        raise kopf.TemporaryError(outcome.problems[-1].message, delay=retry_delay(retry))
+        raise kopf.TemporaryError(outcome.problems[-1].message, delay=retry_after(retry, outcome.problems))
     return outcome
 
 
