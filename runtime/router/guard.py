@@ -39,7 +39,7 @@ class RequestInfo:
         self.request_bytes = 0
         self.response_bytes = 0
         self.tap = None
-        # What admission counted (the access log and the trace show it).
+        # What admission counted, for the trace (tracing.request_attributes).
         self.images = 0
         self.pixels = 0
         # The request's tracing span (tracing.py), None while tracing is off.
