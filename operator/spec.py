@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pixtral_operator.canary_analysis import Policy, PolicyError
+from pixtral_runtime.router.config import TracingPolicy
 
 GROUP = "serving.pixtral.dev"
 VERSION = "v1alpha1"
@@ -136,17 +137,14 @@ class Router:
     fair_queuing: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-# spec.tracing's protocols: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL's values that vLLM and the router both export with.
-OTLP_PROTOCOLS = ("grpc", "http/protobuf")
-
-
 @dataclasses.dataclass(frozen=True)
 class Tracing:
-    """spec.tracing: where the router and the engines send their spans; off without an endpoint."""
+    """spec.tracing: where the router and the engines send their spans; off without an endpoint.
+    Its protocols and defaults are the router's (config.TracingPolicy), which reads what is rendered."""
 
     endpoint: str | None = None
-    protocol: str = "grpc"
-    sampling_ratio: float = 1.0
+    protocol: str = TracingPolicy.protocol
+    sampling_ratio: float = TracingPolicy.sampling_ratio
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pixtral_operator.canary_analysis import Policy, PolicyError
-from pixtral_operator.spec import OTLP_PROTOCOLS, SpecProblem
+from pixtral_operator.spec import SpecProblem
+from pixtral_runtime.router.config import OTLP_PROTOCOLS
 from pixtral_runtime.supervisor.command import conflicting_managed_flag
 
 # Kubernetes names a Service (and so each track's and the router's) with a DNS-1035 label of at

@@ -96,7 +96,8 @@ def test_crd_reference_doc_is_generated_from_the_schema():
 from pixtral_operator import validation as V  # noqa: E402
 from pixtral_operator.render import desired_children  # noqa: E402
 from pixtral_operator.settings import OperatorSettings  # noqa: E402
-from pixtral_operator.spec import OTLP_PROTOCOLS, Tracing, parse  # noqa: E402
+from pixtral_operator.spec import Tracing, parse  # noqa: E402
+from pixtral_runtime.router.config import OTLP_PROTOCOLS  # noqa: E402
 from pixtral_runtime.supervisor.command import MANAGED_FLAGS  # noqa: E402
 
 ENGINE = SPEC["engine"]["properties"]
