@@ -131,17 +131,21 @@ def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, 
                         SCALE_DOWN_WINDOW_SECONDS + 90, "the Deployment back at 1 replica after the window")
         after_stop = down.at - stopped
         print(f"load stop -> replicas 1: {after_stop:.1f}s (window {SCALE_DOWN_WINDOW_SECONDS}s)")
+        steps = recorder.replica_steps(after=started)
+        print(f"replica steps: {[(round(t - started, 1), a, b) for t, a, b in steps]}")
+        # Which decision scaled down, and from what it remembered (printed before the assertions).
+        print(f"autoscaler status at scale-down: {autoscaler_status(cluster, namespace, name)}")
         # The last high recommendation was read at most one tick before the stop (twelve requests
         # were still in flight then), and scale-down waits a whole window after it.
         assert after_stop >= SCALE_DOWN_WINDOW_SECONDS - AUTOSCALE_SECONDS - SCRAPE_INTERVAL_SECONDS, after_stop
-        steps = recorder.replica_steps(after=started)
-        print(f"replica steps: {[(round(t - started, 1), a, b) for t, a, b in steps]}")
         assert [b for _, _, b in steps][-1] == 1 and direction_changes(steps) == 1, steps
     finally:
         recorder.stop()
 
-    status = autoscaler_status(cluster, namespace, name)
-    assert status["desired"] == 1 and status["lastScaleTime"] >= scaled_up["lastScaleTime"], status
+    # The tick scales the Deployment, then patches the status: the recorder may see the first first.
+    status = wait_for(lambda: (s := autoscaler_status(cluster, namespace, name)).get("desired") == 1 and s, 30,
+                      "status.autoscaler.stable.desired back at 1")
+    assert status["lastScaleTime"] >= scaled_up["lastScaleTime"], status
     ups = wait_for(lambda: events_with_reason(cluster, namespace, name, "ScaleUp"), 30, "a ScaleUp Event")
     downs = wait_for(lambda: events_with_reason(cluster, namespace, name, "ScaleDownAfterWindow"), 30,
                      "a ScaleDownAfterWindow Event")

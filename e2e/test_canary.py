@@ -55,6 +55,8 @@ REQUEST_TIMEOUT_SECONDS = 15  # the router's: a hung canary's requests end as 50
 # analysis its minRequests (5) where 4 did not.
 LOAD_CLIENTS = 10
 CANARY_SELECTOR = f"serving.pixtral.dev/deployment={NAME},serving.pixtral.dev/track=canary"
+# kopf posts an Event a moment after the status patch of the same tick (an_event).
+EVENT_WAIT_SECONDS = 30
 
 # Closed-loop clients; one line per answer: "R <unix time> <status> <track that served it>".
 LOAD_SCRIPT = """
@@ -97,6 +99,13 @@ print("STOPPED", " ".join(found))
 
 def canary_status(cluster, namespace):
     return ((get_pxd(cluster, namespace, NAME) or {}).get("status") or {}).get("canary") or {}
+
+
+def an_event(cluster, namespace: str, reason: str) -> list:
+    """The Events of `reason` about the PixtralDeployment, once there is one. kopf posts Events from
+    a queue of its own, so one can arrive after the status patch of the same tick."""
+    return wait_for(lambda: events_with_reason(cluster, namespace, NAME, reason), EVENT_WAIT_SECONDS,
+                    f"a {reason} Event")
 
 
 def wait_phase(cluster, namespace, phases, timeout, what):
@@ -194,8 +203,8 @@ def test_slow_and_erroring_canaries_roll_back_and_a_good_one_is_promoted(cluster
              f"the canary's CPU limit {SLOW_CPU_LIMIT} applied in place")
     annotate(cluster, namespace, "resume")
     wait_phase(cluster, namespace, ("Progressing",), 30, "the slow canary analysed")
-    assert events_with_reason(cluster, namespace, NAME, "CanaryPaused")
-    assert events_with_reason(cluster, namespace, NAME, "CanaryResumed")
+    an_event(cluster, namespace, "CanaryPaused")
+    an_event(cluster, namespace, "CanaryResumed")
     rolled = wait_phase(cluster, namespace, ("RolledBack",), 180, "the slow canary rolled back")
     assert rolled["weight"] == 0 and rolled["reason"] == "CheckFailed", rolled
     message = rollback_event(cluster, namespace, 0)
@@ -245,7 +254,7 @@ def test_slow_and_erroring_canaries_roll_back_and_a_good_one_is_promoted(cluster
     assert bad == [], bad[:10]
     assert "canary" in served and len(seen) >= 20, (len(seen), served)
     for reason in ("CanaryStepAdvanced", "CanaryPromoting", "CanaryPromoted"):
-        assert events_with_reason(cluster, namespace, NAME, reason), reason
+        an_event(cluster, namespace, reason)
     cols = cluster.kubectl("get", "pxd", NAME, "-n", namespace).stdout
     assert "Promoted" in cols.splitlines()[1], cols
     print(cols)
