@@ -165,6 +165,16 @@ def queue_depth(base_url: str) -> tuple[float, float] | None:
     return running, waiting
 
 
+def finished_requests(futures) -> list[str]:
+    """What the requests that already ended returned: the reason a queue never formed."""
+    out = []
+    for future in futures:
+        if future.done():
+            error = future.exception()
+            out.append(repr(error) if error else f"{future.result().status_code} {future.result().text[:200]}")
+    return out
+
+
 @pytest.mark.timeout(600)
 def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
     """The last test on `server`: it ends it."""
@@ -187,7 +197,8 @@ def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
                 running, waiting = depth
             time.sleep(0.05)
         assert running >= 1 and waiting >= 1, (f"the requests never queued up: last read {running} running, "
-                                                f"{waiting} waiting; {unanswered} polls unanswered")
+                                                f"{waiting} waiting; {unanswered} polls unanswered; "
+                                                f"finished: {finished_requests(futures)}")
 
         server.signal("SIGTERM")
         readiness_deadline = time.monotonic() + 3
