@@ -31,10 +31,10 @@ $(INSTALL_STAMP): pyproject.toml .ci/torch-override.txt
 	@touch $@
 
 # command -> Debian package: the node (containerd, runc, CNI plugins, iptables, ipset, conntrack),
-# image building (mmdebstrap), Prometheus, the PKI (openssl) and the benchmarks' load generator (wrk).
+# image building (mmdebstrap), the PKI (openssl) and the benchmarks' load generator (wrk).
 SYSTEM_DEPS := containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins \
   iptables:iptables ipset:ipset conntrack:conntrack mmdebstrap:mmdebstrap unshare:util-linux ip:iproute2 \
-  prometheus:prometheus openssl:openssl wrk:wrk
+  openssl:openssl wrk:wrk
 
 system-deps: ## Debian packages the local cluster, image builds and benchmarks need (installed when missing)
 	@missing=""; \
@@ -48,7 +48,7 @@ system-deps: ## Debian packages the local cluster, image builds and benchmarks n
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi
 
-binaries: ## build the Kubernetes binaries (kubelet, kube-proxy too), etcd, helm, CoreDNS, kube-router, crictl from Go modules (cached)
+binaries: ## build the Kubernetes binaries (kubelet, kube-proxy too), etcd, helm, CoreDNS, kube-router, crictl, Prometheus v3 and the Prometheus Operator from Go modules (cached)
 	bash e2e/tools/build-binaries.sh all
 
 test: install ## install, build the cluster binaries and images, then unit and e2e tests (the README's test command; .ci/run calls it)

@@ -238,9 +238,14 @@ def router_pending(router: str, timeout: float = 5) -> float:
     return router_gauge(router, ROUTER_PENDING_METRIC, timeout=timeout)
 
 
-def prometheus_value(prometheus_url: str, promql: str, timeout: float = 5) -> float | None:
-    """An instant query's single value (None when the answer is empty)."""
+def prometheus_series(prometheus_url: str, promql: str, timeout: float = 5) -> list[dict]:
+    """An instant query's result: one {"metric": labels, "value": [time, text]} per series."""
     response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": promql}, timeout=timeout)
     response.raise_for_status()
-    result = response.json()["data"]["result"]
+    return response.json()["data"]["result"]
+
+
+def prometheus_value(prometheus_url: str, promql: str, timeout: float = 5) -> float | None:
+    """An instant query's single value (None when the answer is empty)."""
+    result = prometheus_series(prometheus_url, promql, timeout)
     return float(result[0]["value"][1]) if result else None

@@ -23,6 +23,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from localcluster import ApiError, Cluster, wait_for  # noqa: E402
+from localcluster.monitoring import SCRAPE_INTERVAL as MANAGED_SCRAPE_INTERVAL  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -120,10 +121,14 @@ class InClusterOperator:
 
     RELEASE = "pxop"
 
-    def __init__(self, cluster: Cluster, namespace: str, images: Mapping[str, str]):
+    def __init__(self, cluster: Cluster, namespace: str, images: Mapping[str, str],
+                 monitoring: str = "annotations"):
         self.cluster = cluster
         self.namespace = namespace
         self.images = images
+        # annotations: the host Prometheus scrapes the annotated pods (kubernetes_sd role pod);
+        # podmonitor: the Prometheus Operator's Prometheus scrapes them through the rendered PodMonitor.
+        self.monitoring = monitoring
 
     @property
     def selector(self) -> str:
@@ -135,9 +140,16 @@ class InClusterOperator:
             "--set", f"watchNamespaces={{{self.namespace}}}",
             "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
             "--set", f"runtimeImage={self.images['runtime']}", "--set", f"routerImage={self.images['router']}",
-            "--set", f"prometheusUrl={self.cluster.prometheus_url}",
+            *self.monitoring_values(),
             "--set", "logLevel=DEBUG",
         ]
+
+    def monitoring_values(self) -> list[str]:
+        if self.monitoring == "annotations":
+            return ["--set", f"prometheusUrl={self.cluster.prometheus_url}"]
+        return ["--set", f"prometheusUrl={self.cluster.managed_prometheus_in_cluster_url}",
+                "--set", "workloadMonitoring.mode=podmonitor",
+                "--set", f"workloadMonitoring.interval={MANAGED_SCRAPE_INTERVAL}"]
 
     def start(self) -> InClusterOperator:
         self.cluster.helm("upgrade", "--install", self.RELEASE, str(ROOT / "charts" / "pixtral-operator"),
@@ -206,14 +218,29 @@ def tiny_model(cluster: Cluster, namespace: str, tiny_model_dir: Path) -> Iterat
         delete_model_volumes(cluster, namespace)
 
 
-@pytest.fixture
-def operator(cluster: Cluster, crds: None, namespace: str, local_images: dict[str, str]) -> Iterator[InClusterOperator]:
-    op = InClusterOperator(cluster, namespace, local_images).start()
+@contextlib.contextmanager
+def running_operator(cluster: Cluster, namespace: str, images: dict[str, str],
+                     monitoring: str = "annotations") -> Iterator[InClusterOperator]:
+    op = InClusterOperator(cluster, namespace, images, monitoring).start()
     try:
         yield op
     finally:
         print(op.log()[-4000:])
         op.stop()
+
+
+@pytest.fixture
+def operator(cluster: Cluster, crds: None, namespace: str, local_images: dict[str, str]) -> Iterator[InClusterOperator]:
+    with running_operator(cluster, namespace, local_images) as op:
+        yield op
+
+
+@pytest.fixture
+def podmonitor_operator(cluster: Cluster, crds: None, namespace: str,
+                        local_images: dict[str, str]) -> Iterator[InClusterOperator]:
+    """The operator rendering PodMonitors, its autoscaler querying the Prometheus Operator's Prometheus."""
+    with running_operator(cluster, namespace, local_images, "podmonitor") as op:
+        yield op
 
 
 def tiny_spec(claim: str, **overrides: Any) -> dict[str, Any]:

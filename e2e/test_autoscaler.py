@@ -1,5 +1,8 @@
 """The autoscaler on the local cluster, with the real runtime (tiny Pixtral on vLLM's CPU build), the
-real router and a real Prometheus scraping them every second:
+real router and a real Prometheus scraping them every second. The first two tests run the
+kube-prometheus-stack path (the operator renders a PodMonitor, the Prometheus Operator's Prometheus
+scrapes through it and the autoscaler queries that Prometheus); the canary test keeps the plain
+pod-annotation path (the host Prometheus' `kubernetes_sd` role pod scrape):
 
 - queue up and back: min 1, max 3, target 2, `--max-num-seqs 2`; twelve closed-loop clients of
   image requests through the router raise the engine queue, the Deployment is scaled up within a
@@ -25,11 +28,12 @@ from autoscale_support import (
     ReplicaRecorder,
     direction_changes,
     events_with_reason,
+    prometheus_series,
     router_gauge,
     router_pending,
 )
 from localcluster import wait_for
-from localcluster.prometheus import ScrapeSettings
+from localcluster.monitoring import SCRAPE_INTERVAL
 from pixtral_e2e import (  # noqa: F401  (fixtures)
     apply,
     chat,
@@ -38,6 +42,7 @@ from pixtral_e2e import (  # noqa: F401  (fixtures)
     crds,
     get_pxd,
     operator,
+    podmonitor_operator,
     pods,
     pxd_manifest,
     ready_pods,
@@ -52,7 +57,9 @@ from pixtral_operator.render.labels import AUTOSCALER_FIELD_MANAGER
 pytestmark = [pytest.mark.cluster, pytest.mark.engine, pytest.mark.timeout(2400)]
 
 STARTUP = 600  # seconds for a vLLM pod to become ready on a busy, shared 2-core machine
-SCRAPE_INTERVAL_SECONDS = float(ScrapeSettings.scrape_interval.rstrip("s"))  # the local Prometheus
+# Both Prometheuses scrape every second: the PodMonitors of `podmonitor_operator` ask for this
+# interval, and the host Prometheus' annotation scrape uses the same (localcluster/prometheus.py).
+SCRAPE_INTERVAL_SECONDS = float(SCRAPE_INTERVAL.rstrip("s"))
 AUTOSCALE_SECONDS = 2.0  # PIXTRAL_AUTOSCALE_SECONDS of the `operator` fixture
 # Load start -> Deployment patched: the first requests reach the engine queue, Prometheus scrapes
 # it (one interval), the next timer tick reads it (one interval) and patches. The margin covers
@@ -83,7 +90,7 @@ def autoscaler_status(cluster, namespace: str, name: str, track: str = "stable")
     return ((get_pxd(cluster, namespace, name) or {}).get("status") or {}).get("autoscaler", {}).get(track) or {}
 
 
-def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, operator, tiny_model):
+def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, podmonitor_operator, tiny_model):
     name = "queue"
     spec = autoscaled_spec(tiny_model, replicas=1, min_replicas=1, max_replicas=3, max_num_seqs=2,
                            window=SCALE_DOWN_WINDOW_SECONDS, router={"requestTimeoutSeconds": 300})
@@ -93,6 +100,14 @@ def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, 
     warm = chat(url, LOAD_BODY, key=None)
     assert warm.status_code == 200, warm.text
     assert warm.json()["usage"]["completion_tokens"] == 48  # ignore_eos/min_tokens reach the engine
+    # The queue signal comes through the rendered PodMonitor, and the pods carry no scrape annotations.
+    assert cluster.rest.get(f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/podmonitors/{name}-runtime")
+    runtime_jobs = wait_for(lambda: {r["metric"]["job"] for r in prometheus_series(
+        cluster.managed_prometheus_url, f'vllm:num_requests_waiting{{namespace="{namespace}",deployment="{name}"}}')}
+        or None, 60, "the runtime's queue gauge in the managed Prometheus")
+    assert runtime_jobs == {f"podMonitor/{namespace}/{name}-runtime/0"}, runtime_jobs
+    assert all("prometheus.io/scrape" not in (p["metadata"].get("annotations") or {})
+               for p in pods(cluster, namespace, f"serving.pixtral.dev/deployment={name}"))
     # Idle: the autoscaler reads a complete signal and keeps the minimum.
     idle = wait_for(lambda: (s := autoscaler_status(cluster, namespace, name)).get("load") == 0 and s, 60,
                     "status.autoscaler.stable with load 0")
@@ -158,7 +173,7 @@ def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, 
     assert len(ready_pods(cluster, namespace, selector)) == 1
 
 
-def test_scales_from_zero_for_a_held_request_and_back(cluster, namespace, operator, tiny_model):
+def test_scales_from_zero_for_a_held_request_and_back(cluster, namespace, podmonitor_operator, tiny_model):
     name = "zero"
     window = 20
     spec = autoscaled_spec(tiny_model, replicas=0, min_replicas=0, max_replicas=1, max_num_seqs=2, window=window,

@@ -372,6 +372,54 @@ def test_prometheus_discovers_annotated_pods(cluster: Cluster, namespace: str, t
         assert metric["namespace"] == namespace and metric["app"] == "metrics", metric
 
 
+def test_both_prometheuses_are_v3(cluster: Cluster) -> None:
+    for url in (cluster.prometheus_url, cluster.managed_prometheus_url):
+        build = httpx.get(f"{url}/api/v1/status/buildinfo", timeout=5).json()["data"]
+        assert build["version"].startswith("3."), (url, build)
+
+
+def test_the_prometheus_operator_scrapes_the_pods_a_pod_monitor_selects(cluster: Cluster, namespace: str,
+                                                                        tools_image: str) -> None:
+    """The kube-prometheus-stack path: no annotations; a PodMonitor in the workload's namespace is
+    picked up by the Prometheus Operator, which configures its Prometheus to scrape the pods."""
+    script = "import time; from prometheus_client import start_http_server; start_http_server(8000); time.sleep(600)"
+    labels = {"app": "monitored", "serving.pixtral.dev/deployment": "monitortest"}
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "monitored"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "monitored"}},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"terminationGracePeriodSeconds": 5, "containers": [restricted({
+                                  "name": "exporter", "image": tools_image, "command": ["python3", "-c", script],
+                                  "ports": [{"name": "metrics", "containerPort": 8000}],
+                                  "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1}})]}}},
+    }
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "monitored"},
+        "spec": {"selector": {"matchLabels": {"app": "monitored"}},
+                 "podMetricsEndpoints": [{"port": "metrics", "interval": "1s", "relabelings": [
+                     {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_serving_pixtral_dev_deployment"],
+                      "targetLabel": "deployment"}]}]},
+    }
+    apply(cluster, namespace, deployment)
+    apply(cluster, namespace, monitor)
+    wait_for(lambda: cluster.rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/monitored")["status"]
+             .get("readyReplicas") == 1, 90, "Deployment monitored 1/1 Ready")
+    (pod,) = [p["metadata"]["name"] for p in pods(cluster, namespace, "app=monitored")]
+
+    def up_series() -> list[dict] | None:
+        answer = httpx.get(f"{cluster.managed_prometheus_url}/api/v1/query",
+                           params={"query": f'up{{namespace="{namespace}"}} == 1'}, timeout=5).json()
+        return [r for r in answer["data"]["result"] if r["metric"].get("pod") == pod] or None
+    # The operator regenerates the configuration, the reloader sees the Secret change, Prometheus reloads.
+    (series,) = wait_for(up_series, 120, f"the managed Prometheus' `up` == 1 for pod {pod}")
+    assert series["metric"]["deployment"] == "monitortest", series
+    assert series["metric"]["job"] == f"podMonitor/{namespace}/monitored/0", series
+    # Neither Prometheus scrapes the other's way: the host one keeps annotated pods only.
+    host = httpx.get(f"{cluster.prometheus_url}/api/v1/query", params={"query": f'up{{namespace="{namespace}"}}'},
+                     timeout=5).json()["data"]["result"]
+    assert host == []
+
+
 def test_helm_version_and_template(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
     assert cluster.helm("version", "--short").stdout.startswith("v3.")
     chart = tmp_path / "tiny"

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from autoscale_support import prometheus_series
 from localcluster import wait_for
 from pixtral_e2e import (  # noqa: F401  (fixtures)
     apply,
@@ -47,12 +48,6 @@ def panel_queries(variables: dict[str, str]) -> dict[str, str]:
     return queries
 
 
-def series(prometheus_url: str, promql: str) -> list[dict]:
-    response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": promql}, timeout=10)
-    response.raise_for_status()
-    return response.json()["data"]["result"]
-
-
 def test_every_panel_returns_series_from_live_data(cluster, namespace, operator, tiny_model):
     spec = tiny_spec(tiny_model, replicas=0,
                      autoscaling={"enabled": True, "minReplicas": 0, "maxReplicas": 1, "targetQueuePerReplica": 2,
@@ -73,7 +68,7 @@ def test_every_panel_returns_series_from_live_data(cluster, namespace, operator,
     missing = panel_queries(variables)
 
     def every_panel_has_series() -> bool:
-        for title in [t for t, promql in missing.items() if series(cluster.prometheus_url, promql)]:
+        for title in [t for t, promql in missing.items() if prometheus_series(cluster.prometheus_url, promql, timeout=10)]:
             del missing[title]
         return not missing
 

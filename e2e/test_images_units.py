@@ -24,7 +24,8 @@ def fake_layer(tmp_path: Path, name: str, data: bytes) -> Layer:
 
 
 def test_repository_names_are_local_and_in_one_table() -> None:
-    assert set(images.REPOSITORIES) == {"operator", "router", "runtime-cpu", "coredns", "pause"}
+    assert set(images.REPOSITORIES) == {"operator", "router", "runtime-cpu", "coredns", "pause", "prometheus",
+                                        "prometheus-operator", "prometheus-config-reloader"}
     assert all(repo.startswith("localhost/") and ":" not in repo for repo in images.REPOSITORIES.values())
     assert images.pause_ref("v1.37.2") == "localhost/pause:v1.37.2"
     assert images.coredns_ref("v1.15.0") == "localhost/coredns:v1.15.0"

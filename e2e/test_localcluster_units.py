@@ -1,5 +1,5 @@
 """Pure parts of the local cluster (no cluster needed): the node's network and configuration, the
-host-state difference that `down` undoes, the one-cluster-per-machine rule, add-ons, Prometheus."""
+host-state difference that `down` undoes, the one-cluster-per-machine rule, add-ons, both Prometheuses."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import ipaddress
 from pathlib import Path
 
 import yaml
-from localcluster import addons, cluster, hoststate, network, node, podsd
-from localcluster.prometheus import ScrapeSettings, meta_label, render_config
+from localcluster import addons, cluster, hoststate, monitoring, network, node, pki
+from localcluster.prometheus import ApiAccess, ScrapeSettings, meta_label, render_config
 
 
 def test_pod_network_has_no_route_outside_the_machine() -> None:
@@ -128,31 +128,73 @@ def test_coredns_answers_cluster_names_only() -> None:
     assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
-def test_prometheus_config_keeps_deployment_and_track() -> None:
-    config = render_config(ScrapeSettings("http://127.0.0.1:9999/targets"))
+def test_prometheus_config_discovers_pods_through_the_api_server_and_keeps_deployment_and_track() -> None:
+    api = ApiAccess("https://10.88.0.1:6443", "/pki/ca.crt", "/pki/prometheus.crt", "/pki/prometheus.key")
+    config = render_config(ScrapeSettings(api))
     job = config["scrape_configs"][0]
     assert config["global"]["scrape_interval"] == "1s"
-    assert job["http_sd_configs"][0]["url"] == "http://127.0.0.1:9999/targets"
+    (sd,) = job["kubernetes_sd_configs"]
+    assert sd["role"] == "pod" and sd["api_server"] == api.server
+    assert sd["tls_config"] == {"ca_file": "/pki/ca.crt", "cert_file": "/pki/prometheus.crt",
+                                "key_file": "/pki/prometheus.key"}
     targets = {r.get("target_label"): r.get("source_labels") for r in job["relabel_configs"]}
     assert targets["deployment"] == ["__meta_kubernetes_pod_label_serving_pixtral_dev_deployment"]
     assert targets["track"] == [meta_label("serving.pixtral.dev/track")]
     assert targets["namespace"] == ["__meta_kubernetes_namespace"]
 
 
-def test_pod_discovery_matches_kubernetes_sd_role_pod() -> None:
-    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"serving.pixtral.dev/track": "canary"},
-                        "annotations": {"prometheus.io/port": "8000"},
-                        "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "controller": True}]},
-           "spec": {"nodeName": "n", "containers": [
-               {"name": "a", "ports": [{"name": "http", "containerPort": 8000}, {"containerPort": 8081}]},
-               {"name": "b"}]},
-           "status": {"podIP": "10.88.0.7", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
-    unscheduled = {"metadata": {"name": "q", "namespace": "ns"}, "spec": {"containers": [{"name": "a"}]}, "status": {}}
-    groups = podsd.target_groups([pod, unscheduled])
-    assert [g["targets"] for g in groups] == [["10.88.0.7:8000"], ["10.88.0.7:8081"], ["10.88.0.7"]]
-    labels = groups[0]["labels"]
-    assert labels["__meta_kubernetes_pod_label_serving_pixtral_dev_track"] == "canary"
-    assert labels["__meta_kubernetes_pod_annotation_prometheus_io_port"] == "8000"
-    assert labels["__meta_kubernetes_pod_ready"] == "true" and labels["__meta_kubernetes_pod_phase"] == "Running"
-    assert labels["__meta_kubernetes_pod_controller_kind"] == "ReplicaSet"
-    assert labels["__meta_kubernetes_pod_container_port_name"] == "http"
+def test_the_host_prometheus_may_read_pods_and_nothing_else() -> None:
+    role, binding = addons.prometheus_rbac()
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert binding["subjects"][0]["name"] == addons.PROMETHEUS_USER
+    assert pki.CLIENTS["prometheus"] == (addons.PROMETHEUS_USER, "")
+
+
+def _operator_bin(tmp_path: Path) -> Path:
+    (tmp_path / "rbac").mkdir()
+    (tmp_path / "crds").mkdir()
+    rules = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+    for name in ("prometheus-operator-cluster-role.yaml", "prometheus-cluster-role.yaml"):
+        (tmp_path / "rbac" / name).write_text(yaml.safe_dump(
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": "upstream", "labels": {"x": "y"}}, "rules": rules}))
+    for kind in ("b", "a"):
+        (tmp_path / "crds" / f"{kind}.yaml").write_text(yaml.safe_dump(
+            {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": kind}}))
+    return tmp_path
+
+
+REFS = monitoring.MonitoringImages("localhost/prometheus:v3.16.0", "v3.16.0", "localhost/prometheus-operator:v0.85.0",
+                                   "localhost/prometheus-config-reloader:v0.85.0")
+
+
+def test_the_managed_prometheus_selects_every_monitor_and_rule_and_runs_restricted(tmp_path: Path) -> None:
+    operator_bin = _operator_bin(tmp_path)
+    assert [c["metadata"]["name"] for c in monitoring.crds(operator_bin)] == ["a", "b"]
+    assert monitoring.namespace()["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in
+               monitoring.operator_manifests(operator_bin, REFS) + monitoring.prometheus_manifests(operator_bin, REFS)}
+    prometheus = objects[("Prometheus", monitoring.PROMETHEUS_NAME)]["spec"]
+    for selector in ("podMonitorSelector", "podMonitorNamespaceSelector", "serviceMonitorSelector",
+                     "serviceMonitorNamespaceSelector", "ruleSelector", "ruleNamespaceSelector"):
+        assert prometheus[selector] == {}, selector
+    assert (prometheus["image"], prometheus["version"]) == (REFS.prometheus, "v3.16.0")
+    assert prometheus["securityContext"]["runAsNonRoot"] and prometheus["securityContext"]["seccompProfile"]
+    deployment = objects[("Deployment", monitoring.OPERATOR_NAME)]["spec"]["template"]["spec"]
+    (container,) = deployment["containers"]
+    assert f"--prometheus-config-reloader={REFS.config_reloader}" in container["args"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # The upstream rules under this cluster's names, each bound to its ServiceAccount.
+    for role_name, account in (("local-prometheus-operator", monitoring.OPERATOR_NAME),
+                               ("local-prometheus-server", monitoring.PROMETHEUS_SERVICE)):
+        assert objects[("ClusterRole", role_name)]["rules"] == [{"apiGroups": [""], "resources": ["pods"],
+                                                                 "verbs": ["list"]}]
+        subject = objects[("ClusterRoleBinding", role_name)]["subjects"][0]
+        assert (subject["name"], subject["namespace"]) == (account, monitoring.NAMESPACE)
+    service = objects[("Service", monitoring.PROMETHEUS_SERVICE)]["spec"]
+    assert service["clusterIP"] == monitoring.PROMETHEUS_CLUSTER_IP
+    assert ipaddress.ip_address(service["clusterIP"]) in ipaddress.ip_network(network.SERVICE_CIDR)
+    assert service["selector"] == monitoring.PROMETHEUS_POD_SELECTOR
+    assert monitoring.host_url() == f"http://{monitoring.PROMETHEUS_CLUSTER_IP}:9090"
+    assert monitoring.in_cluster_url() == f"http://prometheus.monitoring.svc.{network.CLUSTER_DOMAIN}:9090"

@@ -45,6 +45,18 @@ def _monitoring(env: Mapping[str, str]) -> str:
     return value
 
 
+# A Prometheus duration as the Prometheus Operator's CRDs accept it for an endpoint's interval.
+_DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+DEFAULT_MONITOR_INTERVAL = "15s"
+
+
+def _monitor_interval(env: Mapping[str, str]) -> str:
+    value = env.get("PIXTRAL_MONITOR_INTERVAL", "").strip() or DEFAULT_MONITOR_INTERVAL
+    if value == "0" or not _DURATION.match(value):
+        raise SettingsError(f"PIXTRAL_MONITOR_INTERVAL={value!r}: expected a Prometheus duration above zero, e.g. 15s or 1m")
+    return value
+
+
 def _labels(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
     """`key=value,key2=value2` -> pairs, each a valid Kubernetes label."""
     out = []
@@ -111,6 +123,8 @@ class OperatorSettings:
     monitoring: str = "annotations"
     # Extra labels on the PodMonitor: what the Prometheus resource's podMonitorSelector asks for.
     monitor_labels: tuple[tuple[str, str], ...] = ()
+    # How often the PodMonitor's endpoints are scraped; the autoscaler sees a queue at most this late.
+    monitor_interval: str = DEFAULT_MONITOR_INTERVAL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -136,4 +150,5 @@ class OperatorSettings:
             strict_gpu_check=_flag(env, "PIXTRAL_STRICT_GPU_CHECK", False),
             monitoring=_monitoring(env),
             monitor_labels=_labels(env, "PIXTRAL_MONITOR_LABELS"),
+            monitor_interval=_monitor_interval(env),
         )

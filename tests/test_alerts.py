@@ -1,17 +1,16 @@
 """The chart's alerts (charts/pixtral-operator/files/alerts.yaml): valid rules, the behaviour the
 promtool unit tests in tests/promtool/ pin down, and the PrometheusRule that carries them.
 
-promtool comes with Debian's prometheus package (`make system-deps`); without it these skip, saying so.
+promtool is built beside Prometheus by `make binaries` (e2e/tools/build-binaries.sh); until then these
+skip, saying so.
 e2e/test_alerts.py makes one of them fire in the local cluster's Prometheus.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from test_chart import (  # noqa: F401  (fixtures)
     ALL_VALUES_FILE,
@@ -24,14 +23,6 @@ from test_chart import (  # noqa: F401  (fixtures)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = REPO_ROOT / "charts" / "pixtral-operator" / "files" / "alerts.yaml"
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool not installed: `make system-deps` installs Debian's prometheus package")
-    return found
 
 
 def alert_names() -> list[str]:

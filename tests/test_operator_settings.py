@@ -55,6 +55,14 @@ def test_monitor_labels_are_parsed_and_checked():
             OperatorSettings.from_env({"PIXTRAL_MONITOR_LABELS": bad})
 
 
+def test_monitor_interval_defaults_to_15s_and_must_be_a_prometheus_duration():
+    assert OperatorSettings.from_env({}).monitor_interval == "15s"
+    assert OperatorSettings.from_env({"PIXTRAL_MONITOR_INTERVAL": "1m30s"}).monitor_interval == "1m30s"
+    for bad in ("0", "15", "15 s", "fast", "-5s"):
+        with pytest.raises(S.SettingsError, match="PIXTRAL_MONITOR_INTERVAL"):
+            OperatorSettings.from_env({"PIXTRAL_MONITOR_INTERVAL": bad})
+
+
 def test_the_peering_lifetime_defaults_to_ten_seconds_and_refuses_nonsense():
     from pixtral_operator.settings import OperatorSettings, SettingsError
 

@@ -105,7 +105,7 @@ def test_bad_target_is_refused(args, message):
         default_queries(*args)
 
 
-# --- parsing: bodies as Prometheus 2.42 sends them ------------------------------------------
+# --- parsing: bodies as Prometheus sends them ------------------------------------------
 
 VECTOR_BODY = (
     b'{"status":"success","data":{"resultType":"vector","result":'

@@ -328,6 +328,12 @@ def test_monitor_scrapes_the_ports_the_annotations_name():
         assert str(port) == annotated[("Deployment", name)]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
 
 
+def test_the_monitor_scrapes_at_the_configured_interval():
+    settings = dataclasses.replace(POD_MONITOR, monitor_interval="1s")
+    endpoints = render(settings=settings)[("PodMonitor", "demo-runtime")]["spec"]["podMetricsEndpoints"]
+    assert [e["interval"] for e in endpoints] == ["1s", "1s"]
+
+
 def test_selector_labels_from_the_settings_are_on_the_monitor():
     settings = dataclasses.replace(POD_MONITOR, monitor_labels=(("release", "kube-prometheus-stack"),))
     labels = render(settings=settings)[("PodMonitor", "demo-runtime")]["metadata"]["labels"]

@@ -80,6 +80,8 @@ def coredns_manifests(image: str) -> list[dict]:
 
 
 KUBE_ROUTER_USER = "system:kube-router"
+# The host Prometheus' identity: its Kubernetes discovery lists and watches pods, nothing else.
+PROMETHEUS_USER = "pixtral-local-prometheus"
 
 
 def kube_router_rbac() -> list[dict]:
@@ -96,6 +98,18 @@ def kube_router_rbac() -> list[dict]:
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "kube-router"},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kube-router"},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBE_ROUTER_USER}]},
+    ]
+
+
+def prometheus_rbac() -> list[dict]:
+    """What the host Prometheus' `kubernetes_sd_configs` role pod reads."""
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "local-prometheus"},
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "local-prometheus"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "local-prometheus"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROMETHEUS_USER}]},
     ]
 
 

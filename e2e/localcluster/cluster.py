@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,10 +22,10 @@ from pathlib import Path
 import httpx
 import yaml
 
-from . import addons, hoststate, images, network, node, procs
+from . import addons, hoststate, images, monitoring, network, node, procs
 from . import pki as pki_module
 from .kube import ApiError, Credentials, KubeClient, ready
-from .prometheus import ScrapeSettings, render_config
+from .prometheus import ApiAccess, ScrapeSettings, render_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "e2e" / "tools" / "build-binaries.sh"
@@ -36,7 +35,7 @@ CACHE_ROOT = Path(os.environ.get("PIXTRAL_CACHE", Path.home() / ".cache" / "pixt
 CONTAINERD_ROOT = CACHE_ROOT / "containerd"
 SERVICE_CLUSTER_IP_RANGE = network.SERVICE_CIDR
 COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
-                   "kube-proxy", "kube-router", "podsd", "prometheus")
+                   "kube-proxy", "kube-router", "prometheus")
 # The claim of this machine's one cluster: which state dir runs it. Outside any checkout, so a second
 # checkout sees it.
 MACHINE_CLAIM = Path(tempfile.gettempdir()) / "pixtral-localcluster.claim"
@@ -110,6 +109,8 @@ class Binaries:
     coredns: Path
     kube_router: Path
     crictl: Path
+    prometheus: Path
+    prometheus_operator: Path
 
     @property
     def kubectl(self) -> Path:
@@ -120,17 +121,19 @@ class Binaries:
         """The binaries built by e2e/tools/build-binaries.sh (its `paths` command names them)."""
         result = subprocess.run(["bash", str(BUILD_SCRIPT), "paths"], capture_output=True, text=True, check=True)
         found = dict(line.split("=", 1) for line in result.stdout.split())
-        binaries = cls(*(Path(found[k]) for k in ("KUBE_BIN", "ETCD_BIN", "HELM_BIN", "COREDNS_BIN",
-                                                  "KUBE_ROUTER_BIN", "CRICTL_BIN")))
-        dirs = (binaries.kube, binaries.etcd, binaries.helm, binaries.coredns, binaries.kube_router, binaries.crictl)
-        missing = [str(d) for d in dirs if not (d / ".complete").exists()]
+        binaries = cls(*(Path(found[k]) for k in BINARY_KEYS))
+        missing = [str(d) for d in binaries.to_dict().values() if not (Path(d) / ".complete").exists()]
         if missing:
             raise ClusterError(f"cluster binaries are not built yet ({', '.join(missing)}): run `make binaries`")
         return binaries
 
     def to_dict(self) -> dict[str, str]:
-        return {"kube": str(self.kube), "etcd": str(self.etcd), "helm": str(self.helm), "coredns": str(self.coredns),
-                "kube_router": str(self.kube_router), "crictl": str(self.crictl)}
+        return {name: str(getattr(self, name)) for name in self.__dataclass_fields__}
+
+
+# `build-binaries.sh paths` names, in the order of Binaries' fields.
+BINARY_KEYS = ("KUBE_BIN", "ETCD_BIN", "HELM_BIN", "COREDNS_BIN", "KUBE_ROUTER_BIN", "CRICTL_BIN",
+               "PROMETHEUS_BIN", "PROMETHEUS_OPERATOR_BIN")
 
 
 # Debian packages the node needs; `make system-deps` installs them.
@@ -184,7 +187,18 @@ class ClusterInfo:
 
     @property
     def prometheus_url(self) -> str:
+        """The host Prometheus (pod annotations), reachable from the host and from pods."""
         return self.state["prometheus_url"]
+
+    @property
+    def managed_prometheus_url(self) -> str:
+        """The Prometheus the Prometheus Operator manages (PodMonitors), as the host reaches it."""
+        return self.state["managed_prometheus_url"]
+
+    @property
+    def managed_prometheus_in_cluster_url(self) -> str:
+        """The same Prometheus as pods reach it (by its Service's DNS name)."""
+        return self.state["managed_prometheus_in_cluster_url"]
 
     @property
     def kubectl(self) -> Path:
@@ -331,7 +345,6 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict,
     kcm_config = state_dir / "kube-controller-manager.kubeconfig"
     scheduler_config = state_dir / "kube-scheduler.kubeconfig"
     node_paths = paths.node
-    api_server = f"https://{network.BRIDGE_IP}:{ports['apiserver']}"
     return {
         "etcd": [
             str(binaries.etcd / "etcd"), "--name=local", f"--data-dir={state_dir / 'etcd'}",
@@ -388,12 +401,8 @@ def _component_commands(paths: ClusterPaths, binaries: Binaries, ports: dict,
         "kube-router": addons.kube_router_command(str(binaries.kube_router / "kube-router"),
                                                   str(state_dir / "kube-router.kubeconfig"), node.NODE_NAME,
                                                   ports["kube_router_health"]),
-        "podsd": [
-            sys.executable, str(REPO_ROOT / "e2e" / "podsd.py"), f"--server={api_server}", f"--ca={pki.ca_cert}",
-            f"--cert={pki.cert('admin')}", f"--key={pki.key('admin')}", f"--port={ports['pod_sd']}",
-        ],
         "prometheus": [
-            shutil.which("prometheus") or "/usr/bin/prometheus",
+            str(binaries.prometheus / "prometheus"),
             f"--config.file={state_dir / 'prometheus.yml'}",
             f"--storage.tsdb.path={state_dir / 'prometheus'}", "--storage.tsdb.retention.time=2h",
             # On the node address: the operator's pod queries it (the autoscaler), the host too.
@@ -423,8 +432,6 @@ def up(paths: ClusterPaths | None = None, nodes: NodePool | None = None, owner: 
         missing = missing_packages()
         if missing:
             raise ClusterError(f"Debian packages missing: {' '.join(missing)}: run `make system-deps`")
-        if shutil.which("prometheus") is None and not Path("/usr/bin/prometheus").exists():
-            raise ClusterError("prometheus is not installed: run `make system-deps` (apt-get install prometheus)")
         binaries = Binaries.locate()
         _claim_machine(paths)
         started = time.monotonic()
@@ -438,6 +445,13 @@ def up(paths: ClusterPaths | None = None, nodes: NodePool | None = None, owner: 
         return info
 
 
+# kind -> resource of what the cluster applies itself (add-ons, the monitoring stack).
+APPLIED_KINDS = {"ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
+                 "ClusterRoleBinding": "clusterrolebindings", "ConfigMap": "configmaps",
+                 "Deployment": "deployments", "Service": "services", "Namespace": "namespaces",
+                 "CustomResourceDefinition": "customresourcedefinitions", "Prometheus": "prometheuses"}
+
+
 def _apply(client: KubeClient, manifests: list[dict]) -> None:
     """Creates each object, or replaces it when it exists (server-side apply with force)."""
     for obj in manifests:
@@ -445,9 +459,7 @@ def _apply(client: KubeClient, manifests: list[dict]) -> None:
         namespace = obj["metadata"].get("namespace")
         group_version = obj["apiVersion"]
         base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-        plural = {"ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
-                  "ClusterRoleBinding": "clusterrolebindings", "ConfigMap": "configmaps",
-                  "Deployment": "deployments", "Service": "services", "Namespace": "namespaces"}[kind]
+        plural = APPLIED_KINDS[kind]
         scope = f"/namespaces/{namespace}" if namespace else ""
         client.request("PATCH", f"{base}{scope}/{plural}/{name}", obj,
                        params={"fieldManager": "pixtral-localcluster", "force": "true"},
@@ -478,14 +490,40 @@ def _write_node_files(paths: ClusterPaths, pki: pki_module.Pki, ports: dict, api
 
 
 def _system_images(socket_path: str, binaries: Binaries, say: Callable[[str], None]) -> dict[str, str]:
-    """The sandbox (pause) and CoreDNS images, built here and imported before the kubelet starts."""
+    """The sandbox (pause), CoreDNS and monitoring images, built here and imported before the kubelet
+    starts."""
     cache = images.cache_root(os.environ, Path.home())
-    built = [images.pause_image(cache, binaries.kube / "pause", images.version_of(str(binaries.kube)), say=say),
-             images.coredns_image(cache, binaries.coredns / "coredns", images.version_of(str(binaries.coredns)),
-                                  say=say)]
-    for image in built:
+    built = {
+        "pause": images.pause_image(cache, binaries.kube / "pause", images.version_of(str(binaries.kube)), say=say),
+        "coredns": images.coredns_image(cache, binaries.coredns / "coredns",
+                                        images.version_of(str(binaries.coredns)), say=say),
+        **images.monitoring_images(cache, {"PROMETHEUS_BIN": str(binaries.prometheus),
+                                           "PROMETHEUS_OPERATOR_BIN": str(binaries.prometheus_operator)}, say=say),
+    }
+    for image in built.values():
         images.import_image(socket_path, image, say=say)
-    return {"pause": built[0].ref, "coredns": built[1].ref}
+    return {name: image.ref for name, image in built.items()}
+
+
+def _start_monitoring(client: KubeClient, binaries: Binaries, refs: dict[str, str], log: Path,
+                      say: Callable[[str], None]) -> None:
+    """The Prometheus Operator and the Prometheus it manages (localcluster/monitoring.py)."""
+    image_refs = monitoring.MonitoringImages(
+        prometheus=refs["prometheus"], prometheus_release=images.prometheus_release(str(binaries.prometheus)),
+        operator=refs["prometheus-operator"], config_reloader=refs["prometheus-config-reloader"])
+    crds = monitoring.crds(binaries.prometheus_operator)
+    _apply(client, [monitoring.namespace(), *crds])
+    for crd in crds:
+        wait_until(lambda crd=crd: _crd_established(client, crd["metadata"]["name"]), 60,
+                   f"CRD {crd['metadata']['name']} Established", [])
+    _apply(client, monitoring.operator_manifests(binaries.prometheus_operator, image_refs)
+           + monitoring.prometheus_manifests(binaries.prometheus_operator, image_refs))
+    wait_until(lambda: _deployment_available(client, monitoring.NAMESPACE, monitoring.OPERATOR_NAME), 120,
+               "the Prometheus Operator Available", [log])
+    wait_until(lambda: _http_ok(f"{monitoring.host_url()}/-/ready"), 180,
+               f"the Prometheus Operator's Prometheus /-/ready at {monitoring.host_url()}", [log])
+    say(f"Prometheus Operator {images.version_of(str(binaries.prometheus_operator))} manages "
+        f"{monitoring.NAMESPACE}/{monitoring.PROMETHEUS_NAME} at {monitoring.host_url()}")
 
 
 def _share_kubelet_root(node_paths: node.NodePaths) -> None:
@@ -507,7 +545,7 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
     pki = pki_module.create(paths.pki)
     network.create_bridge()
     network.install_isolation()
-    ports = {name: free_port() for name in ("etcd", "etcd_peer", "kcm", "scheduler", "pod_sd",
+    ports = {name: free_port() for name in ("etcd", "etcd_peer", "kcm", "scheduler",
                                             "kubelet_healthz", "kube_proxy_healthz", "kube_proxy_metrics",
                                             "kube_router_health")}
     ports["apiserver"] = free_port(network.BRIDGE_IP)
@@ -521,7 +559,8 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
                          pki.key(component), component)
     prometheus_url = f"http://{network.BRIDGE_IP}:{ports['prometheus']}"
     paths.prometheus_rules.mkdir(parents=True, exist_ok=True)
-    settings = ScrapeSettings(pod_sd_url=f"http://127.0.0.1:{ports['pod_sd']}/targets",
+    api_access = ApiAccess(api_server, str(pki.ca_cert), str(pki.cert("prometheus")), str(pki.key("prometheus")))
+    settings = ScrapeSettings(api_access,
                               rule_files=(str(paths.prometheus_rules / "*.yaml"),))
     (paths.state_dir / "prometheus.yml").write_text(yaml.safe_dump(render_config(settings), sort_keys=False))
     sandbox_image = images.pause_ref(images.version_of(str(binaries.kube)))
@@ -551,14 +590,14 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
         wait_until(lambda: ready(client), timeout, "kube-apiserver /readyz", [log_of["kube-apiserver"]])
         say(f"API server ready at {api_server}")
         _apply(client, addons.kubelet_api_rbac(pki_module.CLIENTS["apiserver-kubelet-client"][0])
-               + addons.kube_router_rbac())
+               + addons.kube_router_rbac() + addons.prometheus_rbac())
         for name in ("kube-controller-manager", "kube-scheduler"):
             launch(name)
         wait_until(lambda: paths.node.containerd_socket.exists(), 30, "containerd's socket", [log_of["containerd"]])
         state["images"] = _system_images(str(paths.node.containerd_socket), binaries, say)
         save_state(paths, state)
         _share_kubelet_root(paths.node)
-        for name in ("kubelet", "kube-proxy", "podsd", "prometheus"):
+        for name in ("kubelet", "kube-proxy", "prometheus"):
             launch(name)
         node_path = f"/api/v1/nodes/{node.NODE_NAME}"
         wait_until(lambda: _exists(client, node_path), 60, f"node {node.NODE_NAME} to register", [log_of["kubelet"]])
@@ -579,9 +618,10 @@ def _start(paths: ClusterPaths, binaries: Binaries, nodes: NodePool, owner: str,
                    "CoreDNS Available", [log_of["kubelet"]])
         wait_until(lambda: _exists(client, "/api/v1/namespaces/default/serviceaccounts/default"), 60,
                    "the default ServiceAccount (controller-manager)", [log_of["kube-controller-manager"]])
-        wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['pod_sd']}/healthz"), 30,
-                   "the pod discovery endpoint", [log_of["podsd"]])
         wait_until(lambda: _http_ok(f"{prometheus_url}/-/ready"), 60, "prometheus /-/ready", [log_of["prometheus"]])
+        _start_monitoring(client, binaries, state["images"], log_of["kubelet"], say)
+        state["managed_prometheus_url"] = monitoring.host_url()
+        state["managed_prometheus_in_cluster_url"] = monitoring.in_cluster_url()
     finally:
         client.close()
     paths.prometheus_url_file.write_text(prometheus_url + "\n")
@@ -610,6 +650,15 @@ def _exists(client: KubeClient, path: str) -> bool:
         return client.get_or_none(path) is not None
     except (httpx.HTTPError, ApiError):
         return False
+
+
+def _crd_established(client: KubeClient, name: str) -> bool:
+    try:
+        crd = client.get_or_none(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+    except (httpx.HTTPError, ApiError):
+        return False
+    conditions = ((crd or {}).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
 def _deployment_available(client: KubeClient, namespace: str, name: str) -> bool:
@@ -692,7 +741,7 @@ def _stop_everything(paths: ClusterPaths, say: Callable[[str], None], keep_logs:
             procs.stop(record, grace_seconds=grace)
             say(f"stopped {name} (pid {record.pid})")
 
-    for name in ("prometheus", "podsd", "kubelet"):
+    for name in ("prometheus", "kubelet"):
         stop(name)
     _remove_pods(paths, state, say)
     stop("containerd")
@@ -782,7 +831,9 @@ def status(paths: ClusterPaths | None = None) -> tuple[bool, list[str]]:
         return False, [f"no local cluster ({paths.state_dir} has no state)"]
     info = ClusterInfo(paths, state)
     lines = [f"API server:  {info.api_server}", f"kubeconfig:  {paths.kubeconfig}",
-             f"Prometheus:  {state['prometheus_url']}", f"logs:        {paths.logs}"]
+             f"Prometheus:  {state['prometheus_url']} (pod annotations), "
+             f"{state.get('managed_prometheus_url', 'not started')} (Prometheus Operator)",
+             f"logs:        {paths.logs}"]
     healthy = bool(state.get("complete"))
     for record in info.records():
         alive = record.alive()
@@ -815,7 +866,9 @@ def usage(info: ClusterInfo) -> str:
         f"  export KUBECONFIG={info.kubeconfig}",
         f"  export PATH={info.kubectl.parent}:{info.helm.parent}:$PATH",
         "  kubectl get nodes",
-        f"  Prometheus:       {info.prometheus_url}   (also in {info.paths.prometheus_url_file})",
+        f"  Prometheus:       {info.prometheus_url}   (pod annotations; also in {info.paths.prometheus_url_file})",
+        f"  Prometheus:       {info.managed_prometheus_url}   (the Prometheus Operator's, PodMonitors; "
+        f"{info.managed_prometheus_in_cluster_url} from pods)",
         f"  component logs:   {info.paths.logs}/",
         f"  pod logs:         kubectl logs -n <namespace> <pod>   (files: {info.paths.pod_logs}/)",
         f"  containers:       {info.crictl} --runtime-endpoint unix://{info.containerd_socket} ps",

@@ -38,6 +38,14 @@ class Cluster:
         return self.info.prometheus_url
 
     @property
+    def managed_prometheus_url(self) -> str:
+        return self.info.managed_prometheus_url
+
+    @property
+    def managed_prometheus_in_cluster_url(self) -> str:
+        return self.info.managed_prometheus_in_cluster_url
+
+    @property
     def api_server(self) -> str:
         return self.info.api_server
 

@@ -45,12 +45,19 @@ ROUTER_REPO = "localhost/pixtral-router"
 RUNTIME_CPU_REPO = "localhost/pixtral-runtime-cpu"
 COREDNS_REPO = "localhost/coredns"
 PAUSE_REPO = "localhost/pause"
+# The in-cluster monitoring stack (localcluster/monitoring.py), each a static Go binary.
+PROMETHEUS_REPO = "localhost/prometheus"
+PROMETHEUS_OPERATOR_REPO = "localhost/prometheus-operator"
+CONFIG_RELOADER_REPO = "localhost/prometheus-config-reloader"
 REPOSITORIES = {
     "operator": OPERATOR_REPO,
     "router": ROUTER_REPO,
     "runtime-cpu": RUNTIME_CPU_REPO,
     "coredns": COREDNS_REPO,
     "pause": PAUSE_REPO,
+    "prometheus": PROMETHEUS_REPO,
+    "prometheus-operator": PROMETHEUS_OPERATOR_REPO,
+    "prometheus-config-reloader": CONFIG_RELOADER_REPO,
 }
 
 NAMESPACE = "k8s.io"  # the containerd namespace the kubelet's CRI reads
@@ -423,6 +430,12 @@ RUNTIME_RUN = RunConfig(
 )
 COREDNS_RUN = RunConfig(f"{NONROOT_UID}:{NONROOT_UID}", ("/coredns",))
 PAUSE_RUN = RunConfig(f"{PAUSE_UID}:{PAUSE_UID}", ("/pause",))
+# Where the upstream images keep these binaries: the Prometheus Operator starts the config reloader
+# as /bin/prometheus-config-reloader, and gives the Prometheus container arguments only.
+NOBODY_UID = 65534
+PROMETHEUS_RUN = RunConfig(f"{NOBODY_UID}:{NOBODY_UID}", ("/bin/prometheus",))
+PROMETHEUS_OPERATOR_RUN = RunConfig(f"{NOBODY_UID}:{NOBODY_UID}", ("/bin/operator",))
+CONFIG_RELOADER_RUN = RunConfig(f"{NOBODY_UID}:{NOBODY_UID}", ("/bin/prometheus-config-reloader",))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -809,13 +822,20 @@ def add_compiled(tar: tarfile.TarFile, venv: Path, staging: Path, compiled: list
         add_host_file(tar, f"{VENV_DIR}/{rel}", staging / rel, mode=0o644)
 
 
-def binary_layer(cache: Path, name: str, binary: Path) -> tuple[Layer, bool]:
-    """A layer holding one static binary at /name (coredns, pause): no base image needed."""
+def binary_layer(cache: Path, name: str, binary: Path, path: str | None = None) -> tuple[Layer, bool]:
+    """A layer holding one static binary at /name, or at /path (coredns, pause, the monitoring
+    stack): no base image needed."""
     if not binary.is_file():
         raise ImageError(f"{binary} is missing: build it with `bash e2e/tools/build-binaries.sh`")
     st = binary.stat()
-    key = cache_key(name, str(binary.resolve()), str(st.st_size), str(st.st_mtime_ns))
-    return cached_layer(cache, key, lambda tar: add_host_file(tar, name, binary, mode=0o755))
+    path = path or name
+    key = cache_key(name, path, str(binary.resolve()), str(st.st_size), str(st.st_mtime_ns))
+
+    def write(tar: tarfile.TarFile) -> None:
+        add_parents(tar, path)
+        add_host_file(tar, path, binary, mode=0o755)
+
+    return cached_layer(cache, key, write)
 
 
 def mb(size: int) -> str:
@@ -849,6 +869,7 @@ def build_images(*, repo_root: Path = REPO_ROOT, cache: Path | None = None, runt
     kube_bin, coredns_bin = binaries["KUBE_BIN"], binaries["COREDNS_BIN"]
     images["coredns"] = coredns_image(cache, Path(coredns_bin) / "coredns", version_of(coredns_bin), say=say)
     images["pause"] = pause_image(cache, Path(kube_bin) / "pause", version_of(kube_bin), say=say)
+    images.update(monitoring_images(cache, binaries, say=say))
     return images
 
 
@@ -888,6 +909,35 @@ def pause_image(cache: Path, binary: Path, k8s_version: str, *, say: Callable[[s
     """localhost/pause:<Kubernetes version>: the sandbox image, the static pause program alone."""
     layer = _Timer(say).layer("pause", lambda: binary_layer(cache, "pause", binary))
     return assemble(PAUSE_REPO, [layer], PAUSE_RUN, tag=k8s_version)
+
+
+def prometheus_release(prometheus_bin: str) -> str:
+    """The Prometheus release of a build (v3.16.0), which build-binaries.sh writes beside it."""
+    release = Path(prometheus_bin) / "release"
+    if not release.is_file():
+        raise ImageError(f"{release} is missing: build Prometheus with `bash e2e/tools/build-binaries.sh prometheus`")
+    return release.read_text().strip()
+
+
+def monitoring_images(cache: Path, binaries: Mapping[str, str], *,
+                      say: Callable[[str], None] = print) -> dict[str, Image]:
+    """Prometheus, the Prometheus Operator and its config reloader, tagged with their releases."""
+    timer = _Timer(say)
+    prometheus_bin, operator_bin = Path(binaries["PROMETHEUS_BIN"]), Path(binaries["PROMETHEUS_OPERATOR_BIN"])
+    operator_version = version_of(str(operator_bin))
+
+    def one(name: str, binary: Path, repository: str, run: RunConfig, tag: str) -> Image:
+        layer = timer.layer(name, lambda: binary_layer(cache, name, binary, f"bin/{binary.name}"))
+        return assemble(repository, [layer], run, tag=tag)
+
+    return {
+        "prometheus": one("prometheus", prometheus_bin / "prometheus", PROMETHEUS_REPO, PROMETHEUS_RUN,
+                          prometheus_release(str(prometheus_bin))),
+        "prometheus-operator": one("prometheus-operator", operator_bin / "operator", PROMETHEUS_OPERATOR_REPO,
+                                   PROMETHEUS_OPERATOR_RUN, operator_version),
+        "prometheus-config-reloader": one("prometheus-config-reloader", operator_bin / "prometheus-config-reloader",
+                                          CONFIG_RELOADER_REPO, CONFIG_RELOADER_RUN, operator_version),
+    }
 
 
 def binary_paths(repo_root: Path) -> dict[str, str]:

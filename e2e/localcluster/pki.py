@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import network
-from .addons import KUBE_ROUTER_USER
+from .addons import KUBE_ROUTER_USER, PROMETHEUS_USER
 from .node import NODE_NAME
 
 API_SERVER_SANS = (
@@ -32,6 +32,7 @@ CLIENTS = {
     # Bound to system:node-proxier by the bootstrap RBAC policy.
     "kube-proxy": ("system:kube-proxy", ""),
     "kube-router": (KUBE_ROUTER_USER, ""),
+    "prometheus": (PROMETHEUS_USER, ""),
 }
 
 

@@ -4,6 +4,8 @@
 #   kubelet, kube-proxy and the pause program (k8s.io/kubernetes)
 #   etcd (go.etcd.io/etcd/server/v3), helm (helm.sh/helm/v3)
 #   coredns, kube-router (NetworkPolicy enforcement), crictl
+#   prometheus and promtool (github.com/prometheus/prometheus: Prometheus v3, Kubernetes discovery)
+#   the Prometheus Operator and its config reloader (github.com/prometheus-operator/prometheus-operator)
 # Each set is built once per pinned version and reused; a finished set has a .complete marker.
 set -euo pipefail
 
@@ -13,6 +15,9 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
 CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
+# The Go module of Prometheus 3.16.0 (Prometheus tags its Go module v0.<major><minor>.<patch>).
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 CACHE_ROOT="${PIXTRAL_CACHE:-$HOME/.cache/pixtral-operator}"
 BIN_ROOT="$CACHE_ROOT/bin"
 WORK_ROOT="$CACHE_ROOT/build"
@@ -107,6 +112,75 @@ build_addons() {
   go_install_pinned crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
 }
 
+# Prometheus v3 and promtool. The web UI's assets are embedded only with the `builtinassets` tag,
+# which needs the UI built with npm first; without it Prometheus serves its HTTP API (all the
+# tests, the demo and the autoscaler use) and answers the UI's pages with 404.
+build_prometheus() {
+  local digits="${PROMETHEUS_VERSION#v0.}"   # 316.0 -> 3.16.0, 305.1 -> 3.5.1
+  local semver="${digits:0:1}.$((10#${digits:1:2})).${digits##*.}"
+  local ldflags="-s -w -X github.com/prometheus/common/version.Version=$semver -X github.com/prometheus/common/version.Branch=release -X github.com/prometheus/common/version.BuildUser=pixtral-operator"
+  go_install_pinned prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus "$ldflags"
+  local out="$BIN_ROOT/prometheus-$PROMETHEUS_VERSION"
+  if [[ ! -x "$out/promtool" ]]; then
+    log "promtool $PROMETHEUS_VERSION: building"
+    (cd "$WORK_ROOT" && GOBIN="$out" go install -trimpath -ldflags "$ldflags" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
+  fi
+  # The release the Prometheus resource names (spec.version), which the Prometheus Operator reads
+  # to choose the flags it passes.
+  echo "v$semver" > "$out/release"
+}
+
+# The Prometheus Operator's go.mod replaces its two API modules with local directories, which do
+# not apply to a dependent, so (as for Kubernetes) a wrapper module pins them to the same release.
+build_prometheus_operator() {
+  local out="$BIN_ROOT/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  if [[ -f "$out/.complete" ]]; then log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION: cached in $out"; return; fi
+  local module=github.com/prometheus-operator/prometheus-operator
+  local mod="$WORK_ROOT/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  mkdir -p "$mod" "$out"
+  local gomod
+  gomod="$(cd "$mod" && go mod download -json "$module@$PROMETHEUS_OPERATOR_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  {
+    echo "module pixtral.dev/localcluster/prometheus-operator"
+    echo
+    grep -E '^go [0-9]' "$gomod" | head -1
+    echo
+    echo "require $module $PROMETHEUS_OPERATOR_VERSION"
+    echo
+    grep -E "^\s*$module/[a-z/]+ => \./" "$gomod" \
+      | awk -v v="$PROMETHEUS_OPERATOR_VERSION" '{print "replace " $1 " => " $1 " " v}'
+  } > "$mod/go.mod"
+  cat > "$mod/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "github.com/prometheus-operator/prometheus-operator/cmd/operator"
+	_ "github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader"
+)
+GO
+  log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION: resolving and building"
+  (cd "$mod" && GOFLAGS="$GOFLAGS -mod=mod" go mod tidy -e >/dev/null 2>&1 || true)
+  local ldflags="-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_OPERATOR_VERSION#v} -X github.com/prometheus/common/version.Branch=release"
+  local cmd
+  for cmd in operator prometheus-config-reloader; do
+    (cd "$mod" && go build -mod=mod -trimpath -ldflags "$ldflags" -o "$out/$cmd.tmp" "$module/cmd/$cmd")
+    mv "$out/$cmd.tmp" "$out/$cmd"
+  done
+  # The CRDs and the ClusterRoles of this release, applied by the local cluster (the module ships
+  # them as YAML).
+  local module_dir
+  module_dir="$(cd "$mod" && go list -mod=mod -m -f '{{.Dir}}' "$module")"
+  mkdir -p "$out/crds" "$out/rbac"
+  cp "$module_dir"/example/prometheus-operator-crd/*.yaml "$out/crds/"
+  cp "$module_dir"/example/rbac/prometheus-operator/prometheus-operator-cluster-role.yaml \
+     "$module_dir"/example/rbac/prometheus/prometheus-cluster-role.yaml "$out/rbac/"
+  chmod -R u+w "$out/crds" "$out/rbac"
+  touch "$out/.complete"
+  log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION: done"
+}
+
 build_etcd() {
   local out="$BIN_ROOT/etcd-$ETCD_VERSION"
   if [[ -f "$out/.complete" ]]; then log "etcd $ETCD_VERSION: cached in $out"; return; fi
@@ -164,13 +238,16 @@ case "$what" in
   etcd) build_etcd ;;
   helm) build_helm ;;
   addons) build_addons ;;
-  all) build_etcd; build_helm; build_kubernetes; build_addons ;;
+  prometheus) build_prometheus; build_prometheus_operator ;;
+  all) build_etcd; build_helm; build_kubernetes; build_addons; build_prometheus; build_prometheus_operator ;;
   paths)
     echo "KUBE_BIN=$BIN_ROOT/kubernetes-$K8S_VERSION"
     echo "ETCD_BIN=$BIN_ROOT/etcd-$ETCD_VERSION"
     echo "HELM_BIN=$BIN_ROOT/helm-$HELM_VERSION"
     echo "COREDNS_BIN=$BIN_ROOT/coredns-$COREDNS_VERSION"
     echo "KUBE_ROUTER_BIN=$BIN_ROOT/kube-router-$KUBE_ROUTER_VERSION"
-    echo "CRICTL_BIN=$BIN_ROOT/crictl-$CRICTL_VERSION" ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|addons|paths]" >&2; exit 2 ;;
+    echo "CRICTL_BIN=$BIN_ROOT/crictl-$CRICTL_VERSION"
+    echo "PROMETHEUS_BIN=$BIN_ROOT/prometheus-$PROMETHEUS_VERSION"
+    echo "PROMETHEUS_OPERATOR_BIN=$BIN_ROOT/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION" ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|addons|prometheus|paths]" >&2; exit 2 ;;
 esac

@@ -77,7 +77,6 @@ MONITORING_API_VERSION = "monitoring.coreos.com/v1"
 MONITOR_KINDS = {"podmonitor": "PodMonitor"}
 # component label -> the container port serving /metrics: vLLM's own port, the router's metrics port.
 METRICS_PORT_NAMES = {"runtime": "http", "router": "metrics"}
-SCRAPE_INTERVAL = "15s"
 
 
 def prometheus_pod_label(pod_label: str) -> str:
@@ -112,7 +111,7 @@ def pod_monitor(spec: PixtralSpec, settings: OperatorSettings) -> dict[str, Any]
         "spec": {
             "selector": {"matchLabels": {L.DEPLOYMENT_LABEL: spec.name}},
             "podMetricsEndpoints": [
-                {"port": port, "path": "/metrics", "interval": SCRAPE_INTERVAL, "relabelings": monitor_relabelings(component)}
+                {"port": port, "path": "/metrics", "interval": settings.monitor_interval, "relabelings": monitor_relabelings(component)}
                 for component, port in METRICS_PORT_NAMES.items()
             ],
         },
