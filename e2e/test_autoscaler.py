@@ -105,7 +105,7 @@ def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, 
     runtime_jobs = wait_for(lambda: {r["metric"]["job"] for r in prometheus_series(
         cluster.managed_prometheus_url, f'vllm:num_requests_waiting{{namespace="{namespace}",deployment="{name}"}}')}
         or None, 60, "the runtime's queue gauge in the managed Prometheus")
-    assert runtime_jobs == {f"podMonitor/{namespace}/{name}-runtime/0"}, runtime_jobs
+    assert runtime_jobs == {f"{namespace}/{name}-runtime"}, runtime_jobs  # the PodMonitor names the job
     assert all("prometheus.io/scrape" not in (p["metadata"].get("annotations") or {})
                for p in pods(cluster, namespace, f"serving.pixtral.dev/deployment={name}"))
     # Idle: the autoscaler reads a complete signal and keeps the minimum.

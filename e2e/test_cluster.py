@@ -413,7 +413,7 @@ def test_the_prometheus_operator_scrapes_the_pods_a_pod_monitor_selects(cluster:
     # The operator regenerates the configuration, the reloader sees the Secret change, Prometheus reloads.
     (series,) = wait_for(up_series, 120, f"the managed Prometheus' `up` == 1 for pod {pod}")
     assert series["metric"]["deployment"] == "monitortest", series
-    assert series["metric"]["job"] == f"podMonitor/{namespace}/monitored/0", series
+    assert series["metric"]["job"] == f"{namespace}/monitored", series  # the PodMonitor names the job
     # Neither Prometheus scrapes the other's way: the host one keeps annotated pods only.
     host = httpx.get(f"{cluster.prometheus_url}/api/v1/query", params={"query": f'up{{namespace="{namespace}"}}'},
                      timeout=5).json()["data"]["result"]

@@ -159,8 +159,10 @@ def _operator_bin(tmp_path: Path) -> Path:
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
              "metadata": {"name": "upstream", "labels": {"x": "y"}}, "rules": rules}))
     for kind in ("b", "a"):
-        (tmp_path / "crds" / f"{kind}.yaml").write_text(yaml.safe_dump(
-            {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": kind}}))
+        # As the upstream CRDs list matcher operators: a bare `=`, which YAML 1.1 readers mistake for a tag.
+        (tmp_path / "crds" / f"{kind}.yaml").write_text(
+            f"apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {kind}\n"
+            "spec:\n  enum:\n  - '!='\n  - =\n  - =~\n")
     return tmp_path
 
 
@@ -170,7 +172,9 @@ REFS = monitoring.MonitoringImages("localhost/prometheus:v3.16.0", "v3.16.0", "l
 
 def test_the_managed_prometheus_selects_every_monitor_and_rule_and_runs_restricted(tmp_path: Path) -> None:
     operator_bin = _operator_bin(tmp_path)
-    assert [c["metadata"]["name"] for c in monitoring.crds(operator_bin)] == ["a", "b"]
+    loaded = monitoring.crds(operator_bin)
+    assert [c["metadata"]["name"] for c in loaded] == ["a", "b"]
+    assert loaded[0]["spec"]["enum"] == ["!=", "=", "=~"]
     assert monitoring.namespace()["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     objects = {(o["kind"], o["metadata"]["name"]): o for o in
                monitoring.operator_manifests(operator_bin, REFS) + monitoring.prometheus_manifests(operator_bin, REFS)}

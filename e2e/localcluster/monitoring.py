@@ -51,9 +51,21 @@ def host_url() -> str:
     return f"http://{PROMETHEUS_CLUSTER_IP}:{PROMETHEUS_PORT}"
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1's `=` "value" tag, which PyYAML resolves but cannot construct: the
+    CRDs list `=` among matcher operators, a plain string to every YAML 1.2 reader (kubectl's too)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:value"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def crds(operator_bin: Path) -> list[dict]:
     """The monitoring.coreos.com CRDs of the Prometheus Operator release that was built."""
-    return [yaml.safe_load(path.read_text()) for path in sorted((operator_bin / "crds").glob("*.yaml"))]
+    return [yaml.load(path.read_text(), Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+            for path in sorted((operator_bin / "crds").glob("*.yaml"))]
 
 
 def _upstream_cluster_role(operator_bin: Path, file_name: str, name: str) -> dict:
