@@ -177,8 +177,8 @@ class InClusterOperator:
     def restart(self) -> InClusterOperator:
         return self.wait_ready(excluding=self.kill())
 
-    def log(self) -> str:
-        return self.cluster.kubectl("logs", "-n", self.namespace, "-l", self.selector, "--tail=200",
+    def log(self, tail: int = 200) -> str:
+        return self.cluster.kubectl("logs", "-n", self.namespace, "-l", self.selector, f"--tail={tail}",
                                     check=False).stdout
 
     def stop(self) -> None:

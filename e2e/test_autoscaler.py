@@ -101,10 +101,12 @@ def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, 
     assert warm.status_code == 200, warm.text
     assert warm.json()["usage"]["completion_tokens"] == 48  # ignore_eos/min_tokens reach the engine
     # The queue signal comes through the rendered PodMonitor, and the pods carry no scrape annotations.
+    # A new PodMonitor takes effect once the Prometheus Operator has rewritten its Prometheus'
+    # configuration Secret and the kubelet has refreshed the mounted copy (its sync period, a minute).
     assert cluster.rest.get(f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/podmonitors/{name}-runtime")
     runtime_jobs = wait_for(lambda: {r["metric"]["job"] for r in prometheus_series(
         cluster.managed_prometheus_url, f'vllm:num_requests_waiting{{namespace="{namespace}",deployment="{name}"}}')}
-        or None, 60, "the runtime's queue gauge in the managed Prometheus")
+        or None, 180, "the runtime's queue gauge in the managed Prometheus")
     assert runtime_jobs == {f"{namespace}/{name}-runtime"}, runtime_jobs  # the PodMonitor names the job
     assert all("prometheus.io/scrape" not in (p["metadata"].get("annotations") or {})
                for p in pods(cluster, namespace, f"serving.pixtral.dev/deployment={name}"))
@@ -148,8 +150,15 @@ def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, 
         print(f"load stop -> replicas 1: {after_stop:.1f}s (window {SCALE_DOWN_WINDOW_SECONDS}s)")
         steps = recorder.replica_steps(after=started)
         print(f"replica steps: {[(round(t - started, 1), a, b) for t, a, b in steps]}")
-        # Which decision scaled down, and from what it remembered (printed before the assertions).
+        # Which decision scaled down, and from what it remembered (printed before the assertions),
+        # and which writer set the replicas last.
         print(f"autoscaler status at scale-down: {autoscaler_status(cluster, namespace, name)}")
+        live = cluster.rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{deployment}")
+        print(f"spec.replicas owners at scale-down: {replicas_managers(live)}; managedFields: "
+              f"{[(m.get('manager'), m.get('operation'), m.get('subresource'), m.get('time')) for m in live['metadata']['managedFields']]}")
+        print("operator log, scaling lines:\n" + "\n".join(
+            line for line in podmonitor_operator.log(tail=-1).splitlines()
+            if (" -> " in line and "stable" in line) or "PATCH /apis/apps/v1" in line or "/scale" in line))
         # The last high recommendation was read at most one tick before the stop (twelve requests
         # were still in flight then), and scale-down waits a whole window after it.
         assert after_stop >= SCALE_DOWN_WINDOW_SECONDS - AUTOSCALE_SECONDS - SCRAPE_INTERVAL_SECONDS, after_stop
