@@ -25,6 +25,30 @@ export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false}"
 
 log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# A module that requires `module@version` and pins each module that module's go.mod replaces with a
+# local directory (lines matching `replaced`) to its published `pin_version`: replace directives do
+# not apply to dependents. tools.go imports the commands so `go mod tidy` resolves them.
+write_wrapper_module() {
+  local dir="$1" name="$2" module="$3" version="$4" replaced="$5" pin_version="$6"
+  shift 6
+  local gomod
+  gomod="$(cd "$dir" && go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  {
+    echo "module pixtral.dev/localcluster/$name"
+    echo
+    grep -E '^go [0-9]' "$gomod" | head -1
+    echo
+    echo "require $module $version"
+    echo
+    grep -E "$replaced" "$gomod" | awk -v v="$pin_version" '{print "replace " $1 " => " $1 " " v}'
+  } > "$dir/go.mod"
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    printf '\t_ "%s"\n' "$@"
+    printf ')\n'
+  } > "$dir/tools.go"
+}
+
 # Every Kubernetes binary is built from the upstream module, unmodified. The recipe names what a
 # finished set holds; a set built by an older recipe is rebuilt.
 KUBERNETES_RECIPE="kubernetes-recipe-3 (upstream source; kubelet and kube-proxy included)"
@@ -43,34 +67,11 @@ build_kubernetes() {
   local mod="$WORK_ROOT/kubernetes-$K8S_VERSION"
   mkdir -p "$mod" "$out"
   log "kubernetes $K8S_VERSION: preparing wrapper module (staging modules at $staging_version)"
-  local gomod
-  gomod="$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-  {
-    echo "module pixtral.dev/localcluster/kubernetes"
-    echo
-    grep -E '^go [0-9]' "$gomod" | head -1
-    echo
-    echo "require k8s.io/kubernetes $K8S_VERSION"
-    echo
-    # Every staging module that k8s.io/kubernetes replaces with ./staging/... is pinned to its
-    # published version instead (replace directives do not apply to dependents).
-    grep -E '^\s*k8s.io/[a-z0-9-]+ => \./staging/' "$gomod" \
-      | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
-  } > "$mod/go.mod"
-  cat > "$mod/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-	_ "k8s.io/kubernetes/cmd/kubelet"
-	_ "k8s.io/kubernetes/cmd/kube-proxy"
-)
-GO
+  # Every staging module that k8s.io/kubernetes replaces with ./staging/... is pinned to its
+  # published version instead.
+  write_wrapper_module "$mod" kubernetes k8s.io/kubernetes "$K8S_VERSION" \
+    '^\s*k8s.io/[a-z0-9-]+ => \./staging/' "$staging_version" \
+    "${KUBERNETES_COMMANDS[@]/#/k8s.io/kubernetes/cmd/}"
   (cd "$mod" && GOFLAGS="$GOFLAGS -mod=mod" go mod tidy -e >/dev/null 2>&1 || true)
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
@@ -150,28 +151,9 @@ build_prometheus_operator() {
   local module=github.com/prometheus-operator/prometheus-operator
   local mod="$WORK_ROOT/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
   mkdir -p "$mod" "$out"
-  local gomod
-  gomod="$(cd "$mod" && go mod download -json "$module@$PROMETHEUS_OPERATOR_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-  {
-    echo "module pixtral.dev/localcluster/prometheus-operator"
-    echo
-    grep -E '^go [0-9]' "$gomod" | head -1
-    echo
-    echo "require $module $PROMETHEUS_OPERATOR_VERSION"
-    echo
-    grep -E "^\s*$module/[a-z/]+ => \./" "$gomod" \
-      | awk -v v="$PROMETHEUS_OPERATOR_VERSION" '{print "replace " $1 " => " $1 " " v}'
-  } > "$mod/go.mod"
-  cat > "$mod/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "github.com/prometheus-operator/prometheus-operator/cmd/operator"
-	_ "github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader"
-)
-GO
+  write_wrapper_module "$mod" prometheus-operator "$module" "$PROMETHEUS_OPERATOR_VERSION" \
+    "^\\s*$module/[a-z/]+ => \\./" "$PROMETHEUS_OPERATOR_VERSION" \
+    "$module/cmd/operator" "$module/cmd/prometheus-config-reloader"
   log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION: resolving and building"
   (cd "$mod" && GOFLAGS="$GOFLAGS -mod=mod" go mod tidy -e >/dev/null 2>&1 || true)
   local ldflags="-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_OPERATOR_VERSION#v} -X github.com/prometheus/common/version.Branch=release"
