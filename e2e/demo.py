@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
   kubectl explain pxd.spec.canary                           # the CRD is documented
   kubectl logs -n {TENANT_NAMESPACE} deploy/{NAME}-router              # a container's log
   {cluster.info.crictl} --runtime-endpoint unix://{cluster.info.containerd_socket} ps   # containers on the node
-  open {cluster.prometheus_url}/graph?g0.expr=vllm:num_requests_running
+  curl -s '{cluster.prometheus_url}/api/v1/query?query=vllm:num_requests_running'   # Prometheus (API only, no UI)
   curl -s http://{cluster_ip}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' \\
        -H 'content-type: application/json' \\
        -d '{{"model":"tiny-pixtral","messages":[{{"role":"user","content":"hi"}}],"max_tokens":8}}'
