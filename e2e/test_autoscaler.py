@@ -57,8 +57,8 @@ from pixtral_operator.render.labels import AUTOSCALER_FIELD_MANAGER
 pytestmark = [pytest.mark.cluster, pytest.mark.engine, pytest.mark.timeout(2400)]
 
 STARTUP = 600  # seconds for a vLLM pod to become ready on a busy, shared 2-core machine
-# Both Prometheuses scrape every second: the PodMonitors of `podmonitor_operator` ask for this
-# interval, and the host Prometheus' annotation scrape uses the same (localcluster/prometheus.py).
+# Both Prometheuses scrape at this interval: the PodMonitors of `podmonitor_operator` ask for it,
+# and it is the host Prometheus' annotation scrape interval (localcluster/monitoring.py takes it from there).
 SCRAPE_INTERVAL_SECONDS = float(SCRAPE_INTERVAL.rstrip("s"))
 AUTOSCALE_SECONDS = 2.0  # PIXTRAL_AUTOSCALE_SECONDS of the `operator` fixture
 # Load start -> Deployment patched: the first requests reach the engine queue, Prometheus scrapes

@@ -14,6 +14,8 @@ from pathlib import Path
 import yaml
 
 from . import network
+from .images import NOBODY_UID
+from .prometheus import ScrapeSettings
 
 NAMESPACE = "monitoring"  # the chart's default metricsFromNamespaces: the runtime NetworkPolicy admits it
 OPERATOR_NAME = "prometheus-operator"
@@ -25,9 +27,11 @@ PROMETHEUS_PORT = 9090
 PROMETHEUS_CLUSTER_IP = "10.96.0.90"
 # What the Prometheus Operator puts on the pods of a Prometheus resource.
 PROMETHEUS_POD_SELECTOR = {"operator.prometheus.io/name": PROMETHEUS_NAME}
-SCRAPE_INTERVAL = "1s"  # what a monitor without an interval gets; the e2e PodMonitors ask for 1s too
+# What a monitor without an interval gets (the e2e PodMonitors ask for it too): the host
+# Prometheus' interval, so the autoscaler e2e sees the same delay on either path.
+SCRAPE_INTERVAL = ScrapeSettings.scrape_interval
 # Runs as nobody, like the upstream images; with seccomp and no privileges, PSA `restricted` admits it.
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": NOBODY_UID, "runAsGroup": NOBODY_UID, "fsGroup": NOBODY_UID,
                 "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                       "capabilities": {"drop": ["ALL"]}}
