@@ -150,19 +150,29 @@ def test_metrics_expose_the_queue_gauges(server):
     assert f'vllm:num_requests_running{{engine="0",model_name="{SERVED_NAME}"}}' in text
 
 
-def queue_depth(base_url: str) -> tuple[float, float] | None:
-    """(running, waiting) from /metrics, or None when the busy API server did not answer in time."""
+def queue_depth(base_url: str, seen: list[str] | None = None) -> tuple[float, float] | None:
+    """(running, waiting) from /metrics, or None when the busy API server did not answer in time.
+    `seen` receives the scheduler and request-count lines of the answer (for a failure's message)."""
     running = waiting = 0.0
     try:
         text = httpx.get(f"{base_url}/metrics", timeout=5).text
     except httpx.TimeoutException:
         return None  # the caller polls again
+    if seen is not None:
+        seen[:] = [line for line in text.splitlines() if line.startswith(
+            ("vllm:num_requests", "vllm:request_success_total", "vllm:generation_tokens_total"))]
     for line in text.splitlines():
         if line.startswith("vllm:num_requests_running{"):
             running += float(line.rsplit(" ", 1)[1])
         elif line.startswith("vllm:num_requests_waiting{"):
             waiting += float(line.rsplit(" ", 1)[1])
     return running, waiting
+
+
+def queue_lines_now(base_url: str) -> list[str]:
+    lines: list[str] = []
+    queue_depth(base_url, lines)
+    return lines
 
 
 def finished_requests(futures) -> list[str]:
@@ -175,37 +185,45 @@ def finished_requests(futures) -> list[str]:
                 out.append(repr(error))
             else:
                 response = future.result()
-                out.append(f"{response.status_code} {response.text[:200]}")
+                usage = response.json().get("usage") if response.status_code == 200 else None
+                out.append(f"{response.status_code} {usage or response.text[:200]}")
     return out
 
 
 @pytest.mark.timeout(600)
 def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
     """The last test on `server`: it ends it."""
-    # Long enough that the queue is visible in /metrics even on an idle machine.
-    tokens, concurrency = 1024, MAX_NUM_SEQS + 4
+    # Long enough that the queue is visible in /metrics for many polls even on an idle machine: one
+    # round of two requests lasts about 15 s there (about 130 tokens/s per sequence).
+    tokens, concurrency = 2048, MAX_NUM_SEQS + 4
     long_request = dict(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, timeout=500)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = [pool.submit(chat, server.url, [{"role": "user", "content": f"Count to {i}"}], **long_request)
                    for i in range(concurrency)]
-        # A poll that times out keeps the last answer and is counted. Twice (of many runs) this wait
-        # read 0 running with every poll answered, after the file's other tests; not reproduced
-        # since, so the failure names what the ended requests returned, and stops waiting once
-        # every request has ended.
+        # A poll that times out keeps the last answer and is counted. In the full suite this wait has
+        # ended (with 1024 tokens per request) with every request answered 200 before a single poll
+        # saw one running and one waiting: vLLM took the requests in over 14 s, so the queue was
+        # short-lived. The failure names the peaks seen, what the ended requests returned and the
+        # scheduler's counters, and the wait stops once every request has ended.
         deadline = time.monotonic() + 240
         running = waiting = 0.0
-        unanswered = 0
+        unanswered = answered = 0
+        peak = (0.0, 0.0)
+        last_lines: list[str] = []
         while (time.monotonic() < deadline and not (running >= 1 and waiting >= 1)
                and not all(future.done() for future in futures)):
-            depth = queue_depth(server.url)
+            depth = queue_depth(server.url, last_lines)
             if depth is None:
                 unanswered += 1
             else:
                 running, waiting = depth
+                answered += 1
+                peak = (max(peak[0], running), max(peak[1], waiting))
             time.sleep(0.05)
         assert running >= 1 and waiting >= 1, (f"the requests never queued up: last read {running} running, "
-                                                f"{waiting} waiting; {unanswered} polls unanswered; "
-                                                f"finished: {finished_requests(futures)}")
+                                                f"{waiting} waiting; peaks {peak} over {answered} polls, {unanswered} unanswered; "
+                                                f"finished: {finished_requests(futures)}; last /metrics: "
+                                                f"{last_lines}; after: {queue_lines_now(server.url)}")
 
         server.signal("SIGTERM")
         readiness_deadline = time.monotonic() + 3

@@ -19,6 +19,14 @@ DEGRADED = Gauge(
 SCALE_EVENTS = Counter(
     "pixtral_operator_scale_events_total", "Replica changes made by the autoscaler", ["namespace", "name", "track", "direction"]
 )
+# One autoscaler tick of one object, reads and writes included. A tick much longer than
+# PIXTRAL_AUTOSCALE_SECONDS means the operator is starved or the API server or Prometheus is slow;
+# the decision then rests on older readings (scale_decision holds each until the next one).
+AUTOSCALE_TICK_SECONDS = Histogram(
+    "pixtral_operator_autoscale_tick_duration_seconds",
+    "Time one autoscaler tick of one PixtralDeployment takes",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 # What the autoscaler saw on its last tick, per track of an autoscaled PixtralDeployment: `desired`
 # is the replica count it asked for, `ready` what the track's Deployment reported (the dashboard's
 # "replicas desired vs ready"). Removed when the object goes away.

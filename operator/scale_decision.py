@@ -11,7 +11,9 @@ The rules (docs/autoscaling.md explains them for operators):
   ``scaleUpWindowSeconds`` (0: the current one);
 * scale down only after every recommendation for ``scaleDownWindowSeconds`` of continuous,
   complete readings was below the current replicas, and then to the highest of them, so an input
-  that flaps between high and low never moves the output down;
+  that flaps between high and low never moves the output down; a recommendation holds from its
+  reading until the next one, so the window counts what was in force over it, not only the
+  readings that fell inside it;
 * a signal that is missing, stale or partial never scales down; a partial signal is a lower bound
   of the real load, so it may still scale up (this is what wakes a track at zero replicas from the
   router's pending gauge while the engine has no pods to report);
@@ -125,7 +127,8 @@ class TrackState:
     before each decision. ``highs`` and ``lows`` hold the recent recommendations needed for the
     windows as monotonic queues of (time, recommendation): ``highs`` keeps only entries that no
     later entry matches or exceeds (so its first entry inside a window is the window's maximum),
-    ``lows`` the mirror image. Their length is bounded by maxReplicas + 1 whatever the tick rate,
+    ``lows`` the mirror image. Their last entry is always the latest reading's recommendation, which
+    the next reading stamps again at its own time (it held until then). Their length is bounded by maxReplicas + 1 whatever the tick rate,
     which keeps the stored state small.
     """
 
@@ -217,6 +220,13 @@ def decide(state: TrackState, signal: Signal, policy: Policy, now: float) -> Dec
     highs, lows = state.highs, state.lows
     observing_since, last_reading_time = state.observing_since, state.last_reading_time
     if recommendation is not None:
+        # The previous reading's recommendation held until this reading: stamp it at `now` first, so
+        # that ticks that did not run (a stalled operator, a starved node) cannot let a high
+        # recommendation leave the window unseen and scale down on the first reading after them.
+        if highs:
+            highs = _push_high(highs, now, highs[-1][1], policy.scale_down_window_seconds)
+        if lows:
+            lows = _push_low(lows, now, lows[-1][1], policy.scale_up_window_seconds)
         highs = _push_high(highs, now, recommendation, policy.scale_down_window_seconds)
         lows = _push_low(lows, now, recommendation, policy.scale_up_window_seconds)
     if signal.complete and load is not None:
@@ -371,22 +381,28 @@ def _up_target(state: TrackState, recommendation: int, policy: Policy) -> int:
     return state.lows[0][1]
 
 
+def _in_window(t: float, now: float, window: float) -> bool:
+    # An entry stamped at t was in force until t (a re-stamped one) or from t on (the current
+    # reading, t == now): the window (now - window, now] holds it when t is after its start.
+    return t > now - window or t == now
+
+
 def _window_high(highs: tuple[tuple[float, int], ...], now: float, window: float) -> int:
-    inside = [r for t, r in highs if t >= now - window]
+    inside = [r for t, r in highs if _in_window(t, now, window)]
     return inside[0] if inside else 0
 
 
 def _push_high(
     queue: tuple[tuple[float, int], ...], now: float, value: int, window: float
 ) -> tuple[tuple[float, int], ...]:
-    kept = [(t, r) for t, r in queue if t >= now - window and r > value]
+    kept = [(t, r) for t, r in queue if t > now - window and r > value]
     return (*kept, (now, value))
 
 
 def _push_low(
     queue: tuple[tuple[float, int], ...], now: float, value: int, window: float
 ) -> tuple[tuple[float, int], ...]:
-    kept = [(t, r) for t, r in queue if t >= now - window and r < value]
+    kept = [(t, r) for t, r in queue if t > now - window and r < value]
     return (*kept, (now, value))
 
 

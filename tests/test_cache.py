@@ -274,3 +274,32 @@ async def test_the_autoscaler_compares_with_the_status_it_wrote_not_kopfs_older_
     await autoscale(body=body)  # kopf's body: no status yet, and it stays so (no watch event here)
     await autoscale(body=body)
     assert [w for w in api.writes if w[0] == "status"] == [("status", "PixtralDeployment", "demo")]
+
+
+async def test_a_failed_autoscaler_tick_is_retried_at_the_interval_and_a_slow_one_is_logged(monkeypatch, caplog):
+    import logging
+
+    from pixtral_operator.handlers import pixtral as handlers_module
+
+    api = CountingKube(nodes=[gpu_node("gpu-0")])
+    cache = ObjectCache()
+    kube = CachedKube(api, cache)
+    registry = kopf.OperatorRegistry()
+    scaler = Scaler(kube, None)
+    register(registry, SETTINGS, kube, scaler, cache)
+    timers = {h.id: h for h in registry._spawning.get_all_handlers() if h.id in ("autoscale", "canary")}
+    # kopf's default backoff is 60 s: a minute without scaling after one failed read.
+    assert timers["autoscale"].backoff == SETTINGS.autoscale_seconds
+    assert timers["canary"].backoff == SETTINGS.canary_seconds
+
+    clock = iter([100.0, 100.0 + handlers_module.SLOW_TICK_FACTOR * SETTINGS.autoscale_seconds + 0.5])
+    monkeypatch.setattr(handlers_module, "_clock", lambda: next(clock))
+
+    async def no_decision(body):
+        from pixtral_operator.scale_loop import TickResult
+        return TickResult({}, None)
+
+    monkeypatch.setattr(scaler, "tick", no_decision)
+    with caplog.at_level(logging.WARNING, logger=handlers_module.__name__):
+        await timers["autoscale"].fn(body=pxd(spec={"autoscaling": {"enabled": True}}))
+    assert "autoscaler tick took" in caplog.text and "team/demo" in caplog.text, caplog.text

@@ -246,6 +246,30 @@ def test_a_long_silence_between_ticks_restarts_the_window():
     assert later.state.observing_since == T0 + 1000
 
 
+def test_ticks_that_did_not_run_do_not_let_a_high_recommendation_leave_the_window_unseen():
+    # The operator read 3 once, then ran no tick for longer than the window (starved, or its ticks
+    # stalled): the first reading after that silence must not scale down on its own, because the 3
+    # was the last thing known until then.
+    policy = Policy(min_replicas=1, max_replicas=3, target_queue_per_replica=2, scale_down_window_seconds=30,
+                    max_reading_gap_seconds=120)
+    state = TrackState(replicas=1)
+    for index in range(20):  # idle at 1 for 40 s: the observation is long under way
+        state = decide(state, Signal(load=0), policy, T0 + 2 * index).state
+    up = decide(state, Signal(load=12), policy, T0 + 40)
+    assert (up.desired, up.reason) == (3, "ScaleUp")
+    after_silence = decide(up.state, Signal(load=0), policy, T0 + 40 + 31)
+    assert (after_silence.desired, after_silence.reason) == (3, "HoldWithinWindow"), after_silence.message
+    assert "3 was recommended" in after_silence.message
+    # A whole window of low readings after the silence, then down.
+    state, decisions = after_silence.state, []
+    for index in range(1, 17):
+        decision = decide(state, Signal(load=0), policy, T0 + 71 + 2 * index)
+        decisions.append((2 * index, decision.desired))
+        state = decision.state
+    assert [d for t, d in decisions if t < 30] == [3] * 14
+    assert [d for t, d in decisions if t >= 30] == [1, 1]
+
+
 # --- flapping -------------------------------------------------------------------------------
 
 
@@ -326,7 +350,11 @@ def simulate(seed: int) -> collections.Counter[str]:
         assert desired - previous <= policy.max_scale_up_step
         if desired < previous:
             assert signal.load is not None and signal.complete, decision.message
-            in_window = [r for t, r in history if t >= now - policy.scale_down_window_seconds]
+            # A recommendation holds until the next reading: the one in force when the window
+            # opened counts as well as those read inside it.
+            window_open = now - policy.scale_down_window_seconds
+            in_window = [history[-1][1]] if policy.scale_down_window_seconds == 0 else (
+                [r for t, r in history if t > window_open] + [r for t, r in history if t <= window_open][-1:])
             assert max(in_window) < previous
             assert desired == max(max(in_window), 1 if not signal.wake_visible else 0)
             assert window_start is not None and now - window_start >= policy.scale_down_window_seconds

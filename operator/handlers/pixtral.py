@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # Waiting longer than this for another reconcile of the same object means that one is stuck on the
 # API server; kopf retries the change later.
 INFLIGHT_WAIT_SECONDS = 120.0
+# An autoscaler tick longer than this many intervals is logged as a warning.
+SLOW_TICK_FACTOR = 2.0
+_clock = time.monotonic  # the tick timer's clock (a test replaces it)
 
 
 def run_reconcile(
@@ -173,8 +176,25 @@ def register(
     def recheck(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(body, kube, settings, inflight, retry=retry, wait=False)
 
-    @timer("autoscale", interval=settings.autoscale_seconds, when=_autoscaling_enabled)
+    # A tick that raised is tried again at the next interval, not after kopf's default 60 s backoff:
+    # a minute without ticks is a minute in which load goes unanswered.
+    @timer("autoscale", interval=settings.autoscale_seconds, backoff=settings.autoscale_seconds,
+           when=_autoscaling_enabled)
     async def autoscale(body: kopf.Body, **_: Any) -> None:
+        started = _clock()
+        try:
+            await _autoscale(body)
+        finally:
+            elapsed = _clock() - started
+            metrics.AUTOSCALE_TICK_SECONDS.observe(elapsed)
+            if elapsed > SLOW_TICK_FACTOR * settings.autoscale_seconds:
+                log.warning(
+                    "%s/%s: autoscaler tick took %.1fs (PIXTRAL_AUTOSCALE_SECONDS %gs): the operator is starved, "
+                    "or the API server or Prometheus answers slowly",
+                    body["metadata"]["namespace"], body["metadata"]["name"], elapsed, settings.autoscale_seconds,
+                )
+
+    async def _autoscale(body: kopf.Body) -> None:
         meta = body["metadata"]
         # The cached body holds the status this operator wrote last, which kopf's may not have yet:
         # comparing with it keeps the tick from writing the same status twice.
@@ -188,7 +208,7 @@ def register(
 
     canary_loop = CanaryLoop(kube, scaler.prometheus, settings)
 
-    @timer("canary", interval=settings.canary_seconds, when=_canary_analysis)
+    @timer("canary", interval=settings.canary_seconds, backoff=settings.canary_seconds, when=_canary_analysis)
     async def canary(body: kopf.Body, retry: int, **_: Any) -> None:
         import asyncio
 
