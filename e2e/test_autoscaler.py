@@ -160,7 +160,8 @@ def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, 
               f"{[(m.get('manager'), m.get('operation'), m.get('subresource'), m.get('time')) for m in live['metadata']['managedFields']]}")
         print("operator log, scaling lines:\n" + "\n".join(
             line for line in podmonitor_operator.log(tail=-1).splitlines()
-            if (" -> " in line and "stable" in line) or "PATCH /apis/apps/v1" in line or "/scale" in line))
+            if (" -> " in line and "stable" in line) or "PATCH /apis/apps/v1" in line or "/scale" in line
+            or "autoscaler tick took" in line or "Timer 'autoscale' failed" in line))
         # The last high recommendation was read at most one tick before the stop (twelve requests
         # were still in flight then), and scale-down waits a whole window after it.
         assert after_stop >= SCALE_DOWN_WINDOW_SECONDS - AUTOSCALE_SECONDS - SCRAPE_INTERVAL_SECONDS, after_stop
