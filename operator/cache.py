@@ -9,7 +9,8 @@ watched kind is in, so a reconcile never reads a cache that is still filling.
 the cache, everything else (Secrets, which the operator may never list or watch, and
 PersistentVolumeClaims) is passed to the API. Writes go to the API and their answers into the cache
 at once, so the next pass, which may run before the write's own watch event arrives, does not apply
-the same object again.
+the same object again; that watch event, carrying the version the write answered, then reconciles
+nothing (the pass that wrote it saw it already).
 
 A child name missing from the cache is looked up with one GET (`get`): a namesake that someone else
 created carries no operator label, so only the API can show it (ChildConflict). Where only an object
@@ -84,6 +85,9 @@ class ObjectCache:
         self._lock = threading.Lock()
         self._objects: dict[Key, dict[str, Any]] = {}
         self._nodes: dict[str, dict[str, Any]] = {}
+        # The resourceVersion of each child as the operator's own last write answered it: the watch
+        # event that echoes that write carries nothing the writing pass did not already see.
+        self._written: dict[Key, str] = {}
         self.nodes_watched = False
 
     def put(self, obj: Mapping[str, Any]) -> None:
@@ -102,6 +106,25 @@ class ObjectCache:
     def discard(self, kind: str, namespace: str | None, name: str) -> None:
         with self._lock:
             self._objects.pop((kind, namespace, name), None)
+            self._written.pop((kind, namespace, name), None)
+
+    def note_own_write(self, obj: Mapping[str, Any]) -> None:
+        """Remember the version a write of the operator's own produced (see `is_own_write`)."""
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            with self._lock:
+                self._written[_key(obj)] = str(version)
+
+    def is_own_write(self, kind: str, namespace: str | None, name: str, version: Any) -> bool:
+        """Whether a watch event of this version is the echo of the operator's own last write of the
+        object (once: a second event of the same version is not expected)."""
+        if not version:
+            return False
+        with self._lock:
+            if self._written.get((kind, namespace, name)) != str(version):
+                return False
+            del self._written[(kind, namespace, name)]
+            return True
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -203,3 +226,4 @@ class CachedKube:
     def _remember(self, obj: Mapping[str, Any]) -> None:
         if obj.get("kind") in self.cached_kinds:
             self.cache.put(obj)
+            self.cache.note_own_write(obj)

@@ -12,6 +12,11 @@ RECONCILE_SECONDS = Histogram(
     "Time one reconcile takes",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# Watch events of the children: `reconcile` ran a pass of the owner, `own-write` was the echo of
+# the operator's own apply and ran none.
+CHILD_EVENTS = Counter(
+    "pixtral_operator_child_events_total", "Watch events of owned children by outcome", ["kind", "outcome"]
+)
 WRITES = Counter("pixtral_operator_api_writes_total", "Writes to the Kubernetes API made by reconciles", ["namespace"])
 DEGRADED = Gauge(
     "pixtral_operator_degraded", "1 when a PixtralDeployment is Degraded (spec rejected)", ["namespace", "name"]

@@ -303,3 +303,41 @@ async def test_a_failed_autoscaler_tick_is_retried_at_the_interval_and_a_slow_on
     with caplog.at_level(logging.WARNING, logger=handlers_module.__name__):
         await timers["autoscale"].fn(body=pxd(spec={"autoscaling": {"enabled": True}}))
     assert "autoscaler tick took" in caplog.text and "team/demo" in caplog.text, caplog.text
+
+
+async def test_the_echo_of_the_operators_own_apply_reconciles_nothing_and_a_later_version_does(
+        operator_handlers, monkeypatch):
+    from pixtral_operator.handlers import pixtral as handlers_module
+
+    registry, api, cache = operator_handlers
+    passes = []
+    real_pass = handlers_module.run_reconcile
+    monkeypatch.setattr(handlers_module, "run_reconcile", lambda body, *a, **k: passes.append(1) or real_pass(body, *a, **k))
+    body = pxd()
+    await handler(registry, "pixtraldeployment-cache")(body=body)
+    reconcile(body, CachedKube(api, cache), SETTINGS, now="t0")
+    written = cache.get("ConfigMap", "team", "demo-router")
+    written["metadata"]["resourceVersion"] = "41"  # the fake API server assigns no versions
+    cache.put(written)
+    cache.note_own_write(written)  # what CachedKube does with an apply's answer
+    api.writes.clear()
+    await handler(registry, "configmaps-cache")(body=written)
+    await handler(registry, "configmaps-changed")(event={"type": "MODIFIED", "object": written})
+    assert passes == [], "the echo of the operator's own write ran a pass"
+    # The same object at a later version (someone edited it) is reconciled and put back.
+    edited = {**written, "data": {"config.json": "{}"}, "metadata": {**written["metadata"], "resourceVersion": "42"}}
+    await handler(registry, "configmaps-cache")(body=edited)
+    await handler(registry, "configmaps-changed")(event={"type": "MODIFIED", "object": edited})
+    assert passes == [1] and ("apply", "ConfigMap", "demo-router") in api.writes
+
+
+def test_an_own_write_is_recognised_once_and_only_at_its_version():
+    cache = ObjectCache()
+    obj = {"kind": "Service", "metadata": {"name": "a", "namespace": "n", "resourceVersion": "7"}}
+    cache.note_own_write(obj)
+    assert not cache.is_own_write("Service", "n", "a", "6")
+    assert not cache.is_own_write("Service", "n", "a", None)
+    assert cache.is_own_write("Service", "n", "a", "7")
+    assert not cache.is_own_write("Service", "n", "a", "7")
+    cache.note_own_write({"kind": "Service", "metadata": {"name": "b", "namespace": "n"}})  # no version: never
+    assert not cache.is_own_write("Service", "n", "b", "")

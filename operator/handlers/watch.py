@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import kopf
+from pixtral_operator import metrics
 from pixtral_operator.cache import WATCHED_CHILD_KINDS, ObjectCache, controller_owner, gpu_view
 from pixtral_operator.requeue import Requeue
 from pixtral_operator.spec import GROUP, PLURAL, VERSION
@@ -102,6 +103,13 @@ def _register_child(
             cache.discard(kind, meta.get("namespace"), meta.get("name"))
         if owner is not None and event["type"] is not None:
             # The initial listing (type None) changed nothing: the resume handlers reconcile anyway.
+            if event["type"] != "DELETED" and cache.is_own_write(
+                    kind, meta.get("namespace"), meta.get("name"), meta.get("resourceVersion")):
+                # The echo of the operator's own apply: a create's dozen children would otherwise
+                # cost their owner passes that find nothing to do.
+                metrics.CHILD_EVENTS.labels(kind, "own-write").inc()
+                return
+            metrics.CHILD_EVENTS.labels(kind, "reconcile").inc()
             await requeue.kick(owner)
 
     return changed_id
