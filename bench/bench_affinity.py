@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_affinity.py calibrate [--vision-hidden H --vision-layers L]
     .venv/bin/python bench/bench_affinity.py render    # the docs section again, from the results file
     .venv/bin/python bench/bench_affinity.py run [--rounds 2] [--conversations 30] [--unique 40]
+                                                 [--pool 20] [--mm-cache-gb 0.25] [--kv-blocks N]
                                                  [--vision-hidden H --vision-layers L]
 
 `run` starts, all on 127.0.0.1 and all stopped by PID at the end:
@@ -10,12 +11,14 @@
               with prefix caching and the multimodal processor cache) serving a tiny random-weight
               Pixtral written at start (`pixtral-runtime tiny-model`, optionally with a larger vision
               encoder); engine i's threads are bound to core i (VLLM_CPU_OMP_THREADS_BIND), small KV
-              cache (VLLM_CPU_KVCACHE_SPACE=1), --max-num-seqs 8;
+              cache (VLLM_CPU_KVCACHE_SPACE=1, or --kv-blocks blocks of 128 tokens), --max-num-seqs 8;
+              --mm-cache-gb and --kv-blocks size the two caches below the image pool, which is how
+              a replica of a larger fleet sees the images of many tenants;
   3 routers   `pixtral-runtime router`, static backends (both engines), one per routing strategy.
 Then, interleaved (each round rotates the order of the strategies and of the workloads), one run per
 strategy and workload, each with images drawn fresh for that run, so that no run finds another's
 images in the engines' caches:
-  repeated    conversations over a pool of 20 images drawn by Zipf (image k weighted 1/k^1.1); a
+  repeated    conversations over a pool of --pool images drawn by Zipf (image k weighted 1/k^1.1); a
               conversation has 1-3 turns (50/30/20%), each turn resending the whole history (the
               image, the earlier questions and the engine's answers) with a new question;
   unique      single-turn requests, a fresh image each.
@@ -143,7 +146,14 @@ class Engine:
     startup_s: float
 
 
-def launch_engine(procs: Procs, model: Path, work: Path, index: int, mm_cache_gb: float) -> tuple:
+def engine_args(kv_blocks: int | None) -> list[str]:
+    """The engine's extra vLLM arguments; `kv_blocks` caps its KV cache at that many blocks (128
+    tokens each on the CPU backend) in place of what VLLM_CPU_KVCACHE_SPACE=1 gives (thousands)."""
+    return [*ENGINE_EXTRA_ARGS, *(["--num-gpu-blocks-override", str(kv_blocks)] if kv_blocks else [])]
+
+
+def launch_engine(procs: Procs, model: Path, work: Path, index: int, mm_cache_gb: float,
+                  kv_blocks: int | None = None) -> tuple:
     port, health = free_port(), free_port()
     cache = work / f"cache-{index}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -151,14 +161,15 @@ def launch_engine(procs: Procs, model: Path, work: Path, index: int, mm_cache_gb
            "--served-model-name", MODEL, "--images-per-prompt", "2", "--max-model-len", "4096",
            "--max-num-seqs", "8", "--mm-processor-cache-gb", f"{mm_cache_gb:g}",
            "--host", "127.0.0.1", "--port", str(port), "--health-port", str(health),
-           "--extra-args", json.dumps(list(ENGINE_EXTRA_ARGS)), "--drain-timeout", "30"]
+           "--extra-args", json.dumps(engine_args(kv_blocks)), "--drain-timeout", "30"]
     proc = procs.start(cmd, work / f"engine-{index}.log", env=engine_env(cache, index % (os.cpu_count() or 1)))
     return f"http://127.0.0.1:{port}", f"http://127.0.0.1:{health}/readyz", proc
 
 
-def start_engines(procs: Procs, model: Path, work: Path, count: int, mm_cache_gb: float) -> list[Engine]:
+def start_engines(procs: Procs, model: Path, work: Path, count: int, mm_cache_gb: float,
+                  kv_blocks: int | None = None) -> list[Engine]:
     """Started together (each bound to its own core), then waited for in turn."""
-    launched = [launch_engine(procs, model, work, i, mm_cache_gb) for i in range(count)]
+    launched = [launch_engine(procs, model, work, i, mm_cache_gb, kv_blocks) for i in range(count)]
     began = time.monotonic()
     engines = []
     for url, ready, proc in launched:
@@ -234,9 +245,9 @@ class Conversation:
     questions: list[str]
 
 
-def repeated_workload(rng: random.Random, seed_base: int, conversations: int) -> list[Conversation]:
-    pool = [image_url(seed_base + k) for k in range(POOL)]
-    weights = [1 / (k + 1) ** ZIPF for k in range(POOL)]
+def repeated_workload(rng: random.Random, seed_base: int, conversations: int, pool_size: int = POOL) -> list[Conversation]:
+    pool = [image_url(seed_base + k) for k in range(pool_size)]
+    weights = [1 / (k + 1) ** ZIPF for k in range(pool_size)]
     turns = rng.choices(list(TURN_WEIGHTS), weights=list(TURN_WEIGHTS.values()), k=conversations)
     return [Conversation(rng.choices(pool, weights=weights)[0],
                          [f"[c{i} t{t}] {'Describe this image.' if t == 0 else 'And what else?'}" for t in range(n)])
@@ -448,7 +459,7 @@ def run(args: argparse.Namespace) -> int:
         work = Path(tmp)
         model = write_tiny_model(work / "model", dims=dims)
         try:
-            engines = start_engines(procs, model, work, 2, args.mm_cache_gb)
+            engines = start_engines(procs, model, work, 2, args.mm_cache_gb, args.kv_blocks)
             print(f"[bench] engines up in {', '.join(f'{e.startup_s:.0f}s' for e in engines)}", flush=True)
             others = other_engines({p.pid for p in procs.procs})
             routers = {s: start_router(procs, work, s, [e.url for e in engines]) for s in STRATEGIES}
@@ -469,7 +480,8 @@ def run(args: argparse.Namespace) -> int:
                         seeds = seed_base + run_index * 10_000  # fresh images for every run
                         # The same draws (image ranks, turn counts) for every strategy of a round.
                         rng = random.Random(f"{args.seed}/{round_index}")
-                        conversations = (repeated_workload(rng, seeds, args.conversations) if workload == "repeated"
+                        conversations = (repeated_workload(rng, seeds, args.conversations, args.pool)
+                                         if workload == "repeated"
                                          else unique_workload(seeds, args.unique))
                         before = [scrape(e.url) for e in engines]
                         load = load_average()
@@ -493,8 +505,9 @@ def run(args: argparse.Namespace) -> int:
         "load_average_before": load_before, "load_average_after": load_average(),
         "other_vllm_engines_at_start": others,
         "settings": {"rounds": args.rounds, "conversations": args.conversations, "unique": args.unique,
-                     "concurrency": args.concurrency, "max_tokens": args.max_tokens, "pool": POOL, "zipf": ZIPF,
-                     "turn_weights": TURN_WEIGHTS, "image_px": IMAGE_PX, "mm_cache_gb": args.mm_cache_gb},
+                     "concurrency": args.concurrency, "max_tokens": args.max_tokens, "pool": args.pool, "zipf": ZIPF,
+                     "turn_weights": TURN_WEIGHTS, "image_px": IMAGE_PX, "mm_cache_gb": args.mm_cache_gb,
+                     "kv_blocks": args.kv_blocks},
         "engine_startup_s": [round(e.startup_s, 1) for e in engines],
         "runs": [run.__dict__ for run in runs],
     }
@@ -616,7 +629,10 @@ def markdown(result: dict) -> str:
         "",
         "`imageAffinity` against `leastOutstanding` and `roundRobin` (docs/router.md, \"Routing\"), side by side in "
         "one run: two engines under `pixtral-runtime serve` (prefix caching on, `--mm-processor-cache-gb "
-        f"{settings['mm_cache_gb']:g}`, `--max-num-seqs 8`, `VLLM_CPU_KVCACHE_SPACE=1`, each bound to one core) serving "
+        f"{settings['mm_cache_gb']:g}`, `--max-num-seqs 8`, "
+        + (f"a KV cache of {settings['kv_blocks']} blocks of 128 tokens (`--num-gpu-blocks-override`)"
+           if settings.get("kv_blocks") else "`VLLM_CPU_KVCACHE_SPACE=1`")
+        + ", each bound to one core) serving "
         f"a tiny random-weight Pixtral ({result['model']}), and three routers in front of both, one per strategy. "
         f"Closed loop of {settings['concurrency']} workers, streaming, {settings['max_tokens']} output tokens "
         f"(`min_tokens`, `ignore_eos`), one {settings['image_px']}x{settings['image_px']} JPEG before the text. "
@@ -665,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--concurrency", type=int, default=4)
     r.add_argument("--max-tokens", type=int, default=16)
     r.add_argument("--seed", type=int, default=0, help="seed of the Zipf draws and turn counts (per round)")
+    r.add_argument("--pool", type=int, default=POOL, help="repeated workload: images in the Zipf pool")
+    r.add_argument("--kv-blocks", type=int, default=None,
+                   help="cap each engine's KV cache at this many 128-token blocks (--num-gpu-blocks-override)")
     r.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     r.add_argument("--work-dir", default=None, help="parent of the run's temporary folder (model, logs)")
     args = parser.parse_args(argv)

@@ -232,7 +232,7 @@ class Release:
         """The operator's own /metrics, read inside its pod (it listens on the pod IP only)."""
         script = ("import os, urllib.request; print(urllib.request.urlopen("
                   "f'http://{os.environ[\"POD_IP\"]}:9090/metrics', timeout=20).read().decode())")
-        return self.cluster.kubectl("exec", "-n", self.namespace, pod, "--", "python", "-c", script,
+        return self.cluster.kubectl("exec", "-n", self.namespace, pod, "--", "python3", "-c", script,
                                     timeout=60, check=False).stdout
 
 

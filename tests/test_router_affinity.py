@@ -114,3 +114,54 @@ def test_the_choice_never_exceeds_the_bound(backends, key, data, epsilon):
     usable = [b for b in backends if b not in excluded]
     assert chosen in usable
     assert outstanding[chosen] + 1 <= A.capacity(sum(outstanding[b] for b in usable), len(usable), epsilon)
+
+
+def test_a_first_sighting_is_placed_as_evenly_as_least_outstanding_would():
+    # Two backends holding 2 and 1 requests: with epsilon 0.25 the bound for the next one is
+    # ceil(1.25 * 4 / 2) = 3, so a repeat may still go to its home at 2; a fresh key gets no slack
+    # (bound ceil(4 / 2) = 2) and goes to the backend with 1.
+    key = A.affinity_key([data_url("FRESH")], "")
+    two = BACKENDS[:2]
+    home = A.choose_affine_backend(key, two, {})
+    other = next(b for b in two if b != home)
+    loads = {home: 2, other: 1}
+    assert A.choose_affine_backend(key, two, loads, 0.25) == home  # a repeat may use the slack
+    assert A.choose_affine_backend(key, two, loads, 0.25, first_sighting=True) == other
+    # Equal loads: the ring decides, so every router replica places a fresh key alike.
+    assert A.choose_affine_backend(key, two, {home: 1, other: 1}, 0.25, first_sighting=True) == home
+
+
+def test_a_remembered_backend_is_kept_within_the_bound_and_left_beyond_it():
+    key = A.affinity_key([data_url("SEEN")], "")
+    home = A.choose_affine_backend(key, BACKENDS, {})
+    elsewhere = next(b for b in BACKENDS if b != home)
+    assert A.choose_affine_backend(key, BACKENDS, {}, remembered=elsewhere) == elsewhere
+    # Over the bound (ceil(1.25 * 5 / 4) = 2 with 4 in flight, all on it): back to the ring.
+    assert A.choose_affine_backend(key, BACKENDS, {elsewhere: 4}, 0.25, remembered=elsewhere) == home
+    # A remembered backend that is gone or excluded is ignored.
+    assert A.choose_affine_backend(key, BACKENDS, {}, exclude={elsewhere}, remembered=elsewhere) == home
+    assert A.choose_affine_backend(key, BACKENDS, {}, remembered="10.88.0.99:8000") == home
+
+
+@settings(max_examples=300, deadline=None)
+@given(backend_sets, st.integers(0, 2**64 - 1), st.data(), st.floats(0.01, 3))
+def test_remembered_or_first_sighting_never_exceeds_the_bound(backends, key, data, epsilon):
+    outstanding = {b: data.draw(st.integers(0, 50)) for b in backends}
+    remembered = data.draw(st.sampled_from([None, *backends]))
+    first = remembered is None and data.draw(st.booleans())
+    chosen = A.choose_affine_backend(key, backends, outstanding, epsilon, remembered=remembered, first_sighting=first)
+    total = sum(outstanding.values())
+    assert outstanding[chosen] + 1 <= A.capacity(total, len(backends), 0.0 if first else epsilon)
+
+
+def test_placements_remember_the_latest_backend_forget_the_oldest_and_gone_backends():
+    from pixtral_runtime.router.placements import Placements
+
+    memory = Placements(capacity=2)
+    memory.record(1, "a")
+    memory.record(2, "b")
+    memory.record(1, "c")  # 1 is now the most recent
+    memory.record(3, "a")  # evicts 2, the least recently placed
+    assert (memory.get(1), memory.get(2), memory.get(3)) == ("c", None, "a")
+    memory.forget_backends({"c"})
+    assert (memory.get(1), memory.get(3), len(memory)) == ("c", None, 1)

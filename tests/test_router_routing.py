@@ -259,3 +259,31 @@ async def test_a_refused_home_backend_is_retried_on_the_next_one_of_the_ring() -
         assert metric(m, "pixtral_router_upstream_retries_total", track="stable") == 1
         assert len(up.requests) == 1
 
+
+
+async def test_a_fresh_image_goes_to_the_less_busy_backend_and_its_repeats_follow_it() -> None:
+    ups = {name: Upstream(name) for name in "ab"}
+    async with serve(ups["a"].app) as a, serve(ups["b"].app) as b:
+        async with router(affine_config([a, b], epsilon=0.25)) as client:
+            names = {a: "a", b: "b"}
+            # Hold one stream on some backend, then send fresh images until one's home is that
+            # busy backend: with 2 backends holding 1 and 0, a repeat could still use its home
+            # (bound ceil(1.25 * 2 / 2) = 2), a first sighting may not (bound 1).
+            async with client.stream("POST", "/v1/chat/completions", headers=AUTH,
+                                     json=chat(png(1000), mode="gated-stream")) as held:
+                assert held.status_code == 200
+                busy = names[held.headers["x-pixtral-backend"]]
+                idle = "b" if busy == "a" else "a"
+                placed = []
+                for seed in range(16):
+                    r = await client.post("/v1/chat/completions", json=chat(png(seed)), headers=AUTH)
+                    assert r.status_code == 200
+                    placed.append((seed, r.json()["served_by"]))
+                # Every fresh image went to the idle backend while the other held a stream.
+                assert {served for _, served in placed} == {idle}, placed
+                ups[busy].release_stream.set()
+                await held.aread()
+            # Both idle now: each image goes back where it was first placed, not to its ring home.
+            for seed, first in placed:
+                r = await client.post("/v1/chat/completions", json=chat(png(seed)), headers=AUTH)
+                assert r.json()["served_by"] == first

@@ -153,13 +153,25 @@ def choose_affine_backend(
     outstanding: Mapping[str, int],
     epsilon: float = DEFAULT_EPSILON,
     exclude: Collection[str] = (),
+    *,
+    remembered: str | None = None,
+    first_sighting: bool = False,
 ) -> str | None:
-    """The first backend in ring order from `key` whose load stays within the bound; None when no
-    backend is usable (all excluded)."""
+    """The backend for a request with affinity key `key`; None when no backend is usable (all
+    excluded).
+
+    `remembered`: where this router sent the key last (`placements.Placements`); it is kept while
+    its load stays within the bound. Otherwise the first backend in ring order from `key` within the
+    bound. A `first_sighting` (a key the router does not remember) can hit no cache, so its bound
+    has no slack (epsilon 0): fresh images are placed as evenly as least outstanding places them,
+    ring order breaking the ties."""
     usable = tuple(sorted(b for b in backends if b not in exclude))
     if not usable:
         return None
-    limit = capacity(sum(outstanding.get(b, 0) for b in usable), len(usable), epsilon)
+    total = sum(outstanding.get(b, 0) for b in usable)
+    if remembered in usable and outstanding.get(remembered, 0) + 1 <= capacity(total, len(usable), epsilon):
+        return remembered
+    limit = capacity(total, len(usable), 0.0 if first_sighting else epsilon)
     for backend in ring_for(usable).walk(key):
         if outstanding.get(backend, 0) + 1 <= limit:
             return backend

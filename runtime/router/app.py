@@ -442,13 +442,25 @@ class RouterApp:
                         f"{config.pending_timeout_seconds:g}s; it may be scaling up from zero, retry later."
                     )
                 await state.pool.wait_changed(remaining)
-                choice = choose(track, state.pool.usable(), state.outstanding, state.rng, exclude,
-                                key=key, epsilon=config.routing.epsilon, strategy=config.routing.strategy,
-                                turn=next(state.turns))
+                choice = self._pick(track, exclude, key)
                 if choice is not None:
                     return choice
         finally:
             gauge.dec()
+
+    def _pick(self, track: str, exclude: list[str], key: int | None) -> tuple[str, str] | None:
+        """One choice under the configured strategy (`choice.choose`). Where an affinity key was first
+        placed is remembered, so that its next requests find it (placements.py); a spill past a busy
+        backend leaves the memory as it was, and the key goes back once that backend has room."""
+        state = self.state
+        routing = self._config().routing
+        remembered = state.placements.get(key) if key is not None else None
+        choice = choose(track, state.pool.usable(), state.outstanding, state.rng, exclude, key=key,
+                        epsilon=routing.epsilon, strategy=routing.strategy, turn=next(state.turns),
+                        remembered=remembered, first_sighting=key is not None and remembered is None)
+        if choice is not None and key is not None and routing.strategy == IMAGE_AFFINITY:
+            state.placements.record(key, remembered or choice[1])
+        return choice
 
     def _backend(self, backend: str) -> tuple[str, int, bytes]:
         parsed = self._backends.get(backend)
@@ -465,6 +477,7 @@ class RouterApp:
         for backend in [b for b, n in self.state.outstanding.items() if not n and b not in current]:
             del self.state.outstanding[backend]
         self.metrics.forget_backends(current)
+        self.state.placements.forget_backends(current)
         if self.upstream is not None:
             self.upstream.forget({self._backend(b)[:2] for b in current})
 
@@ -507,10 +520,8 @@ class RouterApp:
             headers.append((TRACEPARENT, RequestTracer.traceparent(request.span)))
         exclude: list[str] = []
         outstanding = state.outstanding
-        routing = self._config().routing
         for attempt in range(dispatch.MAX_ATTEMPTS):
-            choice = choose(track, state.pool.usable(), outstanding, state.rng, exclude, key=key,
-                            epsilon=routing.epsilon, strategy=routing.strategy, turn=next(state.turns))
+            choice = self._pick(track, exclude, key)
             if choice is None:
                 if attempt:
                     raise UpstreamUnreachable(

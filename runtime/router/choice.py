@@ -92,12 +92,16 @@ def choose_affine(
     key: int,
     epsilon: float = DEFAULT_EPSILON,
     exclude: Collection[str] = (),
+    *,
+    remembered: str | None = None,
+    first_sighting: bool = False,
 ) -> tuple[str, str] | None:
     """(track, backend) for a request with an affinity key: its backend by consistent hashing with
-    bounded loads (`affinity.choose_affine_backend`) among the track's usable backends, the other
-    track's when the chosen one has none; None when neither has."""
+    bounded loads (`affinity.choose_affine_backend`, with where the key went last) among the track's
+    usable backends, the other track's when the chosen one has none; None when neither has."""
     for candidate_track in (track, other_track(track)):
-        backend = choose_affine_backend(key, ready.get(candidate_track, ()), outstanding, epsilon, exclude)
+        backend = choose_affine_backend(key, ready.get(candidate_track, ()), outstanding, epsilon, exclude,
+                                        remembered=remembered, first_sighting=first_sighting)
         if backend is not None:
             return candidate_track, backend
     return None
@@ -130,6 +134,8 @@ def choose(
     epsilon: float = DEFAULT_EPSILON,
     strategy: str = LEAST_OUTSTANDING,
     turn: int = 0,
+    remembered: str | None = None,
+    first_sighting: bool = False,
 ) -> tuple[str, str] | None:
     """The backend for one attempt under `strategy`: roundRobin by `turn`; imageAffinity by the
     request's key when it has one (admission computes it only under that strategy, and only for a
@@ -139,5 +145,6 @@ def choose(
     if strategy == ROUND_ROBIN:
         return choose_round_robin(track, ready, turn, exclude)
     if strategy == IMAGE_AFFINITY and key is not None:
-        return choose_affine(track, ready, outstanding, key, epsilon, exclude)
+        return choose_affine(track, ready, outstanding, key, epsilon, exclude,
+                             remembered=remembered, first_sighting=first_sighting)
     return choose_backend(track, ready, outstanding, rng, exclude)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .config import CANARY, STABLE, RouterConfig
 from .metrics import RouterMetrics
+from .placements import Placements
 from .tenancy import Authenticator, TenantLimiter
 
 log = logging.getLogger("pixtral_runtime.router")
@@ -76,6 +77,8 @@ class RouterState:
         self.rng = rng or random.Random()
         # The roundRobin strategy's turn counter (choice.choose_round_robin), one per router replica.
         self.turns = itertools.count()
+        # Where imageAffinity sent each recent key (placements.py), one memory per router replica.
+        self.placements = Placements()
         self._clock = clock
         self.metrics = metrics
         # Called with every backend of every track after a change (the app prunes per-backend state).
