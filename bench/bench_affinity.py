@@ -268,7 +268,9 @@ async def converse(session: aiohttp.ClientSession, base: str, conversation: Conv
         results.append(result)
         if result["status"] != 200:
             return
-        messages.append({"role": "assistant", "content": result["answer"]})
+        # The random-weight model's answer may decode to nothing, which mistral_common refuses
+        # in a history ("Assistant message must have either content or tool_calls").
+        messages.append({"role": "assistant", "content": result["answer"] or "-"})
 
 
 async def closed_loop(base: str, conversations: list[Conversation], concurrency: int, max_tokens: int) -> tuple[list[dict], float]:
