@@ -128,8 +128,8 @@ class TrackState:
     windows as monotonic queues of (time, recommendation): ``highs`` keeps only entries that no
     later entry matches or exceeds (so its first entry inside a window is the window's maximum),
     ``lows`` the mirror image. Their last entry is always the latest reading's recommendation, which
-    the next reading stamps again at its own time (it held until then). Their length is bounded by maxReplicas + 1 whatever the tick rate,
-    which keeps the stored state small.
+    the next reading stamps again at its own time (it held until then). Their length is bounded by
+    maxReplicas + 1 whatever the tick rate, which keeps the stored state small.
     """
 
     replicas: int

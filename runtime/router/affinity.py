@@ -160,7 +160,7 @@ def choose_affine_backend(
     """The backend for a request with affinity key `key`; None when no backend is usable (all
     excluded).
 
-    `remembered`: where this router sent the key last (`placements.Placements`); it is kept while
+    `remembered`: where this router first placed the key (`placements.Placements`); it is kept while
     its load stays within the bound. Otherwise the first backend in ring order from `key` within the
     bound. A `first_sighting` (a key the router does not remember) can hit no cache, so its bound
     has no slack (epsilon 0): fresh images are placed as evenly as least outstanding places them,

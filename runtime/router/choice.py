@@ -97,7 +97,7 @@ def choose_affine(
     first_sighting: bool = False,
 ) -> tuple[str, str] | None:
     """(track, backend) for a request with an affinity key: its backend by consistent hashing with
-    bounded loads (`affinity.choose_affine_backend`, with where the key went last) among the track's
+    bounded loads (`affinity.choose_affine_backend`, with where the key was first placed) among the track's
     usable backends, the other track's when the chosen one has none; None when neither has."""
     for candidate_track in (track, other_track(track)):
         backend = choose_affine_backend(key, ready.get(candidate_track, ()), outstanding, epsilon, exclude,

@@ -1,9 +1,9 @@
-"""Where this router sent each recent affinity key: the memory `affinity.choose_affine_backend`
+"""Where this router first placed each recent affinity key: the memory `affinity.choose_affine_backend`
 reads to tell a key's first sighting from a repeat.
 
 A key seen for the first time can hit no cache anywhere, so it is placed for balance (bounded
-loads with no slack); a repeat goes back to where it went, while that backend stays within the
-bound. Without the memory, a fresh image would be placed by its hash alone, up to the bound, and a
+loads with no slack); a repeat goes back to where it was first placed, while that backend stays
+within the bound. Without the memory, a fresh image would be placed by its hash alone, up to the bound, and a
 workload of unique images would queue behind that slack (docs/benchmarks.md, "Image affinity").
 Bounded: the least recently used keys go first, so the memory holds the working set of images,
 not every image ever seen. Each router replica keeps its own; the hash ring still sends one key
@@ -28,7 +28,7 @@ class Placements:
         self._backends: OrderedDict[int, str] = OrderedDict()
 
     def get(self, key: int) -> str | None:
-        """The backend `key` went to last, or None for a first sighting (or one forgotten)."""
+        """The backend `key` was first placed on, or None for a first sighting (or one forgotten)."""
         return self._backends.get(key)
 
     def record(self, key: int, backend: str) -> None:
