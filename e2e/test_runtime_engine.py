@@ -193,8 +193,9 @@ def finished_requests(futures) -> list[str]:
 @pytest.mark.timeout(600)
 def test_sigterm_drains_every_in_flight_request_then_exits_0(server):
     """The last test on `server`: it ends it."""
-    # Long enough that the queue is visible in /metrics for many polls even on an idle machine: one
-    # round of two requests lasts about 15 s there (about 130 tokens/s per sequence).
+    # Long enough that the queue is visible in /metrics for many polls even on an idle machine: at
+    # roughly 130 tokens/s per sequence (the autoscaler e2e's 48-token requests), one round of two
+    # requests lasts about 15 s.
     tokens, concurrency = 2048, MAX_NUM_SEQS + 4
     long_request = dict(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, timeout=500)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
