@@ -19,12 +19,12 @@ this PixtralDeployment controls matters (a removed canary's children), a miss is
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pixtral_operator.capacity import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from pixtral_operator.jsontree import copy_tree
 from pixtral_operator.k8s import Kube
 from pixtral_operator.render import labels as L
 from pixtral_operator.spec import KIND
@@ -94,7 +94,7 @@ class ObjectCache:
         """Store `obj` unless the cache already holds a newer version of it: a write's answer is
         stored before that write's own (or an older) watch event arrives."""
         key = _key(obj)
-        new = copy.deepcopy(dict(obj))
+        new = copy_tree(dict(obj))
         with self._lock:
             old = self._objects.get(key)
             if old is not None:
@@ -129,7 +129,7 @@ class ObjectCache:
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         with self._lock:
             obj = self._objects.get((kind, namespace, name))
-            return copy.deepcopy(obj) if obj is not None else None
+            return copy_tree(obj) if obj is not None else None
 
     def merge_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         """Fold a status merge patch the operator sent into the cached PixtralDeployment."""
@@ -138,7 +138,7 @@ class ObjectCache:
             if obj is None:
                 return
             status = dict(obj.get("status") or {})
-            for field, value in copy.deepcopy(dict(patch)).items():
+            for field, value in copy_tree(dict(patch)).items():
                 if value is None:
                     status.pop(field, None)
                 else:
@@ -152,7 +152,7 @@ class ObjectCache:
     # --- nodes (cluster-scoped, read whole for the GPU check)
     def put_node(self, node: Mapping[str, Any]) -> None:
         with self._lock:
-            self._nodes[str((node.get("metadata") or {}).get("name"))] = copy.deepcopy(dict(node))
+            self._nodes[str((node.get("metadata") or {}).get("name"))] = copy_tree(dict(node))
 
     def discard_node(self, name: str) -> None:
         with self._lock:
@@ -168,7 +168,7 @@ class ObjectCache:
         if not self.nodes_watched:
             return None
         with self._lock:
-            return [copy.deepcopy(n) for n in self._nodes.values()]
+            return [copy_tree(n) for n in self._nodes.values()]
 
 
 class CachedKube:

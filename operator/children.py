@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from pixtral_operator.drift import controlled_by, covers, replicas_managers
 from pixtral_operator.events import Event
+from pixtral_operator.jsontree import copy_tree
 from pixtral_operator.k8s import ApplyError, Kube
 from pixtral_operator.render import labels as L
 from pixtral_operator.render.internalkey import internal_key_secret, new_token
@@ -80,7 +80,7 @@ def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> b
 
 
 def without_replicas(deployment: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(deployment))
+    out = copy_tree(dict(deployment))
     out["spec"].pop("replicas", None)
     return out
 

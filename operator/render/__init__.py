@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
+from pixtral_operator.jsontree import copy_tree
 from pixtral_operator.render import labels as L
 from pixtral_operator.render.policy import runtime_network_policy, runtime_pdb, workload_monitor
 from pixtral_operator.render.router import (
@@ -29,11 +29,11 @@ def spec_hash(obj: Mapping[str, Any]) -> str:
 
 
 def _finish(obj: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
-    obj = copy.deepcopy(obj)
+    obj = copy_tree(obj)
     meta = obj["metadata"]
     meta["ownerReferences"] = [L.owner_reference(owner)]
     # The replica count is compared on its own (the autoscaler changes it), so it is not hashed.
-    hashed = copy.deepcopy(obj)
+    hashed = copy_tree(obj)
     if obj["kind"] == "Deployment":
         hashed["spec"].pop("replicas", None)
     meta.setdefault("annotations", {})[L.SPEC_HASH_ANNOTATION] = spec_hash(hashed)
