@@ -24,6 +24,9 @@ fit a 2-core machine): every child object exists, no pod does. Measured:
 - Prometheus queries per autoscaler tick (`prometheus_http_requests_total{handler="/api/v1/query"}`
   of Prometheus itself over the same window, per `PIXTRAL_AUTOSCALE_SECONDS`);
 - the operator pods' RSS and CPU (from /proc of each container over the window);
+- where the create's time went (`create_work`): each operator pod's and each control-plane
+  process's CPU seconds over the create, the operator's passes and skipped echoes of its own
+  writes (its /metrics), and the "cannot find RESTMapping" refusals in its log;
 - one spec change (an engine env var) -> that object's stable Deployment carries the new spec hash;
   target <= 2 s;
 - failover: the active replica (highest priority in the KopfPeering) is killed (SIGKILL), a spec
@@ -61,6 +64,7 @@ import localcluster  # noqa: E402
 import localcluster.images as images_mod  # noqa: E402
 from localcluster import ApiError, Cluster, wait_for  # noqa: E402
 from pixtral_e2e import RESTRICTED_NAMESPACE_LABELS, install_crds, ready_pods, split_reference  # noqa: E402
+from pixtral_operator.settings import OperatorSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "scale.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -229,9 +233,11 @@ class Release:
                                     check=False).stdout
 
     def metrics(self, pod: str) -> str:
-        """The operator's own /metrics, read inside its pod (it listens on the pod IP only)."""
+        """The operator's own /metrics, read inside its pod (it listens on the pod IP only, on the
+        chart's default port, which is the operator's)."""
+        port = OperatorSettings().metrics_port
         script = ("import os, urllib.request; print(urllib.request.urlopen("
-                  "f'http://{os.environ[\"POD_IP\"]}:9090/metrics', timeout=20).read().decode())")
+                  f"f'http://{{os.environ[\"POD_IP\"]}}:{port}/metrics', timeout=20).read().decode())")
         return self.cluster.kubectl("exec", "-n", self.namespace, pod, "--", "python3", "-c", script,
                                     timeout=60, check=False).stdout
 
