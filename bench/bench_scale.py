@@ -128,6 +128,24 @@ def is_operator_request(labels: dict) -> bool:
     return labels.get("resource") in OPERATOR_RESOURCES and labels.get("verb") != "WATCH"
 
 
+def requests_by_resource_verb(text: str) -> dict[str, float]:
+    """`apiserver_request_total` summed by "<resource> <verb>" (watches left out: one per watcher)."""
+    totals: dict[str, float] = {}
+    for match in re.finditer(r"^apiserver_request_total\{([^}]*)\}\s+(\S+)", text, re.M):
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(1)))
+        if labels.get("verb") in ("WATCH", None):
+            continue
+        key = f"{labels.get('resource') or '-'}{'/' + labels['subresource'] if labels.get('subresource') else ''} {labels['verb']}"
+        totals[key] = totals.get(key, 0.0) + float(match.group(2))
+    return totals
+
+
+def request_delta(before: dict[str, float], after: dict[str, float], top: int = 15) -> dict[str, int]:
+    """The `top` largest increases, largest first."""
+    grown = {key: after[key] - before.get(key, 0.0) for key in after}
+    return {key: int(value) for key, value in sorted(grown.items(), key=lambda kv: -kv[1])[:top] if value > 0}
+
+
 def proc_cpu_seconds(stat: str) -> float:
     """utime + stime of /proc/<pid>/stat, in seconds (USER_HZ 100)."""
     fields = stat.rsplit(")", 1)[1].split()
@@ -251,13 +269,16 @@ def host_cpu_seconds(cluster: Cluster) -> dict[str, float]:
     return seconds
 
 
-def create_work(release: Release, pods: list[str], procs_before: dict, host_before: dict, elapsed: float) -> dict:
-    """Where the create's time went: each operator pod's CPU, the control plane's, the passes the
-    operator ran and the watch events it skipped as echoes of its own writes, and the admission
-    refusals of a kind the API server did not map yet."""
+def create_work(release: Release, pods: list[str], procs_before: dict, host_before: dict, requests_before: dict,
+                elapsed: float) -> dict:
+    """Where the create's time went: each operator pod's CPU, the control plane's, the API requests
+    of every client by resource and verb, the passes the operator ran and the watch events it
+    skipped as echoes of its own writes, and the admission refusals of a kind the API server did
+    not map yet."""
     host_after = host_cpu_seconds(release.cluster)
     work: dict = {"seconds": round(elapsed, 1), "operator_pods": {}, "control_plane_cpu_seconds": {
-        name: round(host_after[name] - host_before[name], 1) for name in host_after if name in host_before}}
+        name: round(host_after[name] - host_before[name], 1) for name in host_after if name in host_before},
+        "api_requests": request_delta(requests_before, requests_by_resource_verb(api_metrics(release.cluster)))}
     for pod in pods:
         text = release.metrics(pod)
         work["operator_pods"][pod] = {
@@ -413,6 +434,7 @@ def run(cluster: Cluster, args: argparse.Namespace, cleanup: contextlib.ExitStac
     operator_pods = [p["metadata"]["name"] for p in release.ready()]
     procs_before = {p: release.proc(p) for p in operator_pods}
     host_before = host_cpu_seconds(cluster)
+    requests_before = requests_by_resource_verb(api_metrics(cluster))
     started = time.monotonic()
     for index in range(args.objects):
         cluster.rest.create(f"{GROUP_PATH}/namespaces/{namespace}/pixtraldeployments", {
@@ -435,7 +457,8 @@ def run(cluster: Cluster, args: argparse.Namespace, cleanup: contextlib.ExitStac
         result["create_progress_after_300s"] = dict(progress)
         log(release.logs())
     log(f"create: {result.get('create_seconds')} s ({progress})")
-    result["create_work"] = create_work(release, operator_pods, procs_before, host_before, time.monotonic() - started)
+    result["create_work"] = create_work(release, operator_pods, procs_before, host_before, requests_before,
+                                       time.monotonic() - started)
     log(f"create work: {result['create_work']}")
 
     time.sleep(30)  # the first autoscaler ticks and status writes settle

@@ -69,10 +69,6 @@ AUTOSCALE_SECONDS = 2.0  # PIXTRAL_AUTOSCALE_SECONDS of the `operator` fixture
 REACTION_MARGIN_SECONDS = 60.0
 REACTION_BOUND_SECONDS = SCRAPE_INTERVAL_SECONDS + AUTOSCALE_SECONDS + REACTION_MARGIN_SECONDS
 SCALE_DOWN_WINDOW_SECONDS = 30
-# A new PodMonitor is scraped once the Prometheus Operator has rewritten its Prometheus'
-# configuration Secret and the kubelet has refreshed the mounted copy (its sync period, a minute),
-# then the reloader reloads: 1-2 minutes, against about a second on the annotation path.
-MONITOR_DISCOVERY_SECONDS = 180
 # Image requests of a fixed length (ignore_eos + min_tokens), so every one keeps its engine slot busy.
 LOAD_BODY = chat_body(images=1, max_tokens=48, min_tokens=48, ignore_eos=True)
 LOAD_CLIENTS = 12
@@ -106,9 +102,9 @@ def test_scales_up_with_the_queue_and_back_after_the_window(cluster, namespace, 
     assert warm.json()["usage"]["completion_tokens"] == 48  # ignore_eos/min_tokens reach the engine
     # The queue signal comes through the rendered PodMonitor, and the pods carry no scrape annotations.
     assert cluster.rest.get(f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/podmonitors/{name}-runtime")
-    runtime_jobs = wait_for(lambda: {r["metric"]["job"] for r in prometheus_series(
+    runtime_jobs = cluster.wait_for_managed_scrape(lambda: {r["metric"]["job"] for r in prometheus_series(
         cluster.managed_prometheus_url, f'vllm:num_requests_waiting{{namespace="{namespace}",deployment="{name}"}}')}
-        or None, MONITOR_DISCOVERY_SECONDS, "the runtime's queue gauge in the managed Prometheus")
+        or None, namespace, "the runtime's queue gauge in the managed Prometheus")
     assert runtime_jobs == {f"{namespace}/{name}-runtime"}, runtime_jobs  # the PodMonitor names the job
     assert all("prometheus.io/scrape" not in (p["metadata"].get("annotations") or {})
                for p in pods(cluster, namespace, f"serving.pixtral.dev/deployment={name}"))
@@ -202,9 +198,9 @@ def test_scales_from_zero_for_a_held_request_and_back(cluster, namespace, podmon
     # Until Prometheus has scraped the new router (through the new PodMonitor), the wake signal is
     # not visible and the decision holds with another reason; wait for the reading that includes
     # the router's gauge.
-    idle = wait_for(lambda: (s := autoscaler_status(cluster, namespace, name)).get("load") == 0
-                    and s.get("reason") in ("AtMin", "Steady") and s, MONITOR_DISCOVERY_SECONDS,
-                    "status.autoscaler.stable with load 0 read from the router's gauge")
+    idle = cluster.wait_for_managed_scrape(lambda: (s := autoscaler_status(cluster, namespace, name)).get("load") == 0
+                                           and s.get("reason") in ("AtMin", "Steady") and s, namespace,
+                                           "status.autoscaler.stable with load 0 read from the router's gauge")
     assert idle["desired"] == 0, idle
     assert router_pending(url) == 0 and pods(cluster, namespace, selector) == []
 

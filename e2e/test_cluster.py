@@ -410,8 +410,9 @@ def test_the_prometheus_operator_scrapes_the_pods_a_pod_monitor_selects(cluster:
         answer = httpx.get(f"{cluster.managed_prometheus_url}/api/v1/query",
                            params={"query": f'up{{namespace="{namespace}"}} == 1'}, timeout=5).json()
         return [r for r in answer["data"]["result"] if r["metric"].get("pod") == pod] or None
-    # The operator regenerates the configuration, the reloader sees the Secret change, Prometheus reloads.
-    (series,) = wait_for(up_series, 120, f"the managed Prometheus' `up` == 1 for pod {pod}")
+    # The operator regenerates the configuration, the kubelet refreshes the mounted Secret, the
+    # reloader sees the change, Prometheus reloads.
+    (series,) = cluster.wait_for_managed_scrape(up_series, namespace, f"the managed Prometheus' `up` == 1 for pod {pod}")
     assert series["metric"]["deployment"] == "monitortest", series
     assert series["metric"]["job"] == f"{namespace}/monitored", series  # the PodMonitor names the job
     # Neither Prometheus scrapes the other's way: the host one keeps annotated pods only.

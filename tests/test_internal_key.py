@@ -91,7 +91,7 @@ def test_the_secret_is_created_once_and_its_token_survives_reconciles_and_drift_
     body = pxd()
     out = reconcile(body, kube, SETTINGS, now="t0")
     assert ("create", "Secret", "demo-apikey") in kube.writes
-    assert "Created Secret demo-apikey" in [e.message for e in out.events]
+    assert [e.message for e in out.events if e.reason == "Created"][0].startswith("Created Secret demo-apikey, ")
     token = token_of(kube)
     assert len(token) >= 43
     assert kube.objects[SECRET]["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]

@@ -43,6 +43,15 @@ def test_first_reconcile_creates_children_and_status():
     assert any(e.reason == "Created" and "Deployment demo-stable" in e.message for e in out.events)
 
 
+def test_a_create_posts_one_event_naming_every_child_it_created():
+    kube = FakeKube(nodes=NODES)
+    out = reconcile(pxd(), kube, SETTINGS, now="t0")
+    created = [e for e in out.events if e.reason == "Created"]
+    applied = [f"{kind} {name}" for kind, name in kube.kinds_named()]
+    assert len(created) == 1 and len(applied) > 5, out.events
+    assert all(name in created[0].message for name in applied), (created[0].message, applied)
+
+
 def test_second_reconcile_with_nothing_changed_writes_nothing():
     kube = FakeKube(nodes=NODES)
     body = pxd()
@@ -212,7 +221,7 @@ def test_hand_edit_of_the_router_configmap_is_reverted():
     assert kube.writes == [("apply", "ConfigMap", "demo-router")]
     live = json.loads(kube.objects[("v1", "ConfigMap", "team", "demo-router")]["data"]["config.json"])
     assert live["tenancy"]["apiKeysSecret"] == "keys"
-    assert [e.reason for e in out.events] == ["Updated"]
+    assert [(e.reason, e.message) for e in out.events] == [("Updated", "Updated ConfigMap demo-router")]
 
 
 def test_hand_edit_of_a_runtime_image_is_reverted_and_server_defaults_are_not_drift():

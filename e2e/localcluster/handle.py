@@ -6,15 +6,16 @@ import functools
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from . import images
+from . import images, monitor_report, monitoring
 from .cluster import ClusterInfo, crictl_command
 from .kube import KubeClient
-from .waiting import wait_for
+from .waiting import T, WaitTimeout, wait_for
 
 
 @dataclass
@@ -70,6 +71,15 @@ class Cluster:
                                         "-o", "json").stdout or "{}")
         return [item for item in listed.get("items", [])
                 if item.get("metadata", {}).get("namespace") == namespace]
+
+    def wait_for_managed_scrape(self, predicate: Callable[[], T], namespace: str, what: str) -> T:
+        """wait_for with the bound a new monitor needs to reach the managed Prometheus; on timeout the
+        error says which step (Operator, kubelet, reloader, discovery, scrape) did not happen."""
+        try:
+            return wait_for(predicate, monitoring.MONITOR_DISCOVERY_SECONDS, what)
+        except WaitTimeout as timeout:
+            raise WaitTimeout(f"{timeout}; {monitor_report.report(self.rest, self.managed_prometheus_url, namespace)}"
+                              ) from None
 
     def load_rules(self, name: str, rules: dict, timeout: float = 30) -> None:
         """Puts a Prometheus rule file (`groups: [...]`) in place as `name` and reloads Prometheus,

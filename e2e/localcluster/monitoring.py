@@ -22,6 +22,14 @@ OPERATOR_NAME = "prometheus-operator"
 PROMETHEUS_NAME = "local"
 PROMETHEUS_SERVICE = "prometheus"
 PROMETHEUS_PORT = 9090
+# The Operator writes the configuration it generates into this Secret (gzipped), mounted in the pod.
+CONFIG_SECRET = f"prometheus-{PROMETHEUS_NAME}"
+CONFIG_SECRET_KEY = "prometheus.yaml.gz"
+# A new monitor is scraped once the Operator has rewritten CONFIG_SECRET, the kubelet has refreshed
+# the mounted copy (on its periodic pod sync: a minute plus up to half of that as jitter), the
+# reloader has seen the change and Prometheus has discovered and scraped the pods: 1-2 minutes on a
+# busy node, against about a second on the annotation path.
+MONITOR_DISCOVERY_SECONDS = 180
 # A fixed address in the Service range, so the host reaches it without a lookup (kube-proxy routes
 # the host's own connections to Service addresses too).
 PROMETHEUS_CLUSTER_IP = "10.96.0.90"
