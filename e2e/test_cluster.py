@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from localcluster import Cluster, network, node, wait_for
+from localcluster import Cluster, monitoring, network, node, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -411,7 +411,12 @@ def test_the_prometheus_operator_scrapes_the_pods_a_pod_monitor_selects(cluster:
                            params={"query": f'up{{namespace="{namespace}"}} == 1'}, timeout=5).json()
         return [r for r in answer["data"]["result"] if r["metric"].get("pod") == pod] or None
     # The operator regenerates the configuration, the kubelet refreshes the mounted Secret, the
-    # reloader sees the change, Prometheus reloads.
+    # reloader reads it on its next poll, Prometheus reloads. The poll is the local cluster's (5 s,
+    # merged into the Operator's container), not the reloader's 3-minute default.
+    selector = ",".join(f"{key}={value}" for key, value in monitoring.PROMETHEUS_POD_SELECTOR.items())
+    (prometheus_pod,) = pods(cluster, monitoring.NAMESPACE, selector)
+    reloader = next(c for c in prometheus_pod["spec"]["containers"] if c["name"] == "config-reloader")
+    assert f"--watch-interval={monitoring.RELOADER_WATCH_INTERVAL}" in reloader["args"], reloader["args"]
     (series,) = cluster.wait_for_managed_scrape(up_series, namespace, f"the managed Prometheus' `up` == 1 for pod {pod}")
     assert series["metric"]["deployment"] == "monitortest", series
     assert series["metric"]["job"] == f"{namespace}/monitored", series  # the PodMonitor names the job
