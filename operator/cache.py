@@ -7,20 +7,26 @@ watched kind is in, so a reconcile never reads a cache that is still filling.
 
 `CachedKube` is the `Kube` the reconcile and the autoscaler use: reads of the watched kinds come from
 the cache, everything else (Secrets, which the operator may never list or watch, and
-PersistentVolumeClaims) is passed to the API. Writes go to the API and their answers into the cache
+PersistentVolumeClaims) is read from the API and an object found is taken as read for
+UNWATCHED_READ_SECONDS. Writes go to the API and their answers into the cache
 at once, so the next pass, which may run before the write's own watch event arrives, does not apply
 the same object again; that watch event, carrying the version the write answered, then reconciles
 nothing (the pass that wrote it saw it already).
 
-A child name missing from the cache is looked up with one GET (`get`): a namesake that someone else
-created carries no operator label, so only the API can show it (ChildConflict). Where only an object
-this PixtralDeployment controls matters (a removed canary's children), a miss is the answer
+The watches see every object of the child kinds, not only the operator's: the others are kept by
+name only (`note_foreign`). So a child name missing from the cache is known to be free, and the
+first pass of a new PixtralDeployment reads none of its dozen children from the API (200 objects
+created at once cost 2,600 GETs that answered 404 before); a namesake someone else created is read
+with one GET (`get`), for the ChildConflict that names its holder. Until the watches run (unit
+tests without them) every miss is a GET. Where only an object this PixtralDeployment controls
+matters (a removed canary's children, the Deployment the autoscaler scales), a miss is the answer
 (`get_owned`)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pixtral_operator.capacity import GPU_PRODUCT_LABEL, GPU_RESOURCE
@@ -46,6 +52,12 @@ WATCHED_CHILD_KINDS: tuple[tuple[str, str, str], ...] = (
     ("monitoring.coreos.com/v1", "PodMonitor", "podmonitors"),
 )
 CACHED_KINDS = frozenset(kind for _, kind, _ in WATCHED_CHILD_KINDS)
+# How long an object of a kind that is not watched (Secrets, PVCs) is taken as the API last showed
+# it. Every pass checks the internal key's Secret (and the Secrets and claims the spec names), and a
+# create's child events run several passes in a few seconds: 200 objects created at once cost
+# 1,265 Secret GETs. A Secret deleted meanwhile is noticed this much later; one that does not
+# exist is read again at every pass (a missing reference shows as soon as it is created).
+UNWATCHED_READ_SECONDS = 60.0
 
 Key = tuple[str, str | None, str]  # (kind, namespace, name)
 
@@ -88,7 +100,12 @@ class ObjectCache:
         # The resourceVersion of each child as the operator's own last write answered it: the watch
         # event that echoes that write carries nothing the writing pass did not already see.
         self._written: dict[Key, str] = {}
+        # Objects of the watched child kinds that no PixtralDeployment controls: names only.
+        self._foreign: set[Key] = set()
+        # Objects of kinds that are not watched, as an API read or write last answered: (object, when).
+        self._reads: dict[Key, tuple[dict[str, Any], float]] = {}
         self.nodes_watched = False
+        self.children_watched = False  # set once the child kinds' watches feed put/note_foreign
 
     def put(self, obj: Mapping[str, Any]) -> None:
         """Store `obj` unless the cache already holds a newer version of it: a write's answer is
@@ -102,11 +119,44 @@ class ObjectCache:
                 if have is not None and got is not None and got < have:
                     return
             self._objects[key] = new
+            self._foreign.discard(key)
 
     def discard(self, kind: str, namespace: str | None, name: str) -> None:
         with self._lock:
             self._objects.pop((kind, namespace, name), None)
             self._written.pop((kind, namespace, name), None)
+            self._foreign.discard((kind, namespace, name))
+            self._reads.pop((kind, namespace, name), None)
+            if kind == KIND:
+                # Its internal key goes with it: a namesake created next must not find the old one here.
+                for key in [k for k, (obj, _) in self._reads.items() if controller_owner(obj) == (namespace, name)]:
+                    del self._reads[key]
+
+    def remember_read(self, obj: Mapping[str, Any], when: float) -> None:
+        with self._lock:
+            self._reads[_key(obj)] = (copy_tree(dict(obj)), when)
+
+    def recent_read(self, kind: str, namespace: str | None, name: str, now: float, seconds: float) -> dict[str, Any] | None:
+        """What the API showed of an unwatched object less than `seconds` ago, if it existed then."""
+        with self._lock:
+            entry = self._reads.get((kind, namespace, name))
+            if entry is None or now - entry[1] >= seconds:
+                return None
+            return copy_tree(entry[0])
+
+    def note_foreign(self, kind: str, namespace: str | None, name: str) -> None:
+        """An object of a watched kind exists under this name and no PixtralDeployment controls it."""
+        key = (kind, namespace, name)
+        with self._lock:
+            self._objects.pop(key, None)
+            self._written.pop(key, None)
+            self._foreign.add(key)
+
+    def known_absent(self, kind: str, namespace: str | None, name: str) -> bool:
+        """Whether the watches show that no object of this kind and name exists."""
+        key = (kind, namespace, name)
+        with self._lock:
+            return self.children_watched and key not in self._objects and key not in self._foreign
 
     def note_own_write(self, obj: Mapping[str, Any]) -> None:
         """Remember the version a write of the operator's own produced (see `is_own_write`)."""
@@ -174,24 +224,36 @@ class ObjectCache:
 class CachedKube:
     """A `Kube` whose reads of the watched kinds come from `cache`; see the module's docstring."""
 
-    def __init__(self, api: Kube, cache: ObjectCache, cached_kinds: Iterable[str] = CACHED_KINDS) -> None:
+    def __init__(self, api: Kube, cache: ObjectCache, cached_kinds: Iterable[str] = CACHED_KINDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.cache = cache
         self.cached_kinds = frozenset(cached_kinds)
+        self._clock = clock
+
+    def _read_unwatched(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        now = self._clock()
+        recent = self.cache.recent_read(kind, namespace, name, now, UNWATCHED_READ_SECONDS)
+        if recent is not None:
+            return recent
+        obj = self.api.get(api_version, kind, namespace, name)
+        if obj is not None:
+            self.cache.remember_read({**obj, "kind": kind}, now)
+        return obj
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         if kind not in self.cached_kinds:
-            return self.api.get(api_version, kind, namespace, name)
+            return self._read_unwatched(api_version, kind, namespace, name)
         hit = self.cache.get(kind, namespace, name)
-        if hit is not None:
+        if hit is not None or self.cache.known_absent(kind, namespace, name):
             return hit
-        # Not ours (no operator label), or not created yet: only the API can tell.
+        # Someone else's namesake (read whole for the conflict's message), or no watch yet.
         return self.api.get(api_version, kind, namespace, name)
 
     def get_owned(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """An object that matters only if the operator made it: a cache miss means there is none."""
         if kind not in self.cached_kinds:
-            return self.api.get(api_version, kind, namespace, name)
+            return self._read_unwatched(api_version, kind, namespace, name)
         return self.cache.get(kind, namespace, name)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,7 +264,7 @@ class CachedKube:
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
         created = self.api.create(obj)
         if created is not None:
-            self._remember(created)
+            self._remember({**created, "kind": obj["kind"]})
         return created
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
@@ -227,3 +289,5 @@ class CachedKube:
         if obj.get("kind") in self.cached_kinds:
             self.cache.put(obj)
             self.cache.note_own_write(obj)
+        else:
+            self.cache.remember_read(obj, self._clock())

@@ -120,7 +120,7 @@ class CanaryLoop:
             stored, event = CS.manual_action(stored, action, now)
             events += [event] if event else []
 
-        canary_dep = await asyncio.to_thread(self.kube.get, "apps/v1", "Deployment", namespace,
+        canary_dep = await asyncio.to_thread(self.kube.get_owned, "apps/v1", "Deployment", namespace,
                                              L.track_deployment_name(name, "canary"))
         canary_state = _deployment_state(canary_dep)
         phase = stored["phase"]
@@ -192,7 +192,7 @@ class CanaryLoop:
         replicas = {t.track: t.replicas for t in effective.tracks()}
         want = next(c for c in desired_children(effective, self.settings, owner_of(body), replicas)
                     if c["kind"] == "Deployment" and c["metadata"]["name"] == name)
-        live = await asyncio.to_thread(self.kube.get, "apps/v1", "Deployment", spec.namespace, name)
+        live = await asyncio.to_thread(self.kube.get_owned, "apps/v1", "Deployment", spec.namespace, name)
         if live is None:
             return False
         have = ((live.get("metadata") or {}).get("annotations") or {}).get(L.SPEC_HASH_ANNOTATION)

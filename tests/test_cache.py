@@ -8,7 +8,7 @@ import asyncio
 import kopf
 import pytest
 from fakekube import FakeKube, gpu_node, pxd
-from pixtral_operator.cache import CachedKube, ObjectCache, controller_owner, gpu_view
+from pixtral_operator.cache import UNWATCHED_READ_SECONDS, CachedKube, ObjectCache, controller_owner, gpu_view
 from pixtral_operator.conditions import find
 from pixtral_operator.handlers.pixtral import register
 from pixtral_operator.reconcile import reconcile
@@ -48,8 +48,13 @@ def with_status(api: FakeKube, body: dict) -> dict:
     return {**body, "status": api.statuses.get((body["metadata"]["namespace"], body["metadata"]["name"]), {})}
 
 
-def test_a_reconcile_over_a_filled_cache_reads_only_the_secret_from_the_api():
-    api, cache, kube = cached([gpu_node("gpu-0")])
+def test_a_reconcile_over_a_filled_cache_reads_nothing_and_the_secret_again_after_a_minute():
+    clock = [100.0]
+    api = CountingKube(nodes=[gpu_node("gpu-0")])
+    cache = ObjectCache()
+    cache.nodes_watched = True
+    cache.put_node(gpu_node("gpu-0"))
+    kube = CachedKube(api, cache, clock=lambda: clock[0])
     body = pxd()
     reconcile(body, kube, SETTINGS, now="t0")  # creates: misses are read once, answers are cached
     assert "Deployment" in api.reads, "a name missing from the cache is looked up (a namesake?)"
@@ -57,8 +62,29 @@ def test_a_reconcile_over_a_filled_cache_reads_only_the_secret_from_the_api():
     api.writes.clear()
     out = reconcile(with_status(api, body), kube, SETTINGS, now="t1")
     assert api.writes == [] and out.writes == 0
-    # Secrets are never watched: the internal key's existence is the one read left.
-    assert api.reads == ["Secret"]
+    assert api.reads == []  # the internal key's Secret, created a moment ago, is not read again
+    # Secrets are never watched: after UNWATCHED_READ_SECONDS the pass asks the API again.
+    clock[0] += UNWATCHED_READ_SECONDS
+    reconcile(with_status(api, body), kube, SETTINGS, now="t2")
+    assert api.reads == ["Secret"] and api.writes == []
+
+
+def test_a_deleted_owner_takes_its_remembered_secret_along_and_a_namesake_reads_it_fresh():
+    api, cache, kube = cached([gpu_node("gpu-0")])
+    old = pxd()
+    reconcile(old, kube, SETTINGS, now="t0")
+    assert cache.recent_read("Secret", "team", "demo-apikey", 0.0, float("inf")) is not None
+    cache.discard("PixtralDeployment", "team", "demo")
+    assert cache.recent_read("Secret", "team", "demo-apikey", 0.0, float("inf")) is None
+    # The garbage collector has removed the old one's children: the new namesake creates its own.
+    for key in [k for k in api.objects if k[1] != "Node"]:
+        del api.objects[key]
+        cache.discard(key[1], key[2], key[3])
+    new = pxd()
+    new["metadata"]["uid"] = "uid-of-the-new-one"
+    out = reconcile(new, kube, SETTINGS, now="t1")
+    assert not out.problems, out.problems
+    assert api.objects[("v1", "Secret", "team", "demo-apikey")]["metadata"]["ownerReferences"][0]["uid"] == "uid-of-the-new-one"
 
 
 def test_a_hand_edit_arriving_as_a_watch_event_is_applied_back():
@@ -82,13 +108,33 @@ def test_a_namesake_missing_from_the_cache_is_read_and_left_untouched():
     assert not [w for w in api.writes if w[0] != "status"]
 
 
+def test_with_the_watches_running_a_create_reads_no_child_from_the_api_but_a_foreign_namesake():
+    api, cache, kube = cached([gpu_node("gpu-0")])
+    cache.children_watched = True
+    reconcile(pxd(), kube, SETTINGS, now="t0")
+    assert api.reads == ["Secret"], api.reads  # every child name is known free; Secrets are never watched
+    # Someone else's ConfigMap of a child's name: the watch saw it, so it is read and left alone.
+    api2, cache2, kube2 = cached([gpu_node("gpu-0")])
+    cache2.children_watched = True
+    api2.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "demo-router", "namespace": "team"}})
+    cache2.note_foreign("ConfigMap", "team", "demo-router")
+    out = reconcile(pxd(), kube2, SETTINGS, now="t0")
+    assert find(out.status["conditions"], "Degraded")["reason"] == "ChildConflict"
+    assert "ConfigMap" in api2.reads and not [w for w in api2.writes if w[0] != "status"]
+    # Once it is deleted, the name is free again.
+    cache2.discard("ConfigMap", "team", "demo-router")
+    assert cache2.known_absent("ConfigMap", "team", "demo-router")
+
+
 def test_a_removed_canary_is_looked_up_in_the_cache_only():
     api, cache, kube = cached()
     reconcile(pxd(), kube, SETTINGS, now="t0")
     api.reads.clear()
     kube.get_owned("apps/v1", "Deployment", "team", "demo-canary")
     assert api.reads == []
-    assert kube.get_owned("v1", "Secret", "team", "demo-apikey") is not None and api.reads == ["Secret"]
+    # An unwatched kind is read through (the Secret the pass created is remembered for a while).
+    assert kube.get_owned("v1", "Secret", "team", "demo-apikey") is not None and api.reads == []
+    assert kube.get_owned("v1", "Secret", "team", "other") is None and api.reads == ["Secret"]
 
 
 def test_an_older_event_never_replaces_a_newer_write():
@@ -220,6 +266,7 @@ async def test_a_childs_event_reconciles_its_owner_and_a_hand_edit_is_reverted(o
     await handler(registry, "configmaps-cache")(body=foreign)
     await handler(registry, "configmaps-changed")(event={"type": "MODIFIED", "object": foreign})
     assert api.writes == [] and cache.get("ConfigMap", "team", "x") is None
+    assert not cache.known_absent("ConfigMap", "team", "x")  # a namesake: a child named x would be read first
 
 
 async def test_a_deleted_child_is_recreated_and_a_deleted_owner_is_not_reconciled(operator_handlers):
@@ -274,6 +321,25 @@ async def test_the_autoscaler_compares_with_the_status_it_wrote_not_kopfs_older_
     await autoscale(body=body)  # kopf's body: no status yet, and it stays so (no watch event here)
     await autoscale(body=body)
     assert [w for w in api.writes if w[0] == "status"] == [("status", "PixtralDeployment", "demo")]
+
+
+async def test_the_autoscaler_reads_only_controlled_deployments_from_the_cache_and_never_scales_a_namesake():
+    from test_scale_loop import SPEC, CannedPrometheus
+
+    api, cache, kube = cached([gpu_node("gpu-0")])
+    prom = CannedPrometheus()
+    prom.load = 5  # would scale demo-stable up to 3
+    scaler = Scaler(kube, prom, fleet_seconds=0.001)
+    # Not created yet (its owner's create is still queued): nothing to scale, and no API read.
+    body = pxd(spec=SPEC)
+    result = await scaler.tick(body, now=prom.now)
+    assert api.reads == [] and result.decisions == {}
+    # A Deployment of the track's name that this PixtralDeployment does not control.
+    api.add({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "demo-stable", "namespace": "team"},
+             "spec": {"replicas": 1}})
+    result = await scaler.tick(body, now=prom.now + 1)
+    assert result.decisions == {} and not [w for w in api.writes if w[0] == "scale"]
+    assert api.get("apps/v1", "Deployment", "team", "demo-stable")["spec"]["replicas"] == 1
 
 
 async def test_a_failed_autoscaler_tick_is_retried_at_the_interval_and_a_slow_one_is_logged(monkeypatch, caplog):

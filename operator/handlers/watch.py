@@ -32,6 +32,7 @@ def register_watches(registry: kopf.OperatorRegistry, cache: ObjectCache, requeu
            for api_version, kind, plural in WATCHED_CHILD_KINDS}
 
     cache.nodes_watched = True
+    cache.children_watched = True
 
     @kopf.index(group="", version="v1", plural="nodes", id="node-cache", registry=registry)
     async def index_node(body: kopf.Body, **_: Any) -> None:
@@ -92,7 +93,7 @@ def _register_child(
         if controller_owner(obj) is not None:
             cache.put(obj)
         else:
-            cache.discard(kind, meta.get("namespace"), meta.get("name"))
+            cache.note_foreign(kind, meta.get("namespace"), meta.get("name"))
 
     @kopf.on.event(group=group, version=version, plural=plural, id=changed_id, registry=registry)
     async def child_event(event: kopf.RawEvent, **_: Any) -> None:
