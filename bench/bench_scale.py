@@ -379,10 +379,12 @@ def old_images(commit: str, say) -> dict[str, str]:
 
 def measure_rest(cluster: Cluster, release: Release, objects: int, seconds: float, baseline: float) -> dict:
     pods = [p["metadata"]["name"] for p in release.ready()]
+    requests_before = requests_by_resource_verb(api_metrics(cluster))
     before, procs_before, t0 = counters(cluster), {p: release.proc(p) for p in pods}, time.monotonic()
     log(f"at rest for {seconds:.0f}s ({len(pods)} operator pod(s))")
     time.sleep(seconds)
     after, procs_after, elapsed = counters(cluster), {p: release.proc(p) for p in pods}, time.monotonic() - t0
+    requests_after = requests_by_resource_verb(api_metrics(cluster))
     all_rate = (after["all"] - before["all"]) / elapsed
     kinds_rate = (after["operator_kinds"] - before["operator_kinds"]) / elapsed
     # The same window without the operator: everything else the API server serves meanwhile.
@@ -408,6 +410,8 @@ def measure_rest(cluster: Cluster, release: Release, objects: int, seconds: floa
         "difference_requests_per_second": round(operator_rate, 3),
         "all_clients_requests_per_second": round(all_rate, 2),
         "without_operator_requests_per_second": round(quiet_rate, 2),
+        # Every client's requests over the window by resource and verb (the largest first).
+        "api_requests": request_delta(requests_before, requests_after, top=10),
         "prometheus_queries_per_tick": round((after["queries"] - before["queries"]) / (elapsed / AUTOSCALE_SECONDS), 2),
         "pods": {p: {"cpu_percent": round(100 * (procs_after[p][0] - procs_before[p][0]) / elapsed, 1),
                      "rss_mib": round(procs_after[p][1], 1)} for p in pods},

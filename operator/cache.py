@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pixtral_operator.capacity import GPU_PRODUCT_LABEL, GPU_RESOURCE
-from pixtral_operator.jsontree import copy_tree
+from pixtral_operator.jsontree import copy_tree, merge_patch
 from pixtral_operator.k8s import Kube
 from pixtral_operator.render import labels as L
 from pixtral_operator.spec import KIND
@@ -187,13 +187,7 @@ class ObjectCache:
             obj = self._objects.get((KIND, namespace, name))
             if obj is None:
                 return
-            status = dict(obj.get("status") or {})
-            for field, value in copy_tree(dict(patch)).items():
-                if value is None:
-                    status.pop(field, None)
-                else:
-                    status[field] = value
-            obj["status"] = status
+            obj["status"] = merge_patch(obj.get("status") or {}, patch)
 
     def count(self, kind: str) -> int:
         with self._lock:

@@ -1,5 +1,5 @@
 """Copies of JSON trees: what the Kubernetes API returns and the renderers build (dicts, lists and
-scalars, with no shared parts and no cycles).
+scalars, with no shared parts and no cycles), and JSON merge patches applied to them.
 
 `copy.deepcopy` pays for a memo of every object it copied and for dispatch on arbitrary types,
 neither of which such a tree needs; the reconcile copies every cached child and every rendered
@@ -30,3 +30,19 @@ def copy_tree(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {key: copy_tree(item) for key, item in value.items()}
     return copy.deepcopy(value)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: what the API server stores after a JSON merge patch (the operator's status writes).
+    A null removes its key, at every depth, so `merge_patch({}, patch)` is `patch` as stored, and a
+    comparison with a stored object must go through it: a written `"lastScaleTime": null` is never
+    read back."""
+    if not isinstance(patch, Mapping):
+        return copy_tree(patch)
+    merged = {key: copy_tree(item) for key, item in target.items()} if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged

@@ -18,6 +18,7 @@ from typing import Any
 
 from pixtral_operator import metrics
 from pixtral_operator.canary_state import effective_spec
+from pixtral_operator.jsontree import merge_patch
 from pixtral_operator.k8s import Kube
 from pixtral_operator.prometheus import FleetReader, PrometheusClient, read_fleet_signal
 from pixtral_operator.render import labels as L
@@ -95,7 +96,8 @@ class Scaler:
             entries[track.track] = decision.status()
 
         visible_old = {t: {k: v for k, v in (e or {}).items() if k != "state"} for t, e in old.items()}
-        if visible_old == entries and (body.get("status") or {}).get("queue") == total_load:
+        # As the API stores them: a null (no lastScaleTime yet) is not read back.
+        if visible_old == merge_patch({}, entries) and (body.get("status") or {}).get("queue") == total_load:
             return TickResult(decisions, None)
         for track_name, entry in entries.items():
             entry["state"] = self._states[(namespace, name, track_name)].to_dict()

@@ -12,6 +12,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from pixtral_operator.jsontree import merge_patch
 from pixtral_operator.k8s import ApplyError
 from pixtral_operator.render.labels import AUTOSCALER_FIELD_MANAGER, FIELD_MANAGER
 
@@ -131,14 +132,8 @@ class FakeKube:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self._request("patch", "serving.pixtral.dev/v1alpha1", "PixtralDeployment", "status")
         self.writes.append(("status", "PixtralDeployment", name))
-        # A merge patch (RFC 7386), as KubeApi sends it: null removes a key.
-        merged = dict(self.statuses.get((namespace, name), {}))
-        for key, value in copy.deepcopy(dict(status)).items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        self.statuses[(namespace, name)] = merged
+        # A merge patch (RFC 7386), as KubeApi sends it: null removes a key, at every depth.
+        self.statuses[(namespace, name)] = merge_patch(self.statuses.get((namespace, name), {}), status)
 
     def scale_deployment(self, namespace: str, name: str, replicas: int, manager: str = AUTOSCALER_FIELD_MANAGER) -> None:
         """An update through /scale (the autoscaler's; `manager` "kubectl" for a hand `kubectl scale`)."""

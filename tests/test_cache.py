@@ -342,6 +342,35 @@ async def test_the_autoscaler_reads_only_controlled_deployments_from_the_cache_a
     assert api.get("apps/v1", "Deployment", "team", "demo-stable")["spec"]["replicas"] == 1
 
 
+async def test_the_watch_echo_of_the_autoscalers_status_write_does_not_make_the_next_tick_write_again(monkeypatch):
+    """The API stores a merge patch without its nulls (`lastScaleTime` before any scale): the echo
+    that replaces the cached body must compare equal, or every tick writes (seen at rest with 200
+    objects: 25 status writes a second)."""
+    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
+    from test_scale_loop import SPEC, CannedPrometheus
+
+    api = CountingKube(nodes=[gpu_node("gpu-0")])
+    cache = ObjectCache()
+    kube = CachedKube(api, cache)
+    prom = CannedPrometheus()
+    registry = kopf.OperatorRegistry()
+    register(registry, SETTINGS, kube, Scaler(kube, prom, fleet_seconds=0.001), cache)
+    body = pxd(spec=SPEC)
+    await handler(registry, "pixtraldeployment-cache")(body=body)
+    reconcile(body, kube, SETTINGS, now="t0")
+    api.set_deployment_status("team", "demo-stable", replicas=1, readyReplicas=1, updatedReplicas=1)
+    cache.put(api.get("apps/v1", "Deployment", "team", "demo-stable"))
+    autoscale = next(h.fn for h in registry._spawning.get_all_handlers() if h.id == "autoscale")
+    api.writes.clear()
+    for _ in range(3):
+        await autoscale(body=body)
+        stored = {**body, "status": api.statuses[("team", "demo")]}
+        await handler(registry, "pixtraldeployment-cache")(body=stored)  # the watch event of the write
+        prom.now += 2
+    assert [w for w in api.writes if w[0] == "status"] == [("status", "PixtralDeployment", "demo")]
+    assert "lastScaleTime" not in api.statuses[("team", "demo")]["autoscaler"]["stable"]
+
+
 async def test_a_failed_autoscaler_tick_is_retried_at_the_interval_and_a_slow_one_is_logged(monkeypatch, caplog):
     import logging
 

@@ -31,3 +31,14 @@ def test_tuples_stay_tuples_other_mappings_become_dicts_and_anything_else_is_dee
     assert type(copied["m"]) is dict and copied["m"] == {"k": [2]}
     assert copied["o"] is not thing and copied["o"].items == [1] and copied["o"].items is not thing.items
     assert copy_tree(copy.deepcopy(copied["t"])) == copied["t"]
+
+
+def test_merge_patch_follows_rfc_7386_at_every_depth():
+    from pixtral_operator.jsontree import merge_patch
+
+    target = {"a": {"b": 1, "c": [1, 2]}, "keep": "x"}
+    patch = {"a": {"b": None, "c": [3], "d": {"e": None, "f": 2}}, "new": None}
+    assert merge_patch(target, patch) == {"a": {"c": [3], "d": {"f": 2}}, "keep": "x"}
+    assert target == {"a": {"b": 1, "c": [1, 2]}, "keep": "x"}  # the target is not changed
+    assert merge_patch({}, {"x": {"lastScaleTime": None, "desired": 1}}) == {"x": {"desired": 1}}
+    assert merge_patch({"a": 1}, "scalar") == "scalar"

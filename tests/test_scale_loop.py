@@ -1,6 +1,7 @@
 """The autoscaler timer body against a recording fake API and canned Prometheus answers."""
 
 from fakekube import FakeKube, gpu_node, pxd
+from pixtral_operator.jsontree import merge_patch
 from pixtral_operator.prometheus import QueryResult, Sample
 from pixtral_operator.reconcile import reconcile
 from pixtral_operator.scale_loop import Scaler
@@ -77,7 +78,7 @@ async def test_steady_tick_patches_nothing():
     prom = CannedPrometheus()
     scaler = Scaler(kube, prom)
     first = await scaler.tick(body, now=1000)
-    body["status"] = {**body["status"], **first.status_patch}
+    body["status"] = merge_patch(body["status"], first.status_patch)  # as the API stores it
     kube.writes.clear()
     second = await scaler.tick(body, now=1002)
     assert second.status_patch is None and kube.writes == []
@@ -110,7 +111,7 @@ async def test_state_survives_an_operator_restart_through_the_status():
     prom = CannedPrometheus()
     prom.load = 5
     first = await Scaler(kube, prom).tick(body, now=1000)
-    body["status"] = {**body["status"], **first.status_patch}
+    body["status"] = merge_patch(body["status"], first.status_patch)
     prom.load = 0
     kube.set_deployment_status("team", "demo-stable", replicas=3, readyReplicas=3, updatedReplicas=3)
     prom.pods = 3
