@@ -25,8 +25,9 @@ fit a 2-core machine): every child object exists, no pod does. Measured:
   of Prometheus itself over the same window, per `PIXTRAL_AUTOSCALE_SECONDS`);
 - the operator pods' RSS and CPU (from /proc of each container over the window);
 - where the create's time went (`create_work`): each operator pod's and each control-plane
-  process's CPU seconds over the create, the operator's passes and skipped echoes of its own
-  writes (its /metrics), and the "cannot find RESTMapping" refusals in its log;
+  process's CPU seconds over the create, every client's API requests by resource and verb, the
+  operator's passes and skipped echoes of its own writes (its /metrics), and the "cannot find
+  RESTMapping" refusals in its log (the requests at rest are broken down the same way);
 - one spec change (an engine env var) -> that object's stable Deployment carries the new spec hash;
   target <= 2 s;
 - failover: the active replica (highest priority in the KopfPeering) is killed (SIGKILL), a spec
