@@ -300,15 +300,16 @@ async def test_a_node_whose_gpus_change_reconciles_every_owner(operator_handlers
     assert {name for verb, kind, name in api.writes if verb == "status"} == {"a", "b"}
 
 
-async def test_the_autoscaler_compares_with_the_status_it_wrote_not_kopfs_older_copy(monkeypatch):
-    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
+async def autoscaled_operator(load: float):
+    """The registered handlers over a cache, one autoscaled PixtralDeployment created and its
+    stable Deployment ready: (api, registry, prometheus, body, the autoscale timer's function)."""
     from test_scale_loop import SPEC, CannedPrometheus
 
     api = CountingKube(nodes=[gpu_node("gpu-0")])
     cache = ObjectCache()
     kube = CachedKube(api, cache)
     prom = CannedPrometheus()
-    prom.load = 5
+    prom.load = load
     registry = kopf.OperatorRegistry()
     register(registry, SETTINGS, kube, Scaler(kube, prom, fleet_seconds=0.001), cache)
     body = pxd(spec=SPEC)
@@ -318,6 +319,12 @@ async def test_the_autoscaler_compares_with_the_status_it_wrote_not_kopfs_older_
     cache.put(api.get("apps/v1", "Deployment", "team", "demo-stable"))
     autoscale = next(h.fn for h in registry._spawning.get_all_handlers() if h.id == "autoscale")
     api.writes.clear()
+    return api, registry, prom, body, autoscale
+
+
+async def test_the_autoscaler_compares_with_the_status_it_wrote_not_kopfs_older_copy(monkeypatch):
+    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
+    api, registry, prom, body, autoscale = await autoscaled_operator(load=5)
     await autoscale(body=body)  # kopf's body: no status yet, and it stays so (no watch event here)
     await autoscale(body=body)
     assert [w for w in api.writes if w[0] == "status"] == [("status", "PixtralDeployment", "demo")]
@@ -347,21 +354,7 @@ async def test_the_watch_echo_of_the_autoscalers_status_write_does_not_make_the_
     that replaces the cached body must compare equal, or every tick writes (seen at rest with 200
     objects: 25 status writes a second)."""
     monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
-    from test_scale_loop import SPEC, CannedPrometheus
-
-    api = CountingKube(nodes=[gpu_node("gpu-0")])
-    cache = ObjectCache()
-    kube = CachedKube(api, cache)
-    prom = CannedPrometheus()
-    registry = kopf.OperatorRegistry()
-    register(registry, SETTINGS, kube, Scaler(kube, prom, fleet_seconds=0.001), cache)
-    body = pxd(spec=SPEC)
-    await handler(registry, "pixtraldeployment-cache")(body=body)
-    reconcile(body, kube, SETTINGS, now="t0")
-    api.set_deployment_status("team", "demo-stable", replicas=1, readyReplicas=1, updatedReplicas=1)
-    cache.put(api.get("apps/v1", "Deployment", "team", "demo-stable"))
-    autoscale = next(h.fn for h in registry._spawning.get_all_handlers() if h.id == "autoscale")
-    api.writes.clear()
+    api, registry, prom, body, autoscale = await autoscaled_operator(load=0)
     for _ in range(3):
         await autoscale(body=body)
         stored = {**body, "status": api.statuses[("team", "demo")]}
