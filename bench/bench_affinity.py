@@ -18,7 +18,7 @@
 Then, interleaved (each round rotates the order of the strategies and of the workloads), one run per
 strategy and workload, each with images drawn fresh for that run, so that no run finds another's
 images in the engines' caches:
-  repeated    conversations over a pool of --pool images drawn by Zipf (image k weighted 1/k^1.1); a
+  repeated    conversations over a pool of --pool images drawn by Zipf (image k weighted 1/k^--zipf, 1.1); a
               conversation has 1-3 turns (50/30/20%), each turn resending the whole history (the
               image, the earlier questions and the engine's answers) with a new question;
   unique      single-turn requests, a fresh image each.
@@ -245,9 +245,10 @@ class Conversation:
     questions: list[str]
 
 
-def repeated_workload(rng: random.Random, seed_base: int, conversations: int, pool_size: int = POOL) -> list[Conversation]:
+def repeated_workload(rng: random.Random, seed_base: int, conversations: int, pool_size: int = POOL,
+                      zipf: float = ZIPF) -> list[Conversation]:
     pool = [image_url(seed_base + k) for k in range(pool_size)]
-    weights = [1 / (k + 1) ** ZIPF for k in range(pool_size)]
+    weights = [1 / (k + 1) ** zipf for k in range(pool_size)]
     turns = rng.choices(list(TURN_WEIGHTS), weights=list(TURN_WEIGHTS.values()), k=conversations)
     return [Conversation(rng.choices(pool, weights=weights)[0],
                          [f"[c{i} t{t}] {'Describe this image.' if t == 0 else 'And what else?'}" for t in range(n)])
@@ -482,7 +483,7 @@ def run(args: argparse.Namespace) -> int:
                         seeds = seed_base + run_index * 10_000  # fresh images for every run
                         # The same draws (image ranks, turn counts) for every strategy of a round.
                         rng = random.Random(f"{args.seed}/{round_index}")
-                        conversations = (repeated_workload(rng, seeds, args.conversations, args.pool)
+                        conversations = (repeated_workload(rng, seeds, args.conversations, args.pool, args.zipf)
                                          if workload == "repeated"
                                          else unique_workload(seeds, args.unique))
                         before = [scrape(e.url) for e in engines]
@@ -507,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
         "load_average_before": load_before, "load_average_after": load_average(),
         "other_vllm_engines_at_start": others,
         "settings": {"rounds": args.rounds, "conversations": args.conversations, "unique": args.unique,
-                     "concurrency": args.concurrency, "max_tokens": args.max_tokens, "pool": args.pool, "zipf": ZIPF,
+                     "concurrency": args.concurrency, "max_tokens": args.max_tokens, "pool": args.pool, "zipf": args.zipf,
                      "turn_weights": TURN_WEIGHTS, "image_px": IMAGE_PX, "mm_cache_gb": args.mm_cache_gb,
                      "kv_blocks": args.kv_blocks},
         "engine_startup_s": [round(e.startup_s, 1) for e in engines],
@@ -684,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-tokens", type=int, default=16)
     r.add_argument("--seed", type=int, default=0, help="seed of the Zipf draws and turn counts (per round)")
     r.add_argument("--pool", type=int, default=POOL, help="repeated workload: images in the Zipf pool")
+    r.add_argument("--zipf", type=float, default=ZIPF, help="repeated workload: the Zipf exponent (image k weighted 1/k^s)")
     r.add_argument("--kv-blocks", type=int, default=None,
                    help="cap each engine's KV cache at this many 128-token blocks (--num-gpu-blocks-override)")
     r.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
