@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_affinity.py calibrate [--vision-hidden H --vision-layers L]
     .venv/bin/python bench/bench_affinity.py render    # the docs section again, from the results file
     .venv/bin/python bench/bench_affinity.py run [--rounds 2] [--conversations 30] [--unique 40]
-                                                 [--pool 20] [--mm-cache-gb 0.25] [--kv-blocks N]
+                                                 [--pool 20] [--zipf 1.1] [--mm-cache-gb 0.25] [--kv-blocks N]
                                                  [--vision-hidden H --vision-layers L]
 
 `run` starts, all on 127.0.0.1 and all stopped by PID at the end:
