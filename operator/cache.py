@@ -15,8 +15,8 @@ nothing (the pass that wrote it saw it already).
 
 The watches see every object of the child kinds, not only the operator's: the others are kept by
 name only (`note_foreign`). So a child name missing from the cache is known to be free, and the
-first pass of a new PixtralDeployment reads none of its dozen children from the API (200 objects
-created at once cost 2,600 GETs that answered 404 before); a namesake someone else created is read
+first pass of a new PixtralDeployment reads none of its dozen children from the API (before, 200
+objects created at once read each child once, every read a 404: 400 Service GETs, for one); a namesake someone else created is read
 with one GET (`get`), for the ChildConflict that names its holder. Until the watches run (unit
 tests without them) every miss is a GET. Where only an object this PixtralDeployment controls
 matters (a removed canary's children, the Deployment the autoscaler scales), a miss is the answer
