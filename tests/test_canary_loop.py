@@ -40,30 +40,11 @@ class WindowPrometheus:
         return QueryResult(ok=True, samples=(Sample({}, value, 0.0),))
 
 
-def merge_patch(target, patch):
-    """RFC 7386 at every depth, as the API server applies the status patches."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
-
-
-class MergeKube(FakeKube):
-    def patch_status(self, namespace, name, status):
-        super().patch_status(namespace, name, {})  # records the request
-        self.statuses[(namespace, name)] = merge_patch(self.statuses.get((namespace, name), {}), status)
-
-
 class Bed:
     """The fake API, the reconcile and the loop, wired as the kopf handlers wire them."""
 
     def __init__(self, spec=SPEC, prometheus=None):
-        self.kube = MergeKube(nodes=[gpu_node("gpu-0")])
+        self.kube = FakeKube(nodes=[gpu_node("gpu-0")])  # status patches merge as RFC 7386 says
         self.body = pxd(spec=json.loads(json.dumps(spec)))
         self.prom = WindowPrometheus() if prometheus is None else prometheus
         self.loop = CanaryLoop(self.kube, self.prom or None, SETTINGS)
